@@ -1,0 +1,280 @@
+"""ROS image fields and compressed image bytes to numpy arrays, and back.
+
+Cameras publish many pixel layouts (Bayer mosaics, 16-bit, packed YUV, row padding, big-endian)
+and recordings carry JPEG/PNG bytes; everything downstream wants one of six plain layouts. This
+module is the single place that validates untrusted image bytes (sizes are checked before any
+allocation or decompression) so that the bag reader, the live node and the tests agree.
+It is ROS-free: it works on the fields of ``sensor_msgs/Image`` and
+``sensor_msgs/CompressedImage``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""Largest image (width x height) decoded unless the caller allows more."""
+
+CANONICAL_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
+"""Encodings of the arrays this module returns."""
+
+
+class ImageDecodeError(ValueError):
+    """Raised for image bytes that cannot be decoded; the message names the cause."""
+
+
+class _Layout(NamedTuple):
+    dtype: np.dtype
+    channels: int
+    canonical: str
+    convert: int | None = None  # cv2 colour conversion code (Bayer, YUV)
+
+
+_U8 = np.dtype(np.uint8)
+_U16 = np.dtype(np.uint16)
+
+# sensor_msgs/image_encodings.hpp names. OpenCV names Bayer patterns after the second row, so
+# ROS 'rggb' is cv2 'BG' (cv2.COLOR_BayerRGGB2RGB is the same code in current OpenCV).
+_LAYOUTS: dict[str, _Layout] = {
+    'rgb8': _Layout(_U8, 3, 'rgb8'),
+    'bgr8': _Layout(_U8, 3, 'bgr8'),
+    'rgba8': _Layout(_U8, 4, 'rgba8'),
+    'bgra8': _Layout(_U8, 4, 'bgra8'),
+    'mono8': _Layout(_U8, 1, 'mono8'),
+    'mono16': _Layout(_U16, 1, 'mono16'),
+    '8UC1': _Layout(_U8, 1, 'mono8'),
+    '8UC3': _Layout(_U8, 3, 'bgr8'),
+    '8UC4': _Layout(_U8, 4, 'bgra8'),
+    '16UC1': _Layout(_U16, 1, 'mono16'),
+    'rgb16': _Layout(_U16, 3, 'rgb8'),
+    'bgr16': _Layout(_U16, 3, 'bgr8'),
+    'rgba16': _Layout(_U16, 4, 'rgba8'),
+    'bgra16': _Layout(_U16, 4, 'bgra8'),
+    'bayer_rggb8': _Layout(_U8, 1, 'rgb8', cv2.COLOR_BayerBG2RGB),
+    'bayer_bggr8': _Layout(_U8, 1, 'rgb8', cv2.COLOR_BayerRG2RGB),
+    'bayer_gbrg8': _Layout(_U8, 1, 'rgb8', cv2.COLOR_BayerGR2RGB),
+    'bayer_grbg8': _Layout(_U8, 1, 'rgb8', cv2.COLOR_BayerGB2RGB),
+    'bayer_rggb16': _Layout(_U16, 1, 'rgb8', cv2.COLOR_BayerBG2RGB),
+    'bayer_bggr16': _Layout(_U16, 1, 'rgb8', cv2.COLOR_BayerRG2RGB),
+    'bayer_gbrg16': _Layout(_U16, 1, 'rgb8', cv2.COLOR_BayerGR2RGB),
+    'bayer_grbg16': _Layout(_U16, 1, 'rgb8', cv2.COLOR_BayerGB2RGB),
+    'yuv422': _Layout(_U8, 2, 'rgb8', cv2.COLOR_YUV2RGB_UYVY),
+    'uyvy': _Layout(_U8, 2, 'rgb8', cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': _Layout(_U8, 2, 'rgb8', cv2.COLOR_YUV2RGB_YUY2),
+    'yuyv': _Layout(_U8, 2, 'rgb8', cv2.COLOR_YUV2RGB_YUY2),
+}
+
+SUPPORTED_ENCODINGS = tuple(_LAYOUTS)
+"""Every ``sensor_msgs/Image`` encoding that :func:`decode_image` accepts."""
+
+
+def _byte_view(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """Return the bytes as a flat uint8 array without copying when possible."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f'image has zero size ({width}x{height})')
+    if height * width > max_pixels:
+        raise ImageDecodeError(
+            f'image of {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}')
+
+
+def decode_image(encoding: str, height: int, width: int, step: int,
+                 data: bytes | memoryview | np.ndarray, is_bigendian: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Turn ``sensor_msgs/Image`` fields into an array in one of the canonical encodings.
+
+    Returns ``(array, encoding)``: HxW for mono8/mono16, HxWxC otherwise. Plain layouts are
+    returned as views of ``data`` (read-only when ``data`` is ``bytes``); Bayer, YUV, 16-bit
+    colour (scaled to 8 bits, as cv_bridge does) and big-endian data are converted.
+    """
+    layout = _LAYOUTS.get(encoding)
+    if layout is None:
+        raise ImageDecodeError(
+            f'unsupported image encoding {encoding!r} (supported: {", ".join(_LAYOUTS)})')
+    _check_pixels(height, width, max_pixels)
+    pixel_bytes = layout.channels * layout.dtype.itemsize
+    row_bytes = width * pixel_bytes
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel '
+            f'({encoding}) = {row_bytes}')
+    buf = _byte_view(data)
+    if buf.size < step * height:
+        raise ImageDecodeError(
+            f'data has {buf.size} bytes, fewer than step {step} x height {height} = '
+            f'{step * height}')
+    if layout.convert is not None and layout.channels == 2 and width % 2:
+        raise ImageDecodeError(f'{encoding} needs an even width, got {width}')
+
+    rows = buf[:step * height].reshape(height, step)[:, :row_bytes]
+    if layout.dtype == _U16:
+        rows = rows.view('>u2' if is_bigendian else '<u2')
+        if rows.dtype != _U16:
+            rows = rows.astype(_U16)
+    shape = (height, width) if layout.channels == 1 else (height, width, layout.channels)
+    array = rows.reshape(shape)
+
+    if layout.convert is not None:
+        try:
+            array = cv2.cvtColor(np.ascontiguousarray(array), layout.convert)
+        except cv2.error as err:
+            raise ImageDecodeError(f'cannot convert {encoding} {width}x{height}: {err}') from err
+    if array.dtype == _U16 and layout.canonical != 'mono16':
+        array = (array >> 8).astype(_U8)
+    return array, layout.canonical
+
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_JPEG_SOI = b'\xff\xd8'
+# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic variants).
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
+                       0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _png_size(buf: np.ndarray) -> tuple[int, int]:
+    header = buf[:26].tobytes()
+    if len(header) < 24 or header[12:16] != b'IHDR':
+        raise ImageDecodeError('PNG data is truncated before its IHDR header')
+    return int.from_bytes(header[20:24], 'big'), int.from_bytes(header[16:20], 'big')
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int]:
+    """Walk the JPEG segments up to the frame header and read (height, width) from it."""
+    n = buf.size
+    i = 2
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise ImageDecodeError(f'corrupt JPEG data: no segment marker at byte {i}')
+        marker = int(buf[i + 1])
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):
+            raise ImageDecodeError('corrupt JPEG data: scan or end before the frame header')
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                break
+            height = int(buf[i + 5]) << 8 | int(buf[i + 6])
+            width = int(buf[i + 7]) << 8 | int(buf[i + 8])
+            return height, width
+        i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
+    raise ImageDecodeError('JPEG data is truncated before its frame header')
+
+
+def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode ``sensor_msgs/CompressedImage`` JPEG or PNG bytes, refusing oversized images.
+
+    The image size is read from the JPEG frame header or PNG IHDR before decompressing, so a
+    small message cannot make the decoder allocate gigabytes. ``fmt`` is the message's format
+    string ('jpeg', 'rgb8; jpeg compressed bgr8', ...); the container is recognised from the
+    bytes. Returns ``(array, encoding)`` with encoding mono8, mono16, bgr8 or bgra8 (16-bit
+    colour PNG is scaled to 8 bits).
+    """
+    if 'compresseddepth' in fmt.lower():
+        raise ImageDecodeError(f'compressedDepth images are not supported (format {fmt!r})')
+    buf = _byte_view(data)
+    head = buf[:8].tobytes()
+    if head.startswith(_PNG_SIGNATURE):
+        kind = 'PNG'
+        height, width = _png_size(buf)
+    elif head.startswith(_JPEG_SOI):
+        kind = 'JPEG'
+        height, width = _jpeg_size(buf)
+        if not buf[-64:].tobytes().rstrip(b'\x00').endswith(b'\xff\xd9'):
+            raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
+    else:
+        raise ImageDecodeError(
+            f'compressed data (format {fmt!r}) is neither JPEG nor PNG: starts with {head.hex()}')
+    _check_pixels(height, width, max_pixels)
+    try:
+        array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageDecodeError(f'corrupt {kind} data: {err}') from err
+    if array is None:
+        raise ImageDecodeError(f'corrupt or truncated {kind} data')
+    if array.shape[:2] != (height, width):
+        raise ImageDecodeError(
+            f'corrupt {kind} data: header says {width}x{height}, decoded '
+            f'{array.shape[1]}x{array.shape[0]}')
+    if array.ndim == 2:
+        return array, 'mono16' if array.dtype == _U16 else 'mono8'
+    if array.dtype == _U16:
+        array = (array >> 8).astype(_U8)
+    return array, 'bgra8' if array.shape[2] == 4 else 'bgr8'
+
+
+def _check_array(array: np.ndarray, encoding: str) -> _Layout:
+    layout = _LAYOUTS.get(encoding)
+    if layout is None:
+        raise ImageDecodeError(
+            f'unsupported image encoding {encoding!r} (supported: {", ".join(_LAYOUTS)})')
+    expected = (2,) if layout.channels == 1 else (3,)
+    if array.ndim not in expected or (layout.channels > 1 and array.shape[2] != layout.channels):
+        want = 'HxW' if layout.channels == 1 else f'HxWx{layout.channels}'
+        raise ImageDecodeError(f'{encoding} needs a {want} array, got shape {array.shape}')
+    if array.dtype != layout.dtype:
+        raise ImageDecodeError(f'{encoding} needs dtype {layout.dtype}, got {array.dtype}')
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageDecodeError(f'image has zero size ({array.shape[1]}x{array.shape[0]})')
+    return layout
+
+
+def encode_image(array: np.ndarray, encoding: str) -> dict:
+    """Give the ``sensor_msgs/Image`` fields (little-endian, unpadded) for an array."""
+    layout = _check_array(array, encoding)
+    height, width = array.shape[:2]
+    data = np.ascontiguousarray(array, dtype=layout.dtype.newbyteorder('<')).tobytes()
+    return {
+        'encoding': encoding,
+        'height': height,
+        'width': width,
+        'step': width * layout.channels * layout.dtype.itemsize,
+        'is_bigendian': False,
+        'data': data,
+    }
+
+
+_TO_BGR = {'rgb8': cv2.COLOR_RGB2BGR, 'rgba8': cv2.COLOR_RGBA2BGRA}
+
+
+def encode_compressed(array: np.ndarray, encoding: str, fmt: str = 'jpeg',
+                      quality: int = 90) -> tuple[str, bytes]:
+    """Compress a canonical-encoding array as image_transport's compressed plugin does.
+
+    Returns ``(format, bytes)`` with a format string such as 'rgb8; jpeg compressed bgr8'.
+    JPEG drops alpha and cannot hold mono16; ``quality`` (1-100) applies to JPEG only.
+    """
+    if encoding not in CANONICAL_ENCODINGS:
+        raise ImageDecodeError(
+            f'cannot compress encoding {encoding!r} (use one of {", ".join(CANONICAL_ENCODINGS)})')
+    _check_array(array, encoding)
+    if fmt not in ('jpeg', 'png'):
+        raise ImageDecodeError(f'unsupported compression format {fmt!r} (use jpeg or png)')
+    if not 1 <= quality <= 100:
+        raise ImageDecodeError(f'JPEG quality must be in 1..100, got {quality}')
+    image = cv2.cvtColor(array, _TO_BGR[encoding]) if encoding in _TO_BGR else array
+    if fmt == 'jpeg':
+        if encoding == 'mono16':
+            raise ImageDecodeError('JPEG cannot hold mono16 images; use png')
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    target = {1: encoding, 3: 'bgr8', 4: 'bgra8'}[1 if image.ndim == 2 else image.shape[2]]
+    ok, encoded = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', image, params)
+    if not ok:
+        raise ImageDecodeError(f'OpenCV could not encode a {encoding} image as {fmt}')
+    return f'{encoding}; {fmt} compressed {target}', encoded.tobytes()

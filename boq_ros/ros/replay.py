@@ -1,0 +1,450 @@
+"""Replay a recording onto live ROS 2 topics and record what the loop-closure node answers.
+
+Users evaluate the live node on their own recordings. The bag's messages are published from the
+raw recorded bytes (nothing is decoded and re-encoded, so the node sees exactly what was
+recorded), paced by the bag clock with a rate factor, optionally with ``/clock`` for
+``use_sim_time``. The node's candidate arrays are turned into the evaluator's candidate records,
+so the offline metrics score what the live node published.
+
+``lockstep`` publishes each image only after the node answered the previous one: no frame can
+be dropped by a slow node, which is what a comparison with the offline pipeline needs.
+"""
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+import importlib
+import os
+from pathlib import Path
+import struct
+import threading
+import time
+from typing import Any, Literal
+
+from boq_ros.bags import open_bag
+from boq_ros.eval.records import CandidateRecord, no_match_record
+from boq_ros.ros.dds import check_dds_environment
+
+IMAGE_TYPES = frozenset({'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'})
+CANDIDATE_TYPE = 'boq_ros/msg/LoopCandidateArray'
+_UINT64_MAX = 2**64 - 1  # a KeyframeRef id the node could not assign (query not added)
+
+
+class ReplayError(ValueError):
+    """Raised when a replay cannot start or its inputs are unusable (names the cause)."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How to publish a bag and what to wait for."""
+
+    topics: tuple[str, ...] | None = None  # None: every topic whose message type is importable
+    remap: tuple[tuple[str, str], ...] = ()  # (bag topic, live topic)
+    rate: float = 1.0  # bag seconds per wall second
+    clock: bool = False  # publish rosgraph_msgs/Clock on /clock before each message
+    start_offset_s: float = 0.0  # skip the first seconds of the bag
+    qos: Literal['reliable', 'best_effort'] = 'reliable'
+    depth: int = 100  # history depth of the publishers and of the recorder
+    record_topic: str | None = None  # the node's candidate topic (LoopCandidateArray)
+    lockstep: bool = False  # publish an image only after the previous one was answered
+    subscriber_timeout_s: float = 20.0  # bounded wait for the node's endpoints before starting
+    answer_timeout_s: float = 30.0  # max wait for one answer (lockstep) / the last answers
+    allow_network: bool = False  # accept DDS discovery beyond localhost
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, naming the field."""
+        if not self.rate > 0.0:
+            raise ReplayError(f'rate must be > 0, got {self.rate}')
+        if not self.start_offset_s >= 0.0:
+            raise ReplayError(f'start_offset_s must be >= 0, got {self.start_offset_s}')
+        if self.qos not in ('reliable', 'best_effort'):
+            raise ReplayError(f"qos must be 'reliable' or 'best_effort', got {self.qos!r}")
+        if self.depth < 1:
+            raise ReplayError(f'depth must be >= 1, got {self.depth}')
+        if self.lockstep and not self.record_topic:
+            raise ReplayError('lockstep needs record_topic: it waits for the node\'s answers')
+        for name in ('subscriber_timeout_s', 'answer_timeout_s'):
+            if not getattr(self, name) > 0.0:
+                raise ReplayError(f'{name} must be > 0, got {getattr(self, name)}')
+        for old, new in self.remap:
+            if not old or not new:
+                raise ReplayError(f'remap entries need both topics, got {old!r} -> {new!r}')
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did; ``dropped`` counts images the node was listening to but never answered."""
+
+    published: dict[str, int] = field(default_factory=dict)  # live topic -> messages
+    images: int = 0  # image messages published on topics the node subscribes to
+    answered: int = 0  # of those, answered by the node
+    recorded: int = 0  # candidate arrays received
+    records: int = 0  # candidate records produced from them
+    skipped_topics: dict[str, str] = field(default_factory=dict)  # bag topic -> why
+    bag_s: float = 0.0  # bag time replayed
+    wall_s: float = 0.0
+    max_lag_s: float = 0.0  # worst delay behind the paced schedule (not counting lockstep waits)
+    interrupted: bool = False
+
+    @property
+    def dropped(self) -> int:
+        """Images published to a listening node that it never answered."""
+        return self.images - self.answered
+
+    def format(self) -> str:
+        """Human-readable summary for the command line."""
+        lines = [f'published {sum(self.published.values())} messages in {self.wall_s:.1f} s '
+                 f'(bag time {self.bag_s:.1f} s, worst lag {self.max_lag_s * 1e3:.0f} ms)']
+        lines += [f'  {topic}: {count}' for topic, count in sorted(self.published.items())]
+        for topic, why in sorted(self.skipped_topics.items()):
+            lines.append(f'  skipped {topic}: {why}')
+        if self.recorded or self.images:
+            lines.append(f'images the node listens to: {self.images}, answered {self.answered}, '
+                         f'dropped {self.dropped}')
+            lines.append(f'recorded {self.recorded} candidate arrays ({self.records} records)')
+        if self.interrupted:
+            lines.append('interrupted: the results are partial')
+        return '\n'.join(lines)
+
+
+def message_class(msgtype: str) -> type:
+    """Import the rclpy class of a ROS 2 type name such as ``sensor_msgs/msg/Image``."""
+    parts = msgtype.split('/')
+    if len(parts) != 3 or parts[1] not in ('msg', 'srv', 'action') or not all(parts):
+        raise ReplayError(f'not a ROS 2 message type name: {msgtype!r}')
+    package, kind, name = parts
+    try:
+        module = importlib.import_module(f'{package}.{kind}')
+        return getattr(module, name)
+    except (ImportError, AttributeError):
+        raise ReplayError(
+            f'message type {msgtype} is not available to rclpy here (its Python package '
+            f'{package} is not installed)') from None
+
+
+def header_stamp_ns(raw: bytes | memoryview) -> int:
+    """Stamp of the std_msgs/Header that starts a CDR-serialised message, in nanoseconds."""
+    if len(raw) < 12:
+        raise ReplayError(f'message of {len(raw)} bytes is too short to start with a header')
+    order = '<' if raw[1] & 1 else '>'
+    sec, nanosec = struct.unpack_from(order + 'iI', raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def stamp_ns(stamp: Any) -> int:
+    """Nanoseconds of a builtin_interfaces/Time."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class CandidateRecorder:
+    """Turns the node's candidate arrays into candidate records, as the offline runner makes them.
+
+    A candidate array does not carry the keyframes' sequence numbers within their session; in a
+    growing map they are the order in which the session's keyframes were queried, so the recorder
+    numbers the queries it sees per session and looks matches up among them (-1 for a match it
+    never saw queried, e.g. a keyframe of a map loaded before the replay).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[CandidateRecord] = []
+        self._next_seq: dict[str, int] = {}
+        self._seq_of: dict[int, int] = {}
+
+    def add(self, msg: Any) -> list[CandidateRecord]:
+        """Convert one LoopCandidateArray; return (and keep) its records."""
+        query = msg.query
+        session = query.session
+        query_id = -1 if query.id == _UINT64_MAX else int(query.id)
+        if query_id >= 0:
+            query_seq = self._next_seq.get(session, 0)
+            self._next_seq[session] = query_seq + 1
+            self._seq_of[query_id] = query_seq
+        else:
+            query_seq = -1
+        query_stamp = stamp_ns(msg.header.stamp)
+        if not msg.candidates:
+            records = [no_match_record(query_id, query_stamp, session, query.camera, query_seq)]
+        else:
+            records = [
+                CandidateRecord(
+                    query_id=query_id, query_stamp_ns=query_stamp, query_session=session,
+                    query_camera=query.camera, query_seq=query_seq,
+                    match_id=int(c.match.id), match_stamp_ns=stamp_ns(c.match.stamp),
+                    match_session=c.match.session,
+                    match_seq=self._seq_of.get(int(c.match.id), -1),
+                    similarity=float(c.similarity), rank=int(c.rank),
+                    accepted=bool(msg.accepted) and int(c.rank) == 0)
+                for c in msg.candidates]
+        for record in records:
+            record.validate()
+        self.records.extend(records)
+        return records
+
+
+@dataclass(frozen=True)
+class _Stream:
+    topic: str  # live topic
+    msgtype: str
+    is_image: bool
+
+
+def _select_streams(bag_topics: dict[str, Any], options: ReplayOptions,
+                    summary: ReplaySummary) -> dict[str, _Stream]:
+    remap = dict(options.remap)
+    unknown = sorted(set(remap) - set(bag_topics))
+    if unknown:
+        raise ReplayError(f'cannot remap topics the bag does not have: {", ".join(unknown)}')
+    if options.topics is not None:
+        missing = sorted(set(options.topics) - set(bag_topics))
+        if missing:
+            raise ReplayError(f'the bag has no topic {", ".join(missing)} '
+                              f'(it has {", ".join(sorted(bag_topics))})')
+        wanted = list(dict.fromkeys(options.topics))
+    else:
+        wanted = sorted(bag_topics)
+    streams = {}
+    for topic in wanted:
+        msgtype = bag_topics[topic].msgtype
+        try:
+            message_class(msgtype)
+        except ReplayError as exc:
+            if options.topics is not None:
+                raise
+            summary.skipped_topics[topic] = str(exc)
+            continue
+        streams[topic] = _Stream(remap.get(topic, topic), msgtype, msgtype in IMAGE_TYPES)
+    if not streams:
+        raise ReplayError('nothing to replay: no topic of the bag has a message type rclpy has')
+    return streams
+
+
+class _RosSide:
+    """The rclpy context, publishers and recorder of one replay."""
+
+    def __init__(self, streams: dict[str, _Stream], options: ReplayOptions,
+                 domain_id: int | None, on_answer: Callable[[Any], None]) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        self._rclpy = rclpy
+        reliability = (ReliabilityPolicy.RELIABLE if options.qos == 'reliable'
+                       else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(depth=options.depth, history=HistoryPolicy.KEEP_LAST,
+                         reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        try:
+            self.node = rclpy.create_node(f'boq_ros_replay_{os.getpid()}', context=self.context,
+                                          start_parameter_services=False)
+            self.publishers = {
+                topic: self.node.create_publisher(message_class(s.msgtype), s.topic, qos)
+                for topic, s in streams.items()}
+            self.clock = None
+            if options.clock:
+                from rosgraph_msgs.msg import Clock
+
+                self._clock_msg = Clock()
+                self.clock = self.node.create_publisher(
+                    Clock, '/clock', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+            self.subscription = None
+            if options.record_topic:
+                # Reliable and deep: every answer of the node must reach the recorder.
+                self.subscription = self.node.create_subscription(
+                    message_class(CANDIDATE_TYPE), options.record_topic, on_answer,
+                    QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+            self.executor = SingleThreadedExecutor(context=self.context)
+            self.executor.add_node(self.node)
+            self._thread = threading.Thread(target=self.executor.spin, daemon=True,
+                                            name='boq_ros_replay_spin')
+            self._thread.start()
+        except BaseException:
+            rclpy.shutdown(context=self.context)
+            raise
+
+    def publish_clock(self, bag_ns: int) -> None:
+        if self.clock is not None:
+            self._clock_msg.clock.sec, self._clock_msg.clock.nanosec = divmod(bag_ns, 10**9)
+            self.clock.publish(self._clock_msg)
+
+    def listened(self, topic: str) -> bool:
+        """Whether some subscriber (the node) is matched to the bag topic's publisher."""
+        return self.publishers[topic].get_subscription_count() > 0
+
+    def node_publishing(self) -> bool:
+        return self.subscription is None or self.subscription.get_publisher_count() > 0
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self._thread.join(timeout=5.0)
+        self.node.destroy_node()
+        self._rclpy.shutdown(context=self.context)
+
+
+class _Answers:
+    """Stamps the node answered, with a condition to wait on."""
+
+    def __init__(self, recorder: CandidateRecorder, sink: Callable[[list[CandidateRecord]], None]
+                 | None) -> None:
+        self._recorder = recorder
+        self._sink = sink
+        self._cond = threading.Condition()
+        self.stamps: set[int] = set()
+        self.arrays = 0
+        self.last_time = time.monotonic()
+        self.error: BaseException | None = None
+
+    def __call__(self, msg: Any) -> None:
+        try:
+            records = self._recorder.add(msg)
+            if self._sink is not None:
+                self._sink(records)
+        except BaseException as exc:  # surfaced in the main thread, never lost in the executor
+            self.error = exc
+        with self._cond:
+            self.stamps.add(stamp_ns(msg.header.stamp))
+            self.arrays += 1
+            self.last_time = time.monotonic()
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def wait_all(self, stamps: set[int], idle_timeout: float) -> None:
+        """Wait until every stamp is answered or no answer came for `idle_timeout` seconds."""
+        with self._cond:
+            while not stamps <= self.stamps:
+                left = self.last_time + idle_timeout - time.monotonic()
+                if left <= 0.0:
+                    return
+                self._cond.wait(left)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def replay(bag_path: str | os.PathLike, options: ReplayOptions = ReplayOptions(), *,
+           domain_id: int | None = None,
+           on_records: Callable[[list[CandidateRecord]], None] | None = None,
+           progress: bool = True) -> tuple[ReplaySummary, list[CandidateRecord]]:
+    """Publish the bag, record the node's answers, and return the summary and the records.
+
+    `on_records` receives the records of each answer as it arrives (e.g. to append them to a
+    file so a crash loses nothing). Ctrl-C stops the replay and returns what was recorded.
+    """
+    options.validate()
+    if not options.allow_network:
+        try:
+            check_dds_environment()
+        except RuntimeError as exc:
+            raise ReplayError(str(exc)) from None
+    bag_path = Path(bag_path)
+    if not bag_path.exists():
+        raise FileNotFoundError(f'no bag at {bag_path}')
+    summary = ReplaySummary()
+    recorder = CandidateRecorder()
+    answers = _Answers(recorder, on_records)
+    with open_bag(bag_path) as bag:
+        streams = _select_streams(bag.topics, options, summary)
+        ros = _RosSide(streams, options, domain_id, answers)
+        try:
+            _ready(ros, streams, options)
+            _publish(bag, ros, streams, options, answers, summary, progress)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            ros.close()
+    if answers.error is not None:
+        raise ReplayError(f'cannot record an answer of the node: {answers.error}')
+    summary.recorded = answers.arrays
+    summary.records = len(recorder.records)
+    return summary, recorder.records
+
+
+def _ready(ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions) -> None:
+    """Bounded wait until the node listens to some published topic and publishes its answers."""
+    def ready() -> bool:
+        return ros.node_publishing() and any(ros.listened(t) for t in streams)
+
+    if not _wait(ready, options.subscriber_timeout_s):
+        if not ros.node_publishing():
+            raise ReplayError(f'nothing publishes {options.record_topic} after '
+                              f'{options.subscriber_timeout_s:.0f} s: is the node running on '
+                              f'this ROS_DOMAIN_ID?')
+        raise ReplayError(f'nothing subscribes to any of {", ".join(s.topic for s in
+                                                                     streams.values())} after '
+                          f'{options.subscriber_timeout_s:.0f} s: is the node running on this '
+                          f'ROS_DOMAIN_ID, with these topics?')
+    # Other topics the node subscribes to (odometry, more cameras) get a short grace period.
+    _wait(lambda: all(ros.listened(t) for t in streams), min(2.0, options.subscriber_timeout_s))
+
+
+def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions,
+             answers: _Answers, summary: ReplaySummary, progress: bool) -> None:
+    from tqdm import tqdm
+
+    first_ns = bag.start_ns + int(round(options.start_offset_s * 1e9))
+    total = sum(bag.topics[t].count for t in streams)
+    listened = {t for t in streams if ros.listened(t)}
+    expected: set[int] = set()
+    to_cdr = _ros1_converter(bag)
+    wall_start = time.monotonic()
+    anchor_wall, anchor_ns = wall_start, first_ns
+    waited = False
+    last_ns = first_ns
+    bar = tqdm(total=total, unit='msg', desc='replay', disable=not progress, leave=False)
+    try:
+        for message in _messages(bag, list(streams)):
+            bar.update(1)
+            if message.log_time_ns < first_ns:
+                continue
+            target = anchor_wall + (message.log_time_ns - anchor_ns) / 1e9 / options.rate
+            delay = target - time.monotonic()
+            if delay > 0.0:
+                time.sleep(delay)
+            elif waited:  # late because of the node, not of this process: restart the schedule
+                anchor_wall, anchor_ns = time.monotonic(), message.log_time_ns
+            else:
+                summary.max_lag_s = max(summary.max_lag_s, -delay)
+            waited = False
+            ros.publish_clock(message.log_time_ns)
+            raw = to_cdr(message)
+            ros.publishers[message.topic].publish(raw)
+            live = streams[message.topic].topic
+            summary.published[live] = summary.published.get(live, 0) + 1
+            last_ns = message.log_time_ns
+            if streams[message.topic].is_image and message.topic in listened:
+                summary.images += 1
+                if options.record_topic:
+                    stamp = header_stamp_ns(raw)
+                    expected.add(stamp)
+                    if options.lockstep:
+                        answers.wait(lambda s=stamp: s in answers.stamps, options.answer_timeout_s)
+                        waited = True
+            bar.set_postfix(answered=answers.arrays, refresh=False)
+        if options.record_topic:
+            answers.wait_all(expected, options.answer_timeout_s)
+    finally:
+        bar.close()
+        summary.wall_s = time.monotonic() - wall_start
+        summary.bag_s = max(0.0, (last_ns - first_ns) / 1e9)
+        summary.answered = len(expected & answers.stamps)
+
+
+def _messages(bag: Any, topics: Sequence[str]) -> Iterable[Any]:
+    return bag.messages(topics)
+
+
+def _ros1_converter(bag: Any) -> Callable[[Any], bytes | memoryview]:
+    """ROS 1 bags hold ROS 1 serialisation; DDS needs CDR."""
+    if getattr(bag, 'storage', '') not in ('ros1', 'bag'):
+        return lambda message: message.raw
+    from boq_ros.bags import typestore
+
+    store = typestore()
+    return lambda message: bytes(store.ros1_to_cdr(message.raw, message.msgtype))

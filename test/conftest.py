@@ -1,0 +1,230 @@
+"""Shared fixtures: real DDS confined to this machine, and nodes started as subprocesses.
+
+The whole test process is configured for loopback-only DDS before any test imports rclpy; each
+test that uses DDS gets its own ROS_DOMAIN_ID so leftovers of one test never reach another.
+Waiting is always for a condition (matched endpoints, received messages), never a fixed sleep.
+"""
+from collections.abc import Callable, Iterator
+import itertools
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from boq_ros.ros.dds import MAX_DOMAIN_ID, safe_dds_environment
+
+_LOG_DIR = tempfile.mkdtemp(prefix='boq_ros_test_ros_log_')
+_BASE_DOMAIN = int(os.environ.get('ROS_DOMAIN_ID', os.getpid() % (MAX_DOMAIN_ID + 1)))
+_domains = itertools.count(1)
+os.environ.update(safe_dds_environment(_BASE_DOMAIN, _LOG_DIR))
+
+DISCOVERY_TIMEOUT_S = 20.0
+
+
+def _next_domain() -> int:
+    return (_BASE_DOMAIN + next(_domains)) % (MAX_DOMAIN_ID + 1)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
+               poll_s: float = 0.02) -> None:
+    """Poll `predicate` until it holds; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+        time.sleep(poll_s)
+
+
+@pytest.fixture
+def ros_domain_id() -> int:
+    return _next_domain()
+
+
+@pytest.fixture
+def ros_env(ros_domain_id: int, tmp_path: Path) -> dict[str, str]:
+    """Environment for DDS subprocesses of this test (own domain, loopback only)."""
+    log_dir = tmp_path / 'ros_log'
+    log_dir.mkdir()
+    return safe_dds_environment(ros_domain_id, log_dir)
+
+
+class Collector:
+    """Messages received on one subscription, with a condition to wait on."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg: Any) -> None:
+        with self._cond:
+            self.messages.append(msg)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int = 1, timeout: float = 30.0,
+                 predicate: Callable[[list[Any]], bool] | None = None) -> list[Any]:
+        """Block until `count` messages (or `predicate(messages)`) arrived; fail on timeout."""
+        def done() -> bool:
+            if predicate is not None:
+                return predicate(self.messages)
+            return len(self.messages) >= count
+
+        with self._cond:
+            if not self._cond.wait_for(done, timeout):
+                raise AssertionError(
+                    f'timed out after {timeout:.0f} s: received {len(self.messages)} message(s)')
+            return list(self.messages)
+
+
+class TestNode:
+    """An rclpy node inside the test process, spinning in a background thread."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(f'boq_ros_test_{os.getpid()}', context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def publisher(self, msg_type: Any, topic: str, qos: Any = 10) -> Any:
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def collect(self, msg_type: Any, topic: str, qos: Any = 10) -> Collector:
+        collector = Collector()
+        collector.subscription = self.node.create_subscription(msg_type, topic, collector, qos)
+        return collector
+
+    def wait_for_subscribers(self, publisher: Any, count: int = 1,
+                             timeout: float = DISCOVERY_TIMEOUT_S) -> None:
+        wait_until(lambda: publisher.get_subscription_count() >= count, timeout,
+                   f'{count} subscriber(s) on {publisher.topic_name}')
+
+    def wait_for_publishers(self, collector: Collector, count: int = 1,
+                            timeout: float = DISCOVERY_TIMEOUT_S) -> None:
+        sub = collector.subscription
+        wait_until(lambda: sub.get_publisher_count() >= count, timeout,
+                   f'{count} publisher(s) on {sub.topic_name}')
+
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 60.0) -> Any:
+        """Call a service once it is available and return its response."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=DISCOVERY_TIMEOUT_S):
+                raise AssertionError(f'service {name} did not appear')
+            future = client.call_async(request)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout):
+                raise AssertionError(f'service {name} did not answer within {timeout:.0f} s')
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def ros_node(ros_domain_id: int) -> Iterator[TestNode]:
+    """An rclpy node in the test process on this test's DDS domain."""
+    node = TestNode(ros_domain_id)
+    yield node
+    node.close()
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, list | tuple):
+        return '[' + ','.join(_param_value(v) for v in value) + ']'
+    if isinstance(value, str):
+        return f"'{value}'" if value == '' else value
+    return repr(value)
+
+
+class NodeProcess:
+    """A node running as a subprocess; its output goes to a log file shown on failure."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = open(log_path, 'w')  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors='replace')
+
+    def assert_alive(self) -> None:
+        assert self.alive(), (f'node exited with {self.process.returncode}:\n'
+                              f'{self.log_text()[-4000:]}')
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Stop with SIGINT (clean shutdown), then SIGKILL; return the exit status."""
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if not self._log.closed:
+            self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory: start a package node as a subprocess on this test's DDS domain.
+
+    ``start_node(params={...}, params_file=..., name='vpr_node', namespace='/robot',
+    remaps={'image': '/cam/image'}, module='boq_ros.ros.node', args=[...])``
+    """
+    started: list[NodeProcess] = []
+
+    def start(*, params: dict[str, Any] | None = None, params_file: Path | None = None,
+              name: str = 'vpr_node', namespace: str | None = None,
+              remaps: dict[str, str] | None = None, module: str = 'boq_ros.ros.node',
+              args: list[str] | None = None) -> NodeProcess:
+        cmd = [sys.executable, '-m', module, *(args or []), '--ros-args',
+               '-r', f'__node:={name}']
+        if namespace:
+            cmd += ['-r', f'__ns:={namespace}']
+        for old, new in (remaps or {}).items():
+            cmd += ['-r', f'{old}:={new}']
+        if params_file is not None:
+            cmd += ['--params-file', str(params_file)]
+        for key, value in (params or {}).items():
+            cmd += ['-p', f'{key}:={_param_value(value)}']
+        proc = NodeProcess(cmd, ros_env, tmp_path / f'{name}_{len(started)}.log')
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        status = proc.stop()
+        sys.stdout.write(f'\n--- {" ".join(proc.cmd)} (exit {status}) ---\n'
+                         f'{proc.log_text()[-6000:]}\n')
