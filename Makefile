@@ -32,6 +32,7 @@ $(STAMPS)/dev-install: $(STAMPS)/deps setup.py
 # and installed into the venv prefix, minus the generated boq_ros/__init__.py: what remains is a
 # portion of the package that boq_ros/__init__.py (extend_path) joins to the source tree.
 $(STAMPS)/interfaces: $(STAMPS)/dev-install CMakeLists.txt package.xml $(INTERFACES)
+	@command -v cmake >/dev/null || { echo 'cmake is required: apt-get install cmake g++'; exit 1; }
 	$(PY) scripts/fix_ros_wheel_cmake.py $(VENV)
 	rm -rf $(MSG_BUILD) && mkdir -p $(MSG_BUILD)
 	cd $(MSG_BUILD) && AMENT_PREFIX_PATH=$(VENV) PATH=$(VENV)/bin:$$PATH cmake $(CURDIR) \

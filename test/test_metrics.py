@@ -6,9 +6,19 @@ import pytest
 
 from boq_ros.eval.groundtruth import GroundTruth, GroundTruthError, KeyframePositions
 from boq_ros.eval.metrics import (
-    EvalConfig, EvalConfigError, evaluate, precision_recall_curve, summarize_curve)
+    EvalConfig,
+    EvalConfigError,
+    evaluate,
+    precision_recall_curve,
+    summarize_curve,
+)
 from boq_ros.eval.records import (
-    CandidateRecord, no_match_record, read_records, RecordFormatError, write_records)
+    CandidateRecord,
+    RecordFormatError,
+    no_match_record,
+    read_records,
+    write_records,
+)
 
 
 def curve_and_summary(sims, correct, num_pos):

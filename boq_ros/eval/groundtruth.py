@@ -8,10 +8,15 @@ it is in the query's past by at least ``exclusion_seconds`` and more than ``excl
 keyframes (``seq < query_seq - exclusion_keyframes`` and
 ``stamp <= query_stamp - exclusion_seconds``).
 """
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from boq_ros.eval.records import CandidateRecord
+    from boq_ros.trajectory import Trajectory
 
 _CHUNK = 1024  # query rows per block of the query x map distance matrix
 
@@ -140,3 +145,44 @@ class GroundTruth:
     def distance(self, query_row: int, map_row: int) -> float:
         """Distance in metres between a query keyframe and a map keyframe."""
         return float(np.linalg.norm(self.queries.xyz[query_row] - self.map.xyz[map_row]))
+
+
+def ground_truth_for_records(records: Sequence['CandidateRecord'],
+                             trajectories: Mapping[str, 'Trajectory'],
+                             exclusion_seconds: float, exclusion_keyframes: int,
+                             max_gap_s: float | None = 2.0
+                             ) -> tuple[GroundTruth, list['CandidateRecord'], int]:
+    """Ground truth for recorded candidates (e.g. the live node's, via replay).
+
+    The map is every keyframe that was queried or matched: complete for a map that grew with
+    the recording (loop closure); for a prebuilt map, build `GroundTruth` from its keyframes
+    instead. `trajectories` maps each session to its true trajectory (in one common frame).
+    Records whose query or match has no ground truth (outside the trajectory, or in a gap
+    longer than `max_gap_s`) are dropped; returns the ground truth, the kept records and the
+    number dropped.
+    """
+    keys: dict[tuple[str, int], int] = {}
+    for rec in records:
+        keys.setdefault((rec.query_session, rec.query_stamp_ns), rec.query_seq)
+        if rec.has_match:
+            keys.setdefault((rec.match_session, rec.match_stamp_ns), rec.match_seq)
+    known: dict[tuple[str, int], np.ndarray] = {}
+    for session in dict.fromkeys(s for s, _ in keys):
+        if session not in trajectories:
+            raise GroundTruthError(f'no trajectory for session {session!r} '
+                                   f'(have: {", ".join(trajectories) or "none"})')
+        stamps = np.array(sorted(t for s, t in keys if s == session), np.int64)
+        xyz, _, valid = trajectories[session].interpolate(stamps, max_gap_s)
+        known.update({(session, int(t)): p for t, p, ok in zip(stamps, xyz, valid) if ok})
+    kept = [r for r in records if (r.query_session, r.query_stamp_ns) in known
+            and (not r.has_match or (r.match_session, r.match_stamp_ns) in known)]
+    rows = sorted(k for k in keys if k in known)
+    sessions = [s for s, _ in rows]
+    stamps = np.array([t for _, t in rows], np.int64)
+    xyz = np.array([known[k] for k in rows]).reshape(len(rows), 3)
+    numbered = KeyframePositions.from_sequence(sessions, stamps, xyz)
+    recorded = np.array([keys[k] for k in rows], np.int64)
+    seqs = np.where(recorded >= 0, recorded, numbered.seqs)
+    positions = KeyframePositions(tuple(sessions), stamps, seqs, xyz)
+    return (GroundTruth(positions, positions, exclusion_seconds, exclusion_keyframes), kept,
+            len(records) - len(kept))

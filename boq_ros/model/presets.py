@@ -10,7 +10,7 @@ _RELEASE_URL = 'https://github.com/amaralibey/Bag-of-Queries/releases/download/v
 
 @dataclass(frozen=True)
 class BoQConfig:
-    """Every size that determines the tensors of a checkpoint, so a model can be rebuilt from it."""
+    """Every size that shapes a checkpoint's tensors, so a model can be rebuilt from it."""
 
     name: str
     backbone: Backbone

@@ -9,11 +9,10 @@ so the offline metrics score what the live node published.
 ``lockstep`` publishes each image only after the node answered the previous one: no frame can
 be dropped by a slow node, which is what a comparison with the offline pipeline needs.
 """
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import importlib
 import os
-from pathlib import Path
 import struct
 import threading
 import time
@@ -26,6 +25,8 @@ from boq_ros.ros.dds import check_dds_environment
 IMAGE_TYPES = frozenset({'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'})
 CANDIDATE_TYPE = 'boq_ros/msg/LoopCandidateArray'
 _UINT64_MAX = 2**64 - 1  # a KeyframeRef id the node could not assign (query not added)
+_POLL_S = 0.1  # how often waits check that the node is still alive
+_GRACE_S = 0.5  # extra wait for the node's secondary subscriptions to match
 
 
 class ReplayError(ValueError):
@@ -60,7 +61,7 @@ class ReplayOptions:
         if self.depth < 1:
             raise ReplayError(f'depth must be >= 1, got {self.depth}')
         if self.lockstep and not self.record_topic:
-            raise ReplayError('lockstep needs record_topic: it waits for the node\'s answers')
+            raise ReplayError("lockstep needs record_topic: it waits for the node's answers")
         for name in ('subscriber_timeout_s', 'answer_timeout_s'):
             if not getattr(self, name) > 0.0:
                 raise ReplayError(f'{name} must be > 0, got {getattr(self, name)}')
@@ -71,7 +72,7 @@ class ReplayOptions:
 
 @dataclass
 class ReplaySummary:
-    """What a replay did; ``dropped`` counts images the node was listening to but never answered."""
+    """What a replay did, for the summary line and for callers that check for losses."""
 
     published: dict[str, int] = field(default_factory=dict)  # live topic -> messages
     images: int = 0  # image messages published on topics the node subscribes to
@@ -79,6 +80,7 @@ class ReplaySummary:
     recorded: int = 0  # candidate arrays received
     records: int = 0  # candidate records produced from them
     skipped_topics: dict[str, str] = field(default_factory=dict)  # bag topic -> why
+    model_ids: list[str] = field(default_factory=list)  # models the node said it ran
     bag_s: float = 0.0  # bag time replayed
     wall_s: float = 0.0
     max_lag_s: float = 0.0  # worst delay behind the paced schedule (not counting lockstep waits)
@@ -145,11 +147,14 @@ class CandidateRecorder:
 
     def __init__(self) -> None:
         self.records: list[CandidateRecord] = []
+        self.model_ids: list[str] = []  # in order of first appearance
         self._next_seq: dict[str, int] = {}
         self._seq_of: dict[int, int] = {}
 
     def add(self, msg: Any) -> list[CandidateRecord]:
         """Convert one LoopCandidateArray; return (and keep) its records."""
+        if msg.model not in self.model_ids:
+            self.model_ids.append(msg.model)
         query = msg.query
         session = query.session
         query_id = -1 if query.id == _UINT64_MAX else int(query.id)
@@ -243,8 +248,8 @@ class _RosSide:
                 from rosgraph_msgs.msg import Clock
 
                 self._clock_msg = Clock()
-                self.clock = self.node.create_publisher(
-                    Clock, '/clock', QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+                clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+                self.clock = self.node.create_publisher(Clock, '/clock', clock_qos)
             self.subscription = None
             if options.record_topic:
                 # Reliable and deep: every answer of the node must reach the recorder.
@@ -279,13 +284,19 @@ class _RosSide:
         self._rclpy.shutdown(context=self.context)
 
 
+class NodeGone(ReplayError):
+    """Raised when the node being replayed into stopped (reported by the caller's check)."""
+
+
 class _Answers:
     """Stamps the node answered, with a condition to wait on."""
 
-    def __init__(self, recorder: CandidateRecorder, sink: Callable[[list[CandidateRecord]], None]
-                 | None) -> None:
+    def __init__(self, recorder: CandidateRecorder,
+                 sink: Callable[[list[CandidateRecord]], None] | None,
+                 peer_alive: Callable[[], bool] | None) -> None:
         self._recorder = recorder
         self._sink = sink
+        self._peer_alive = peer_alive
         self._cond = threading.Condition()
         self.stamps: set[int] = set()
         self.arrays = 0
@@ -297,7 +308,7 @@ class _Answers:
             records = self._recorder.add(msg)
             if self._sink is not None:
                 self._sink(records)
-        except BaseException as exc:  # surfaced in the main thread, never lost in the executor
+        except Exception as exc:  # surfaced in the main thread, never lost in the executor
             self.error = exc
         with self._cond:
             self.stamps.add(stamp_ns(msg.header.stamp))
@@ -305,37 +316,47 @@ class _Answers:
             self.last_time = time.monotonic()
             self._cond.notify_all()
 
-    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+    def check(self) -> None:
+        """Raise if recording failed or the node is gone."""
+        if self.error is not None:
+            raise ReplayError(f'cannot record an answer of the node: {self.error}')
+        if self._peer_alive is not None and not self._peer_alive():
+            raise NodeGone('the node stopped during the replay')
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `predicate` holds (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+            while not predicate():
+                self.check()
+                left = deadline - time.monotonic()
+                if left <= 0.0:
+                    return False
+                self._cond.wait(min(left, _POLL_S))
+        return True
 
     def wait_all(self, stamps: set[int], idle_timeout: float) -> None:
         """Wait until every stamp is answered or no answer came for `idle_timeout` seconds."""
         with self._cond:
             while not stamps <= self.stamps:
+                self.check()
                 left = self.last_time + idle_timeout - time.monotonic()
                 if left <= 0.0:
                     return
-                self._cond.wait(left)
-
-
-def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+                self._cond.wait(min(left, _POLL_S))
 
 
 def replay(bag_path: str | os.PathLike, options: ReplayOptions = ReplayOptions(), *,
            domain_id: int | None = None,
            on_records: Callable[[list[CandidateRecord]], None] | None = None,
+           peer_alive: Callable[[], bool] | None = None,
            progress: bool = True) -> tuple[ReplaySummary, list[CandidateRecord]]:
     """Publish the bag, record the node's answers, and return the summary and the records.
 
     `on_records` receives the records of each answer as it arrives (e.g. to append them to a
-    file so a crash loses nothing). Ctrl-C stops the replay and returns what was recorded.
+    file so a crash loses nothing). `peer_alive` lets a caller that started the node abort every
+    wait as soon as the node died (NodeGone). Ctrl-C stops the replay and returns what was
+    recorded, with ``summary.interrupted`` set.
     """
     options.validate()
     if not options.allow_network:
@@ -343,18 +364,15 @@ def replay(bag_path: str | os.PathLike, options: ReplayOptions = ReplayOptions()
             check_dds_environment()
         except RuntimeError as exc:
             raise ReplayError(str(exc)) from None
-    bag_path = Path(bag_path)
-    if not bag_path.exists():
-        raise FileNotFoundError(f'no bag at {bag_path}')
     summary = ReplaySummary()
     recorder = CandidateRecorder()
-    answers = _Answers(recorder, on_records)
+    answers = _Answers(recorder, on_records, peer_alive)
     with open_bag(bag_path) as bag:
         streams = _select_streams(bag.topics, options, summary)
         ros = _RosSide(streams, options, domain_id, answers)
         try:
-            _ready(ros, streams, options)
-            _publish(bag, ros, streams, options, answers, summary, progress)
+            listened = _ready(ros, streams, options, answers)
+            _publish(bag, ros, streams, listened, options, answers, summary, progress)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
@@ -363,70 +381,72 @@ def replay(bag_path: str | os.PathLike, options: ReplayOptions = ReplayOptions()
         raise ReplayError(f'cannot record an answer of the node: {answers.error}')
     summary.recorded = answers.arrays
     summary.records = len(recorder.records)
+    summary.model_ids = list(recorder.model_ids)
     return summary, recorder.records
 
 
-def _ready(ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions) -> None:
-    """Bounded wait until the node listens to some published topic and publishes its answers."""
+def _ready(ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions,
+           answers: _Answers) -> set[str]:
+    """Bounded wait for the node's endpoints; return the bag topics it subscribes to."""
     def ready() -> bool:
         return ros.node_publishing() and any(ros.listened(t) for t in streams)
 
-    if not _wait(ready, options.subscriber_timeout_s):
+    if not answers.wait_for(ready, options.subscriber_timeout_s):
+        waited = f'after {options.subscriber_timeout_s:.0f} s'
         if not ros.node_publishing():
-            raise ReplayError(f'nothing publishes {options.record_topic} after '
-                              f'{options.subscriber_timeout_s:.0f} s: is the node running on '
-                              f'this ROS_DOMAIN_ID?')
-        raise ReplayError(f'nothing subscribes to any of {", ".join(s.topic for s in
-                                                                     streams.values())} after '
-                          f'{options.subscriber_timeout_s:.0f} s: is the node running on this '
-                          f'ROS_DOMAIN_ID, with these topics?')
-    # Other topics the node subscribes to (odometry, more cameras) get a short grace period.
-    _wait(lambda: all(ros.listened(t) for t in streams), min(2.0, options.subscriber_timeout_s))
+            raise ReplayError(f'nothing publishes {options.record_topic} {waited}: is the node '
+                              'running on this ROS_DOMAIN_ID?')
+        topics = ', '.join(s.topic for s in streams.values())
+        raise ReplayError(f'nothing subscribes to any of {topics} {waited}: is the node '
+                          'running on this ROS_DOMAIN_ID, with these topics?')
+    # The node's other subscriptions (odometry, more cameras) get a short grace period to match.
+    answers.wait_for(lambda: all(ros.listened(t) for t in streams), _GRACE_S)
+    return {t for t in streams if ros.listened(t)}
 
 
-def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions,
-             answers: _Answers, summary: ReplaySummary, progress: bool) -> None:
+def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set[str],
+             options: ReplayOptions, answers: _Answers, summary: ReplaySummary,
+             progress: bool) -> None:
     from tqdm import tqdm
 
     first_ns = bag.start_ns + int(round(options.start_offset_s * 1e9))
-    total = sum(bag.topics[t].count for t in streams)
-    listened = {t for t in streams if ros.listened(t)}
     expected: set[int] = set()
-    to_cdr = _ros1_converter(bag)
     wall_start = time.monotonic()
     anchor_wall, anchor_ns = wall_start, first_ns
     waited = False
     last_ns = first_ns
-    bar = tqdm(total=total, unit='msg', desc='replay', disable=not progress, leave=False)
+    bar = tqdm(total=sum(bag.topics[t].count for t in streams), unit='msg', desc='replay',
+               disable=not progress, leave=False)
     try:
-        for message in _messages(bag, list(streams)):
+        for message in bag.messages(list(streams)):
             bar.update(1)
             if message.log_time_ns < first_ns:
                 continue
+            answers.check()
             target = anchor_wall + (message.log_time_ns - anchor_ns) / 1e9 / options.rate
             delay = target - time.monotonic()
             if delay > 0.0:
                 time.sleep(delay)
-            elif waited:  # late because of the node, not of this process: restart the schedule
+            elif waited:  # late because the node was slow, not this process: shift the schedule
                 anchor_wall, anchor_ns = time.monotonic(), message.log_time_ns
             else:
                 summary.max_lag_s = max(summary.max_lag_s, -delay)
             waited = False
             ros.publish_clock(message.log_time_ns)
-            raw = to_cdr(message)
-            ros.publishers[message.topic].publish(raw)
-            live = streams[message.topic].topic
-            summary.published[live] = summary.published.get(live, 0) + 1
+            ros.publishers[message.topic].publish(message.raw)  # CDR as recorded
+            stream = streams[message.topic]
+            summary.published[stream.topic] = summary.published.get(stream.topic, 0) + 1
             last_ns = message.log_time_ns
-            if streams[message.topic].is_image and message.topic in listened:
+            if stream.is_image and message.topic in listened:
                 summary.images += 1
                 if options.record_topic:
-                    stamp = header_stamp_ns(raw)
+                    stamp = header_stamp_ns(message.raw)
                     expected.add(stamp)
                     if options.lockstep:
-                        answers.wait(lambda s=stamp: s in answers.stamps, options.answer_timeout_s)
+                        answers.wait_for(lambda s=stamp: s in answers.stamps,
+                                         options.answer_timeout_s)
                         waited = True
-            bar.set_postfix(answered=answers.arrays, refresh=False)
+                bar.set_postfix(answered=answers.arrays, refresh=False)
         if options.record_topic:
             answers.wait_all(expected, options.answer_timeout_s)
     finally:
@@ -434,17 +454,3 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], options: Repl
         summary.wall_s = time.monotonic() - wall_start
         summary.bag_s = max(0.0, (last_ns - first_ns) / 1e9)
         summary.answered = len(expected & answers.stamps)
-
-
-def _messages(bag: Any, topics: Sequence[str]) -> Iterable[Any]:
-    return bag.messages(topics)
-
-
-def _ros1_converter(bag: Any) -> Callable[[Any], bytes | memoryview]:
-    """ROS 1 bags hold ROS 1 serialisation; DDS needs CDR."""
-    if getattr(bag, 'storage', '') not in ('ros1', 'bag'):
-        return lambda message: message.raw
-    from boq_ros.bags import typestore
-
-    store = typestore()
-    return lambda message: bytes(store.ros1_to_cdr(message.raw, message.msgtype))

@@ -1,0 +1,126 @@
+"""Every GPU measurement of the BoQ model in one short run (a few minutes on an H100).
+
+Run from the repository root:  python3 benchmarks/gpu_suite.py   (or --smoke on a CPU)
+Needs only torch, torchvision and numpy; writes $OUT/gpu_suite.json when OUT is set.
+
+Tables: both presets, batch 1/8/32, fp32 (TF32 off) / fp16 / bf16, plain eager forward vs the
+Extractor path (and end-to-end from uint8 480x640 camera images): images/s, median and p99 latency
+per batch. Fidelity: GPU fp32 vs CPU fp32 max |diff| per preset (plain and Extractor path), and
+fp16/bf16 vs fp32 cosine and error relative to the distance between images' descriptors.
+Targets: ResNet-50 BoQ at 384x512 above 2,000 images/s at batch 32 (bf16), under 5 ms at batch 1.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_model  # noqa: E402
+import torch  # noqa: E402
+
+from boq_ros.extractor import Extractor, resolve_device  # noqa: E402
+from boq_ros.model import PRESETS, load_boq  # noqa: E402
+from boq_ros.preprocess import PreprocessConfig  # noqa: E402
+
+
+def fidelity(checkpoint: Path, preset: str, device: torch.device, camera: tuple[int, int],
+             height: int | None) -> dict:
+    """Compare the device against the CPU in fp32, and reduced precisions against fp32."""
+    config = PreprocessConfig.default_for(preset)
+    if height is not None:
+        config = PreprocessConfig(config.policy, height, config.multiple)
+    size = config.output_size(*camera)
+    x = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = load_boq(checkpoint, preset=preset)(x)[0]
+        on_device = load_boq(checkpoint, preset=preset).to(device)(x.to(device))[0].cpu()
+    result = {'preset': preset, 'input': f'{size[0]}x{size[1]}',
+              'plain_fp32_vs_cpu_max_abs': float((on_device - reference).abs().max())}
+    fp32 = None
+    for precision in ('fp32', 'fp16', 'bf16'):
+        extractor = Extractor(load_boq(checkpoint, preset=preset), device=device,
+                              precision=precision, preprocess=config)
+        desc = extractor.describe_tensor(x).float().cpu()
+        if precision == 'fp32':
+            fp32 = desc
+            result['extractor_fp32_vs_cpu_max_abs'] = float((desc - reference).abs().max())
+        else:
+            result[f'{precision}_vs_fp32_min_cosine'] = float((desc * fp32).sum(1).min())
+            # Random weights make all descriptors nearly parallel: relate the error to the
+            # distance between different images' fp32 descriptors instead.
+            spread = torch.pdist(fp32).median()
+            result[f'{precision}_err_over_spread'] = float(
+                (desc - fp32).norm(dim=1).max() / spread)
+        del extractor
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--smoke', action='store_true',
+                   help='tiny sizes and iteration counts; runs on a CPU in about a minute')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--iters', type=int, default=None, help='timed calls per configuration')
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (fidelity and speed)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    if args.smoke:
+        batches, iters, warmup, camera, height = [1, 2], 1, 1, (120, 160), 112
+        precisions = ['fp32', 'bf16']
+    else:
+        batches, iters, warmup, camera, height = [1, 8, 32], 30, 5, (480, 640), None
+        precisions = ['fp32', 'fp16', 'bf16']
+    iters = args.iters or iters
+    env = {'torch': torch.__version__, 'python': platform.python_version(), 'device': str(device),
+           'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+           'cudnn': torch.backends.cudnn.version() if device.type == 'cuda' else None,
+           'smoke': args.smoke, 'iters': iters, 'warmup': warmup}
+    print(json.dumps(env))
+    started = time.perf_counter()
+    rows, fidelities = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints = bench_model.write_checkpoints(Path(tmp), list(PRESETS))
+        for preset in PRESETS:
+            fidelities.append(fidelity(checkpoints[preset], preset, device, camera, height))
+            print(json.dumps(fidelities[-1]), flush=True)
+        for preset in PRESETS:
+            rows += bench_model.bench_preset(
+                checkpoints[preset], preset, device, precisions, batches, iters, warmup, camera,
+                height, e2e=True)
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    print('\nAll rows:')
+    bench_model.print_rows(rows)
+    targets = {}
+    for r in rows:
+        if r['preset'] == 'resnet50-16384' and r['path'] == 'extractor':
+            if r['precision'] == 'bf16' and r['batch'] == 32:
+                targets['resnet_bf16_b32_images_per_s>2000'] = r['images_per_s'] > 2000
+            if r['batch'] == 1:
+                targets[f'resnet_{r["precision"]}_b1_median_ms<5'] = r['median_ms'] < 5
+    summary = {'env': env, 'rows': rows, 'fidelity': fidelities, 'targets': targets,
+               'wall_s': time.perf_counter() - started}
+    print('\nFidelity:')
+    for f in fidelities:
+        print('  ' + ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+                               for k, v in f.items()))
+    print(f'Targets: {json.dumps(targets)}\nTotal {summary["wall_s"]:.0f} s')
+    if os.environ.get('OUT'):
+        out = Path(os.environ['OUT']) / 'gpu_suite.json'
+        out.write_text(json.dumps(summary, indent=1))
+        print(f'wrote {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

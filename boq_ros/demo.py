@@ -1,0 +1,336 @@
+"""The main job's pieces that need no ROS: recording, weights, node settings, process, agreement.
+
+`boq-ros demo` generates (or reuses) a recording with ground truth, starts the loop-closure node
+as a separate process on loopback-only DDS, replays the recording into it and evaluates what the
+node published with the offline metrics. Everything here is ROS-free so it is testable on its
+own; the DDS side is `boq_ros.ros.replay`.
+
+`compare_records` is the proof that the live node behaves like the offline pipeline: the same
+queries, the same candidates, the same similarities (to a float tolerance) and acceptance.
+"""
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any, Literal
+
+import yaml
+
+from boq_ros.detector import DetectorConfig
+from boq_ros.eval.records import CandidateRecord
+from boq_ros.preprocess import PreprocessConfig
+
+SESSION = 'demo'
+IMAGE_TOPIC = '/camera/image_raw'
+ODOM_TOPIC = '/odom'
+CANDIDATE_TOPIC = '/loop_candidates'
+NODE_NAME = 'boq_demo_node'
+NODE_EVERY_FRAME = 'every'  # the node's keyframe_mode value for "every frame is a keyframe"
+_RECORDING_VERSION = 1  # bump when the generator's output for the same parameters changes
+
+RANDOM_WEIGHTS_NOTE = (
+    'The model runs with RANDOMLY INITIALISED weights: no released BoQ checkpoint was given '
+    '(--checkpoint) or found in the torch hub cache. Random BoQ descriptors are nearly parallel '
+    '(cosine similarity 0.998-0.999 between any two images), so the numbers below show that '
+    'the pipeline works end to end (camera -> DDS -> node -> candidates -> evaluation), not how '
+    'well BoQ recognises places. For real numbers: `boq-ros weights download --preset '
+    '{preset}`, or `boq-ros demo --checkpoint PATH`.')
+
+
+class DemoError(ValueError):
+    """Raised when the demo cannot run as asked (names the cause)."""
+
+
+@dataclass(frozen=True)
+class DemoRecording:
+    """Parameters of the generated demo recording; equal parameters reuse the same files."""
+
+    frames: int = 80  # all laps together
+    laps: int = 2
+    image_size: tuple[int, int] = (320, 240)  # width, height
+    rate_hz: float = 5.0
+    seed: int = 0
+    storage: Literal['sqlite3', 'mcap'] = 'mcap'
+
+    def validate(self) -> None:
+        """Refuse parameters the generator cannot honour, naming the field."""
+        if self.laps < 2:
+            raise DemoError(f'laps must be >= 2 (a revisit needs a second lap), got {self.laps}')
+        if self.frames < 4 * self.laps or self.frames % self.laps:
+            raise DemoError(f'frames must be a multiple of laps ({self.laps}) and at least '
+                            f'{4 * self.laps}, got {self.frames}')
+        if not self.rate_hz > 0:
+            raise DemoError(f'rate_hz must be > 0, got {self.rate_hz}')
+        if self.storage not in ('sqlite3', 'mcap'):
+            raise DemoError(f"storage must be 'sqlite3' or 'mcap', got {self.storage!r}")
+
+    @property
+    def lap_s(self) -> float:
+        """Duration of one lap in seconds."""
+        return self.frames / self.laps / self.rate_hz
+
+    def key(self) -> str:
+        """Identity of the recording's content (its directory name)."""
+        text = json.dumps({'version': _RECORDING_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def ensure_recording(root: str | os.PathLike, spec: DemoRecording) -> tuple[Path, bool]:
+    """Return the recording for `spec` under `root` and whether it was reused.
+
+    A recording is generated into a temporary directory and renamed into place only when
+    complete, so an interrupted run never leaves a half-written bag to be reused.
+    """
+    from boq_ros.synth import generate_recording
+
+    spec.validate()
+    root = Path(root)
+    target = root / f'recording-{spec.key()}'
+    bag = target / ('demo.mcap' if spec.storage == 'mcap' else 'demo')
+    if (target / 'recording.json').is_file() and bag.exists():
+        return bag, True
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f'.tmp-{spec.key()}-{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        generate_recording(tmp / bag.name, storage=spec.storage, laps=spec.laps,
+                           frames_per_lap=spec.frames // spec.laps, image_size=spec.image_size,
+                           rate_hz=spec.rate_hz, compressed=False, seed=spec.seed,
+                           session=SESSION)
+        (tmp / 'recording.json').write_text(json.dumps(asdict(spec), indent=1) + '\n')
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bag, False
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The checkpoint the node will load, and whether it is random."""
+
+    path: Path
+    random: bool
+    source: str  # one line for the user: where the weights come from
+
+
+def choose_weights(spec: str | None, backbone: str, scratch: str | os.PathLike) -> Weights:
+    """Given or cached released weights; otherwise random ones, written into `scratch` once.
+
+    `spec` is a checkpoint path or a preset name (looked up in the torch hub cache, never
+    downloaded); without it the `backbone`'s released preset is looked up.
+    """
+    from boq_ros.model.checkpoint import (
+        CheckpointNotFoundError,
+        default_preset,
+        resolve_checkpoint,
+        write_random_checkpoint,
+    )
+
+    if spec:
+        path = resolve_checkpoint(spec)
+        return Weights(path, False, f'checkpoint {path}')
+    preset = default_preset(backbone)
+    try:
+        path = resolve_checkpoint(preset)
+        return Weights(path, False, f'released {preset} weights ({path})')
+    except CheckpointNotFoundError:
+        pass
+    path = Path(scratch) / f'random-{preset}-seed0.pth'
+    if not path.is_file():
+        write_random_checkpoint(path, preset, seed=0)
+    return Weights(path, True, f'randomly initialised {preset} weights ({path})')
+
+
+def demo_detector(recording: DemoRecording) -> DetectorConfig:
+    """Candidate logic for the demo world: the exclusion window is half a lap."""
+    return DetectorConfig(top_k=5, exclusion_seconds=recording.lap_s / 2,
+                          exclusion_keyframes=recording.frames // recording.laps // 4,
+                          threshold=0.6, mode='grow')
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the demo asks of the node; the offline comparison uses the very same values."""
+
+    checkpoint: Path
+    map_directory: Path
+    detector: DetectorConfig
+    input_size: int = 240
+    device: str = 'cpu'
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The resize the node applies (height policy, aspect ratio kept)."""
+        return PreprocessConfig('height', self.input_size)
+
+    def parameters(self) -> dict[str, Any]:
+        """Return the node's ROS parameters (names from boq_ros/ros/params.py)."""
+        return {
+            'autostart': True,
+            'checkpoint': str(self.checkpoint),
+            'device': self.device,
+            'resize_policy': self.preprocess.policy,
+            'input_size': self.preprocess.size,
+            'image_topics': [IMAGE_TOPIC],
+            'input_qos': 'reliable',  # replay publishes reliably: nothing is lost on the way
+            'input_qos_depth': 10,
+            'keyframe_mode': NODE_EVERY_FRAME,  # the offline pipeline selects the same frames
+            'odometry_topic': ODOM_TOPIC,
+            **asdict(self.detector),
+            'map_directory': str(self.map_directory),
+            'session': SESSION,
+        }
+
+
+def write_params_file(path: str | os.PathLike, parameters: Mapping[str, Any]) -> Path:
+    """Write a --params-file that applies to the node whatever its name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': dict(parameters)}},
+                                   sort_keys=False))
+    return path
+
+
+@dataclass
+class NodeProcess:
+    """The loop-closure node as a child process; its output goes to a log file."""
+
+    params_file: Path
+    env: Mapping[str, str]
+    log_path: Path
+    name: str = NODE_NAME
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        """Start `python -m boq_ros.ros.node` with the parameters file."""
+        cmd = [sys.executable, '-m', 'boq_ros.ros.node', '--ros-args',
+               '-r', f'__node:={self.name}', '--params-file', str(self.params_file)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, 'wb') as log:
+            self.process = subprocess.Popen(cmd, env=dict(self.env), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        """Whether the process is running."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the end of the node's output, for error messages."""
+        try:
+            text = self.log_path.read_text(errors='replace')
+        except OSError:
+            return ''
+        return '\n'.join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Shut down like Ctrl-C would (SIGINT), killing only after `timeout`; exit status."""
+        if self.process is None:
+            raise DemoError('the node was never started')
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How the live node's records compare with the offline pipeline's."""
+
+    live_queries: int
+    offline_queries: int
+    missing_queries: tuple[int, ...]  # stamps the offline pipeline queried and the node did not
+    extra_queries: tuple[int, ...]  # stamps the node queried and the offline pipeline did not
+    mismatches: tuple[str, ...]  # one line per query whose candidates differ
+    max_similarity_diff: float
+
+    @property
+    def agree(self) -> bool:
+        """Same queries, same candidates, similarities within tolerance."""
+        return not (self.missing_queries or self.extra_queries or self.mismatches)
+
+    def format(self) -> str:
+        """One paragraph for the user."""
+        head = (f'live vs offline: {self.live_queries} / {self.offline_queries} queries, '
+                f'max |similarity difference| {self.max_similarity_diff:.2e}')
+        if self.agree:
+            return head + ': they agree'
+        lines = [head + ': they DIFFER']
+        if self.missing_queries:
+            lines.append(f'  {len(self.missing_queries)} queries never answered live')
+        if self.extra_queries:
+            lines.append(f'  {len(self.extra_queries)} live queries unknown offline')
+        lines += [f'  {m}' for m in self.mismatches[:10]]
+        return '\n'.join(lines)
+
+
+def _by_query(records: Sequence[CandidateRecord]) -> dict[int, list[CandidateRecord]]:
+    out: dict[int, list[CandidateRecord]] = {}
+    for record in records:
+        out.setdefault(record.query_stamp_ns, []).append(record)
+    for rows in out.values():
+        rows.sort(key=lambda r: r.rank)
+    return out
+
+
+def compare_records(live: Sequence[CandidateRecord], offline: Sequence[CandidateRecord],
+                    tolerance: float = 1e-4, threshold: float | None = None) -> Agreement:
+    """Compare two runs query by query (queries keyed by their sensor stamp).
+
+    Candidates must be the same keyframes (id and stamp) with the same similarities (within
+    `tolerance`) at the same ranks. Float rounding may only reorder near-ties: two candidates
+    whose similarities are within `tolerance` may swap ranks, and the last rank may hold either
+    of two such candidates. Acceptance of the best candidate must agree unless its similarity is
+    within `tolerance` of `threshold`.
+    """
+    live_q, off_q = _by_query(live), _by_query(offline)
+    mismatches = []
+    max_diff = 0.0
+    for stamp in sorted(set(live_q) & set(off_q)):
+        a, b = live_q[stamp], off_q[stamp]
+        problem, diff = _compare_query(a, b, tolerance, threshold)
+        max_diff = max(max_diff, diff)
+        if problem:
+            mismatches.append(f'query at {stamp} ns: {problem}')
+    return Agreement(len(live_q), len(off_q), tuple(sorted(set(off_q) - set(live_q))),
+                     tuple(sorted(set(live_q) - set(off_q))), tuple(mismatches), max_diff)
+
+
+def _compare_query(a: list[CandidateRecord], b: list[CandidateRecord], tolerance: float,
+                   threshold: float | None) -> tuple[str, float]:
+    a = [r for r in a if r.has_match]
+    b = [r for r in b if r.has_match]
+    if len(a) != len(b):
+        return f'{len(a)} candidates live, {len(b)} offline', 0.0
+    if not a:
+        return '', 0.0
+    diff = max(abs(x.similarity - y.similarity) for x, y in zip(a, b))
+    if diff > tolerance:
+        return f'similarities at equal ranks differ by up to {diff:.2e}', diff
+    sim_a = {(r.match_id, r.match_stamp_ns): r.similarity for r in a}
+    sim_b = {(r.match_id, r.match_stamp_ns): r.similarity for r in b}
+    for key in sim_a.keys() & sim_b.keys():
+        if abs(sim_a[key] - sim_b[key]) > tolerance:
+            return f'keyframe {key[0]}: similarity {sim_a[key]:.6f} live, ' \
+                   f'{sim_b[key]:.6f} offline', diff
+    # A keyframe on one side only must be a near-tie at the end of the top-k.
+    for side, sims, last in (('live', sim_a, a[-1]), ('offline', sim_b, b[-1])):
+        other = sim_b if sims is sim_a else sim_a
+        for key in sims.keys() - other.keys():
+            if abs(sims[key] - last.similarity) > tolerance:
+                return f'keyframe {key[0]} proposed {side} only', diff
+    near_threshold = threshold is not None and abs(a[0].similarity - threshold) <= tolerance
+    if a[0].accepted != b[0].accepted and not near_threshold:
+        return f'best candidate accepted {a[0].accepted} live, {b[0].accepted} offline', diff
+    return '', diff

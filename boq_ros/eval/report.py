@@ -1,0 +1,178 @@
+"""Evaluation outputs people read: a JSON report, a short Markdown summary and PNG plots.
+
+The JSON report is the complete record (settings, timings, metrics, curves); the Markdown summary
+is what `boq-ros eval` prints; the plots are for looking at failures (PR curve, similarity matrix,
+trajectory with the accepted loop edges coloured true / false positive).
+"""
+from collections.abc import Sequence
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boq_ros.eval.groundtruth import GroundTruth
+from boq_ros.eval.metrics import EvalResult
+
+MAX_MATRIX_SIDE = 800  # similarity matrices are subsampled to at most this many rows / columns
+
+
+def _pct(value: float | None) -> str:
+    return '-' if value is None else f'{100 * value:.1f}'
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """Short Markdown summary of a report (one table row per inference height)."""
+    runs = report['runs']
+    ks = list(runs[0]['metrics']['recall_at']) if runs else []
+    lines = [f'# boq-ros eval: {report["task"].replace("_", " ")}', '']
+    inputs = report['inputs']
+    lines.append(f'- bag: `{inputs["bag"]}`'
+                 + (f', query bag: `{inputs["query_bag"]}`' if inputs.get('query_bag') else ''))
+    lines.append(f'- model: `{inputs["model_id"]}`, image topic `{inputs["image_topic"]}`, '
+                 f'ground truth: {inputs["ground_truth"]}')
+    if inputs.get('random_weights'):
+        lines.append("- **randomly initialised weights**: these numbers say nothing about BoQ's "
+                     'accuracy, only that the pipeline runs')
+    if runs:
+        m = runs[0]['metrics']
+        lines.append(f'- radius {m["radius_m"]:g} m; {m["num_queries"]} query keyframes, '
+                     f'{m["num_positive_queries"]} with a true revisit')
+    lines += ['', '| input | ' + ' | '.join(f'R@{k}' for k in ks)
+              + ' | AUC-PR | R@100%P (thr) | F1-max | EP | accepted P / R |',
+              '|---|' + '---|' * len(ks) + '---|---|---|---|---|']
+    for run in runs:
+        m = run['metrics']
+        acc = m['accepted']
+        lines.append(
+            f'| {run["label"]} | ' + ' | '.join(_pct(m['recall_at'][k]) for k in ks)
+            + f' | {_pct(m["auc_pr"])} | {_pct(m["max_recall_at_100_precision"])} '
+            f'({_num(m["threshold_at_100_precision"])}) | {_pct(m["f1_max"])} | '
+            f'{_pct(m["extended_precision"])} | {_pct(acc["precision"])} / '
+            f'{_pct(acc["recall"])} |')
+    lines += ['', 'Percentages; `-`: undefined (no positives) or deeper than the candidate lists']
+    stages = _stages(runs)
+    if stages:
+        lines += _timing_table(runs, stages)
+    if report.get('plots'):
+        lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in report['plots'])]
+    return '\n'.join(lines) + '\n'
+
+
+def _timing_table(runs: Sequence[dict[str, Any]], stages: list[str]) -> list[str]:
+    lines = ['', '| input | frames | keyframes | '
+              + ' | '.join(f'{s} (ms/frame)' for s in stages) + ' | frames/s | descriptors |',
+              '|---|---|---|' + '---|' * len(stages) + '---|---|']
+    for run in runs:
+        per_frame = {s: 1000 * t / max(run['frames'], 1) for s, t in run['timings_s'].items()}
+        lines.append(f'| {run["label"]} | {run["frames"]} | {run["keyframes"]} | '
+                     + ' | '.join(_num(per_frame.get(s), 2) for s in stages)
+                     + f' | {_num(run["frames_per_s"], 1)} | '
+                     + ('from cache' if run['cached'] else 'computed') + ' |')
+    return lines
+
+
+def _stages(runs: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(s for run in runs for s in run['timings_s']))
+
+
+def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write the report atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + '\n', encoding='utf-8')
+    os.replace(tmp, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pr_curves(path: str | os.PathLike, results: Sequence[tuple[str, EvalResult]]) -> None:
+    """Precision-recall curves of several runs on one set of axes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    for label, result in results:
+        recall = result.curve.recall
+        if recall is None or recall.size == 0:
+            continue
+        auc = result.summary.auc_pr
+        ax.step(np.r_[0.0, recall], np.r_[result.curve.precision[0], result.curve.precision],
+                where='pre', label=f'{label} (AUC {auc:.3f})')
+    ax.set_xlabel('recall')
+    ax.set_ylabel('precision')
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title('top-1 precision-recall over the similarity threshold')
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc='lower left', fontsize=8)
+    else:
+        ax.text(0.5, 0.5, 'undefined: no true revisits', ha='center')
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_similarity_matrix(path: str | os.PathLike, queries: np.ndarray, database: np.ndarray,
+                           title: str) -> None:
+    """Cosine similarity of every query to every map keyframe (subsampled when large)."""
+    plt = _pyplot()
+    q_step = max(1, -(-len(queries) // MAX_MATRIX_SIDE))
+    m_step = max(1, -(-len(database) // MAX_MATRIX_SIDE))
+    sim = (np.asarray(queries[::q_step], dtype=np.float32)
+           @ np.asarray(database[::m_step], dtype=np.float32).T)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    image = ax.imshow(sim, cmap='viridis', aspect='auto', interpolation='nearest',
+                      extent=(0, len(database), len(queries), 0))
+    fig.colorbar(image, ax=ax, label='cosine similarity')
+    ax.set_xlabel('map keyframe')
+    ax.set_ylabel('query keyframe')
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_trajectory(path: str | os.PathLike, ground_truth: GroundTruth, result: EvalResult,
+                    title: str) -> None:
+    """Ground-truth paths with the accepted top-1 loop edges (green correct, red wrong)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    m_xy = ground_truth.map.xyz[:, :2]
+    q_xy = ground_truth.queries.xyz[:, :2]
+    ax.plot(m_xy[:, 0], m_xy[:, 1], '-', color='0.6', lw=1, label='map keyframes')
+    if ground_truth.queries is not ground_truth.map:
+        ax.plot(q_xy[:, 0], q_xy[:, 1], '-', color='tab:blue', lw=1, alpha=0.6,
+                label='query keyframes')
+    counts = {}
+    for correct, colour, name in ((True, 'tab:green', 'true positive'),
+                                  (False, 'tab:red', 'false positive')):
+        keep = result.top1_accepted & (result.top1_correct == correct)
+        counts[name] = int(keep.sum())
+        if not keep.any():
+            continue
+        a = q_xy[result.top1_query_rows[keep]]
+        b = m_xy[result.top1_map_rows[keep]]
+        segments = np.stack([a, b], axis=1)
+        for k, seg in enumerate(segments):
+            ax.plot(seg[:, 0], seg[:, 1], '-', color=colour, lw=0.8, alpha=0.7,
+                    label=f'{name} ({counts[name]})' if k == 0 else None)
+    ax.set_aspect('equal', adjustable='datalim')
+    ax.set_xlabel('x (m)')
+    ax.set_ylabel('y (m)')
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc='best', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

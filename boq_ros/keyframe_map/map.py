@@ -1,0 +1,367 @@
+"""The keyframe map: what loop closure and relocalisation search, online and offline.
+
+Descriptors (full dimension, always kept so that any index can be rebuilt), per-keyframe
+metadata and a schema, behind one lock so that a detector thread can search while another adds.
+Removal only hides rows (ids are never reused); the next save writes the live rows.
+"""
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+import json
+import os
+from pathlib import Path
+import threading
+from typing import Any
+import uuid
+
+import numpy as np
+
+from boq_ros import __version__
+from boq_ros.keyframe_map import store
+from boq_ros.keyframe_map.index import IndexSpec, SearchIndex
+from boq_ros.keyframe_map.meta import KeyframeMeta, MetaTable, check_meta
+from boq_ros.keyframe_map.rows import ChunkedRows
+from boq_ros.keyframe_map.schema import SCHEMA_VERSION, MapError, MapSchema
+
+NORM_TOLERANCE = 1e-2
+"""Descriptors must have |norm - 1| <= this (BoQ descriptors are L2-normalised; fp16 drift)."""
+METRICS = ('ip',)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
+
+
+def _words(value: Any, name: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise MapError(f'search filter {name} must be a collection of str, got {value!r}')
+    return frozenset(value)
+
+
+@dataclass(frozen=True)
+class RecentWindow:
+    """The robot's own recent past in one session, which must not match itself."""
+
+    session: str
+    since_stamp_ns: int
+    since_seq: int
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which keyframes a search may return (sessions, robots, temporal exclusion windows)."""
+
+    sessions: frozenset[str] | None = None
+    robots: frozenset[str] | None = None
+    exclude_sessions: frozenset[str] = frozenset()
+    recent: tuple[RecentWindow, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'sessions', _words(self.sessions, 'sessions'))
+        object.__setattr__(self, 'robots', _words(self.robots, 'robots'))
+        object.__setattr__(self, 'exclude_sessions',
+                           _words(self.exclude_sessions, 'exclude_sessions'))
+        recent = tuple(self.recent)
+        if not all(isinstance(w, RecentWindow) for w in recent):
+            raise MapError('search filter recent must hold RecentWindow entries')
+        object.__setattr__(self, 'recent', recent)
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query, best first; id -1 / similarity -inf where fewer than k passed."""
+
+    ids: np.ndarray
+    similarities: np.ndarray
+
+
+@dataclass
+class _State:
+    map_id: str
+    created: str
+    modified: str
+    next_id: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class KeyframeMap:
+    """Descriptors + metadata + schema of one model's keyframes, searchable while it grows."""
+
+    def __init__(self, dim: int, *, model_id: str, preprocess: dict[str, Any],
+                 index: IndexSpec = IndexSpec(), metric: str = 'ip',
+                 storage_dtype: str = 'float32') -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise MapError(f'descriptor dimension must be a positive integer, got {dim!r}')
+        if not isinstance(model_id, str) or not model_id:
+            raise MapError('model_id must be a non-empty string (it names the descriptor model)')
+        if not isinstance(preprocess, dict):
+            raise MapError(f'preprocess must be a dict, got {type(preprocess).__name__}')
+        try:
+            json.dumps(preprocess)
+        except (TypeError, ValueError) as exc:
+            raise MapError(f'preprocess must be JSON-serialisable: {exc}') from exc
+        if metric not in METRICS:
+            raise MapError(f'metric {metric!r} is not supported (descriptors are unit vectors: '
+                           f'use "ip", cosine similarity)')
+        if not isinstance(index, IndexSpec):
+            raise MapError(f'index must be an IndexSpec, got {type(index).__name__}')
+        if storage_dtype not in ('float32', 'float16'):
+            raise MapError(f'storage_dtype must be "float32" or "float16", got {storage_dtype!r}')
+        self.dim, self.model_id, self.metric = int(dim), model_id, metric
+        self.preprocess = json.loads(json.dumps(preprocess))
+        self._lock = threading.RLock()
+        self._rows = ChunkedRows(self.dim, np.dtype(storage_dtype))
+        self._table = MetaTable()
+        self._search = SearchIndex(index, self.dim)
+        self._next_seq: dict[str, int] = {}
+        now = utc_now()
+        self._state = _State(uuid.uuid4().hex, now, now, 0,
+                             [{'event': 'created', 'time': now, 'package_version': __version__}])
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def map_id(self) -> str:
+        return self._state.map_id
+
+    @property
+    def index_spec(self) -> IndexSpec:
+        return self._search.spec
+
+    @property
+    def schema(self) -> MapSchema:
+        with self._lock:
+            return MapSchema(
+                schema_version=SCHEMA_VERSION, map_id=self.map_id, model_id=self.model_id,
+                dim=self.dim, metric=self.metric, preprocess=dict(self.preprocess),
+                index=self._search.spec.to_dict(), index_state=self._search.state,
+                storage_dtype=self._rows.dtype.name, package_version=__version__,
+                created=self._state.created, modified=self._state.modified, count=len(self),
+                next_id=self._state.next_id, history=tuple(dict(h) for h in self._state.history),
+                files=dict(self._state.files))
+
+    def __len__(self) -> int:
+        return int(self._table.live_mask().sum())
+
+    def session_size(self, session: str) -> int:
+        """Next seq of `session` (0 when the map holds none of it)."""
+        with self._lock:
+            return self._next_seq.get(session, 0)
+
+    def sessions(self) -> dict[str, int]:
+        """Keyframe count of every session in the map."""
+        with self._lock:
+            codes = self._table.columns()['session'][self._table.live_mask()]
+            counts = np.bincount(codes, minlength=len(self._table.vocab['session'].words))
+            words = self._table.vocab['session'].words
+            return {words[c]: int(n) for c, n in enumerate(counts) if n}
+
+    # -- validation ---------------------------------------------------------------------------
+    def _check_vectors(self, x: Any, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise MapError(f'{what}: expected shape [N, {self.dim}], got {list(x.shape)}')
+        if not np.issubdtype(x.dtype, np.floating):
+            raise MapError(f'{what}: expected floating point values, got {x.dtype}')
+        x = np.ascontiguousarray(x, np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise MapError(f'{what}: row {int(np.argmax(bad))} contains NaN or infinity')
+        norms = np.linalg.norm(x, axis=1)
+        off = np.abs(norms - 1.0) > NORM_TOLERANCE
+        if off.any():
+            row = int(np.argmax(off))
+            raise MapError(f'{what}: row {row} is not L2-normalised (norm {norms[row]:.4f}, '
+                           f'tolerance {NORM_TOLERANCE})')
+        return x
+
+    def _row_of(self, keyframe_id: int) -> int:
+        ids = self._table.columns()['id']
+        row = int(np.searchsorted(ids, keyframe_id))
+        if row == len(ids) or ids[row] != keyframe_id or not self._table.live[row]:
+            raise MapError(f'no keyframe with id {keyframe_id} in map {self.map_id}')
+        return row
+
+    # -- growth -------------------------------------------------------------------------------
+    def add(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta]) -> np.ndarray:
+        """Append keyframes; returns their new ids (input id/seq are ignored and assigned here)."""
+        x = self._check_vectors(descriptors, 'descriptors')
+        metas = list(metas)
+        if len(metas) != len(x):
+            raise MapError(f'got {len(x)} descriptors but {len(metas)} metadata entries')
+        for i, meta in enumerate(metas):
+            check_meta(meta, f'metas[{i}]')
+        with self._lock:
+            ids = self._state.next_id + np.arange(len(x), dtype=np.int64)
+            seqs = np.empty(len(x), np.int64)
+            for i, meta in enumerate(metas):
+                seqs[i] = self._next_seq.get(meta.session, 0)
+                self._next_seq[meta.session] = int(seqs[i]) + 1
+            self._rows.append(x)
+            self._search.add(x, self._rows)
+            self._table.append(metas, ids, seqs, self.map_id, ids)
+            self._state.next_id += len(x)
+            self._state.modified = utc_now()
+            return ids
+
+    def remove_session(self, session: str) -> int:
+        """Hide every keyframe of `session` from search and lookup; returns how many."""
+        with self._lock:
+            codes = self._table.codes_of('session', frozenset([session]))
+            if not len(codes):
+                return 0
+            live = self._table.live_mask()
+            hit = (self._table.columns()['session'] == codes[0]) & live
+            live[hit] = False
+            self._next_seq.pop(session, None)
+            removed = int(hit.sum())
+            if removed:
+                self._state.modified = utc_now()
+                self._state.history.append({'event': 'remove_session', 'session': session,
+                                            'keyframes': removed, 'time': self._state.modified})
+            return removed
+
+    def merge(self, other: 'KeyframeMap') -> None:
+        """Append `other`'s keyframes under new ids; source_map/source_id keep their origin."""
+        if not isinstance(other, KeyframeMap):
+            raise MapError(f'can only merge a KeyframeMap, got {type(other).__name__}')
+        if other is self:
+            raise MapError('cannot merge a map into itself')
+        for name in ('model_id', 'dim', 'metric', 'preprocess'):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                raise MapError(f'cannot merge map {other.map_id}: {name} differs '
+                               f'(this map: {mine!r}, other: {theirs!r})')
+        with self._lock, other._lock:
+            overlap = sorted(set(self.sessions()) & set(other.sessions()))
+            if overlap:
+                raise MapError(f'cannot merge map {other.map_id}: both maps hold session(s) '
+                               f'{overlap}; remove or rename them first')
+            rows = np.flatnonzero(other._table.live_mask())
+            ids = self._state.next_id + np.arange(len(rows), dtype=np.int64)
+            for block in other._rows.raw_blocks(rows):
+                self._rows.append(block)
+                self._search.add(np.asarray(block, np.float32), self._rows)
+            self._table.append_rows(other._table, rows, ids)
+            self._next_seq.update(other._next_seq)
+            self._state.next_id += len(rows)
+            self._state.modified = utc_now()
+            self._state.history.append({
+                'event': 'merge', 'source_map': other.map_id, 'keyframes': len(rows),
+                'first_id': int(ids[0]) if len(ids) else None, 'time': self._state.modified,
+                'source_history': list(other._state.history)})
+
+    # -- lookup and search --------------------------------------------------------------------
+    def meta(self, keyframe_id: int) -> KeyframeMeta:
+        with self._lock:
+            return self._table.meta(self._row_of(keyframe_id))
+
+    def provenance(self, keyframe_id: int) -> tuple[str, int]:
+        """(map_id, id) under which the keyframe was first added (differs after a merge)."""
+        with self._lock:
+            rec = self._table.rows[self._row_of(keyframe_id)]
+            return self._table.vocab['source_map'].words[int(rec['source_map'])], \
+                int(rec['source_id'])
+
+    def descriptor(self, keyframe_id: int) -> np.ndarray:
+        with self._lock:
+            return self._rows.take(np.array([self._row_of(keyframe_id)]))[0]
+
+    def _mask(self, flt: SearchFilter | None) -> np.ndarray | None:
+        live = self._table.live_mask()
+        all_live = bool(live.all())
+        if flt is None:
+            return None if all_live else live.copy()
+        if not isinstance(flt, SearchFilter):
+            raise MapError(f'filter must be a SearchFilter, got {type(flt).__name__}')
+        cols, table = self._table.columns(), self._table
+        mask = live.copy()
+        if flt.sessions is not None:
+            mask &= np.isin(cols['session'], table.codes_of('session', flt.sessions))
+        if flt.robots is not None:
+            mask &= np.isin(cols['robot_id'], table.codes_of('robot_id', flt.robots))
+        if flt.exclude_sessions:
+            mask &= ~np.isin(cols['session'], table.codes_of('session', flt.exclude_sessions))
+        for window in flt.recent:
+            code = table.codes_of('session', frozenset([window.session]))
+            if len(code):
+                mask &= ~((cols['session'] == code[0])
+                          & ((cols['stamp_ns'] >= window.since_stamp_ns)
+                             | (cols['seq'] >= window.since_seq)))
+        return mask
+
+    def search(self, queries: np.ndarray, k: int,
+               flt: SearchFilter | None = None) -> SearchResult:
+        """Best `k` keyframes per query among those `flt` admits (safe during add())."""
+        q = self._check_vectors(queries, 'queries')
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MapError(f'k must be a positive integer, got {k!r}')
+        with self._lock:
+            mask = self._mask(flt)
+            if len(self._rows) == 0 or (mask is not None and not mask.any()):
+                return SearchResult(np.full((len(q), k), -1, np.int64),
+                                    np.full((len(q), k), -np.inf, np.float32))
+            sims, rows = self._search.search(q, int(k), mask, self._rows)
+            ids = np.where(rows >= 0, self._table.columns()['id'][np.maximum(rows, 0)], -1)
+            return SearchResult(ids.astype(np.int64), sims.astype(np.float32))
+
+    def rebuild_index(self, index: IndexSpec | None = None) -> None:
+        """Re-learn the trained parts from every stored descriptor (optionally a new spec)."""
+        with self._lock:
+            spec = index or self._search.spec
+            search = SearchIndex(spec, self.dim)
+            search.rebuild(self._rows)
+            self._search = search
+
+    # -- disk ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the map atomically (see keyframe_map/store.py); returns the map directory."""
+        with self._lock:
+            live = self._table.live_mask()
+            block, blob = self._table.compacted()
+            cache = self._search.cache() if live.all() else None
+            rows = np.flatnonzero(live)
+            modified = utc_now()
+            schema = replace(self.schema, modified=modified, files={})
+            target, files = store.write_map(
+                Path(path), schema, self._rows.raw_blocks(rows), len(rows), self._rows.dtype,
+                block, {n: v.words for n, v in self._table.vocab.items()}, blob, cache or {})
+            self._state.modified, self._state.files = modified, files
+            return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect_model_id: str | None = None,
+             expect_dim: int | None = None, mmap: bool = True,
+             index: IndexSpec | None = None, verify: bool = True) -> 'KeyframeMap':
+        """Open a saved map, refusing anything that does not match or fails its checksums.
+
+        `verify=False` skips hashing the descriptors (sizes are still checked) for huge maps.
+        """
+        stored = store.read_map(Path(path), mmap=mmap, verify=verify)
+        schema = stored.schema
+        if expect_model_id is not None and schema.model_id != expect_model_id:
+            raise MapError(f'{path}: map was built with model {schema.model_id!r}, '
+                           f'expected {expect_model_id!r}')
+        if expect_dim is not None and schema.dim != expect_dim:
+            raise MapError(f'{path}: map descriptors are {schema.dim}-d, expected {expect_dim}-d')
+        saved_spec = IndexSpec.from_dict(schema.index)
+        spec = index if index is not None else saved_spec
+        self = cls(schema.dim, model_id=schema.model_id, preprocess=schema.preprocess,
+                   index=spec, metric=schema.metric, storage_dtype=schema.storage_dtype)
+        self._rows = ChunkedRows(self.dim, self._rows.dtype, stored.descriptors)
+        self._table = stored.table
+        if schema.next_id <= (int(self._table.rows['id'][-1]) if len(self._table) else -1):
+            raise MapError(f'{path}: schema next_id {schema.next_id} is not above the largest '
+                           f'keyframe id')
+        cols = self._table.columns()
+        words = self._table.vocab['session'].words
+        for code in np.unique(cols['session']):
+            self._next_seq[words[code]] = int(cols['seq'][cols['session'] == code].max()) + 1
+        self._state = _State(schema.map_id, schema.created, schema.modified, schema.next_id,
+                             [dict(h) for h in schema.history], dict(schema.files))
+        if spec != saved_spec or not self._search.restore(stored.cache, len(self._rows),
+                                                               schema.index_state):
+            self._search.rebuild(self._rows)
+        return self

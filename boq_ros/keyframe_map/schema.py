@@ -1,0 +1,65 @@
+"""The map's identity card: what produced its descriptors and how they are stored and indexed.
+
+A loader compares it with what it expects before trusting a single vector, so every field that
+changes the meaning of a descriptor (model, dimension, metric, preprocessing) lives here.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Version of the on-disk layout; bumped on any incompatible change (see docs/map.md)."""
+
+
+class MapError(ValueError):
+    """A keyframe map refused an input or a file; the message names what does not match."""
+
+
+@dataclass(frozen=True)
+class MapSchema:
+    """Everything a reader must know before trusting a map's descriptors."""
+
+    schema_version: int
+    map_id: str
+    model_id: str
+    dim: int
+    metric: str
+    preprocess: dict[str, Any]
+    index: dict[str, Any]
+    index_state: str
+    storage_dtype: str
+    package_version: str
+    created: str
+    modified: str
+    count: int
+    next_id: int
+    history: tuple[dict[str, Any], ...] = ()
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready copy (the form written to schema.json)."""
+        out = asdict(self)
+        out['history'] = [dict(h) for h in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> 'MapSchema':
+        """Parse schema.json content, naming the first missing or mistyped field."""
+        if not isinstance(data, dict):
+            raise MapError('schema.json: expected a JSON object')
+        version = data.get('schema_version')
+        if version != SCHEMA_VERSION:
+            raise MapError(f'schema.json: schema version {version!r} is not supported '
+                           f'(this boq_ros reads version {SCHEMA_VERSION})')
+        types = {'map_id': str, 'model_id': str, 'dim': int, 'metric': str, 'preprocess': dict,
+                 'index': dict, 'index_state': str, 'storage_dtype': str,
+                 'package_version': str, 'created': str, 'modified': str, 'count': int,
+                 'next_id': int, 'history': list, 'files': dict}
+        for key, kind in types.items():
+            if key not in data:
+                raise MapError(f'schema.json: missing field {key!r}')
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise MapError(f'schema.json: field {key!r} should be {kind.__name__}, '
+                               f'got {type(data[key]).__name__}')
+        values = {key: data[key] for key in types}
+        values['history'] = tuple(values['history'])
+        return cls(schema_version=version, **values)

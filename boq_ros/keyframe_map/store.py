@@ -1,0 +1,230 @@
+"""The map on disk: a directory of numpy arrays, a JSON vocabulary and a JSON schema; no pickle.
+
+Layout of MAP_DIR (schema version 1):
+
+    schema.json       MapSchema: model, dim, metric, preprocessing, index, times, and the size
+                      and sha256 of every other file (written last: its presence marks a
+                      complete directory)
+    descriptors.npy   [count, dim] float32 or float16, L2-normalised rows, full dimension
+    keyframes.npy     [count] structured array, meta.TABLE_DTYPE (ids strictly increasing)
+    strings.json      the vocabularies that keyframes.npy's string codes index
+    image_refs.npy    uint8 blob of the UTF-8 image references
+    index.faiss, pca_mean.npy, pca_matrix.npy   optional cache of the trained index
+
+Saving is atomic: everything is written and fsynced into `.NAME.new-TOKEN` beside the target,
+then the old map is renamed to `.NAME.old-TOKEN`, the new one renamed in, and the old one
+removed.  A kill between the two renames leaves no MAP_DIR: `read_map` finishes the swap
+(a `.new-` directory holding schema.json is complete) before reading.  One writer per map.
+"""
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+import shutil
+from typing import Any
+import uuid
+
+import numpy as np
+
+from boq_ros.keyframe_map.meta import MetaTable
+from boq_ros.keyframe_map.schema import MapError, MapSchema
+
+CACHE_FILES = ('index.faiss', 'pca_mean.npy', 'pca_matrix.npy')
+REQUIRED_FILES = ('descriptors.npy', 'keyframes.npy', 'strings.json', 'image_refs.npy')
+_HASH_BLOCK = 16 << 20
+
+
+@dataclass
+class StoredMap:
+    """What read_map found, validated: the schema, the arrays and any index cache."""
+
+    schema: MapSchema
+    descriptors: np.ndarray
+    table: MetaTable
+    cache: dict[str, np.ndarray]
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write(path: Path, chunks: Iterable[bytes]) -> dict[str, Any]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, 'wb') as f:
+        for chunk in chunks:
+            digest.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return {'sha256': digest.hexdigest(), 'bytes': size}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _siblings(target: Path, kind: str) -> list[Path]:
+    return sorted(target.parent.glob(f'.{target.name}.{kind}-*'), key=lambda p: p.stat().st_mtime)
+
+
+def _descriptor_chunks(blocks: Iterable[np.ndarray], count: int, dim: int,
+                       dtype: np.dtype) -> Iterable[bytes]:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
+                 'shape': (count, dim)})
+    yield header.getvalue()
+    written = 0
+    for block in blocks:
+        written += len(block)
+        yield np.ascontiguousarray(block, dtype).tobytes()
+    if written != count:
+        raise MapError(f'internal error: wrote {written} descriptors, expected {count}')
+
+
+def write_map(target: Path, schema: MapSchema, blocks: Iterable[np.ndarray], count: int,
+              dtype: np.dtype, table: np.ndarray, vocab: dict[str, list[str]], blob: bytes,
+              cache: dict[str, np.ndarray]) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Write a map directory atomically; returns (directory, files entry of its schema)."""
+    target = target.absolute()
+    if not target.parent.is_dir():
+        raise MapError(f'cannot save map to {target}: {target.parent} is not a directory')
+    if target.exists() and not (target / 'schema.json').is_file():
+        raise MapError(f'refusing to replace {target}: it exists and is not a keyframe map '
+                       f'(no schema.json)')
+    recover(target)
+    for stale in _siblings(target, 'new') + _siblings(target, 'old'):
+        shutil.rmtree(stale, ignore_errors=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = target.parent / f'.{target.name}.new-{token}'
+    tmp.mkdir()
+    try:
+        files = {'descriptors.npy': _write(tmp / 'descriptors.npy', _descriptor_chunks(
+            blocks, count, schema.dim, np.dtype(dtype)))}
+        files['keyframes.npy'] = _write(tmp / 'keyframes.npy', [_npy_bytes(table)])
+        files['strings.json'] = _write(tmp / 'strings.json', [json.dumps(vocab).encode()])
+        files['image_refs.npy'] = _write(tmp / 'image_refs.npy',
+                                         [_npy_bytes(np.frombuffer(blob, np.uint8))])
+        for name, array in cache.items():
+            files[name] = _write(tmp / name, [array.tobytes() if name == 'index.faiss'
+                                              else _npy_bytes(array)])
+        final = replace(schema, files=files)
+        _write(tmp / 'schema.json', [json.dumps(final.to_dict(), indent=1).encode()])
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f'.{target.name}.old-{token}'
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target, files
+
+
+def recover(target: Path) -> None:
+    """Finish a save that was killed between its two renames (no-op when target exists)."""
+    if target.exists():
+        return
+    complete = [p for p in _siblings(target, 'new') if (p / 'schema.json').is_file()]
+    previous = _siblings(target, 'old')
+    if complete:
+        os.rename(complete[-1], target)
+    elif previous:
+        os.rename(previous[-1], target)
+    else:
+        return
+    _fsync_dir(target.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(_HASH_BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_file(root: Path, name: str, entry: Any, verify: bool) -> Path:
+    path = root / name
+    if not isinstance(entry, dict) or not isinstance(entry.get('bytes'), int) \
+            or not isinstance(entry.get('sha256'), str):
+        raise MapError(f'{root}: schema.json has no valid size/sha256 entry for {name}')
+    if not path.is_file():
+        raise MapError(f'{root}: {name} is missing')
+    size = path.stat().st_size
+    if size != entry['bytes']:
+        raise MapError(f'{root}: {name} has {size} bytes, schema.json says {entry["bytes"]} '
+                       f'(truncated or replaced)')
+    if verify or name != 'descriptors.npy':
+        found = _sha256(path)
+        if found != entry['sha256']:
+            raise MapError(f'{root}: {name} fails its checksum (sha256 {found[:16]}..., '
+                           f'schema.json says {entry["sha256"][:16]}...): the file is corrupt '
+                           f'or was modified')
+    return path
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MapError(f'{path.parent}: {path.name} is not a readable .npy file: {exc}') from exc
+
+
+def read_map(target: Path, *, mmap: bool, verify: bool) -> StoredMap:
+    """Read and validate a map directory; every inconsistency is a MapError naming it."""
+    recover(target)
+    if not target.is_dir():
+        raise MapError(f'no keyframe map at {target}')
+    try:
+        raw = json.loads((target / 'schema.json').read_text(encoding='utf-8'))
+    except FileNotFoundError as exc:
+        raise MapError(f'{target}: schema.json is missing (not a keyframe map)') from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MapError(f'{target}: schema.json is not valid JSON: {exc}') from exc
+    schema = MapSchema.from_dict(raw)
+    paths = {name: _check_file(target, name, schema.files.get(name), verify)
+             for name in REQUIRED_FILES}
+    descriptors = _load_npy(paths['descriptors.npy'], mmap)
+    if descriptors.dtype.name != schema.storage_dtype or \
+            descriptors.shape != (schema.count, schema.dim):
+        raise MapError(f'{target}: descriptors.npy holds {descriptors.dtype} '
+                       f'{list(descriptors.shape)}, schema.json says {schema.storage_dtype} '
+                       f'[{schema.count}, {schema.dim}]')
+    block = _load_npy(paths['keyframes.npy'])
+    if block.shape != (schema.count,):
+        raise MapError(f'{target}: keyframes.npy has {block.shape} rows, schema.json says '
+                       f'{schema.count}')
+    try:
+        vocab = json.loads(paths['strings.json'].read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MapError(f'{target}: strings.json is not valid JSON: {exc}') from exc
+    if not isinstance(vocab, dict):
+        raise MapError(f'{target}: strings.json must hold an object of vocabularies')
+    blob = _load_npy(paths['image_refs.npy'])
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise MapError(f'{target}: image_refs.npy must be a 1-D uint8 array')
+    table = MetaTable.from_arrays(block, vocab, blob.tobytes())
+    cache = {}
+    for name in CACHE_FILES:
+        entry = schema.files.get(name)
+        if entry is None:
+            continue
+        try:
+            path = _check_file(target, name, entry, True)
+        except MapError:
+            continue  # a cache is never trusted blindly: rebuilt from the descriptors instead
+        cache[name] = np.fromfile(path, np.uint8) if name == 'index.faiss' else _load_npy(path)
+    return StoredMap(schema, descriptors, table, cache)

@@ -1,0 +1,226 @@
+"""Released BoQ checkpoints: strict validation, loading, the torch hub cache, test weights.
+
+Third-party wrappers have silently loaded only part of these files; here every key, shape and
+dtype is checked against the lists in ``data/`` and any difference is refused with a message that
+names it.
+"""
+from collections.abc import Mapping
+from functools import cache
+import hashlib
+import importlib.resources
+import os
+from pathlib import Path
+import pickle
+import zipfile
+
+import torch
+from torch import nn
+
+from boq_ros.model.presets import BACKBONES, DEFAULT_PRESET, PRESETS, BoQConfig, get_preset
+
+_PREFIXES = {'resnet50': 'backbone.net.', 'dinov2': 'backbone.dino.'}
+_LISTED = 5  # key names quoted in an error message
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as given; the message names the problem."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint file where one was asked for (also an OSError, as missing files are)."""
+
+
+@cache
+def expected_tensors(preset: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, dtype name) of every tensor in the released file of `preset`."""
+    config = get_preset(preset)
+    text = (importlib.resources.files('boq_ros.model') / 'data' / config.keys_file).read_text()
+    tensors = {}
+    for line in text.splitlines():
+        if line and not line.startswith('#'):
+            key, shape, dtype = line.split('\t')
+            dims = shape.strip('()').replace(' ', '')
+            tensors[key] = (tuple(int(d) for d in dims.split(',') if d), dtype)
+    return tensors
+
+
+def cache_path(preset: str) -> Path:
+    """Where torch.hub keeps the released file of `preset` (the authors' hub uses it too)."""
+    return Path(torch.hub.get_dir()) / 'checkpoints' / get_preset(preset).weights_file
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Checksum that identifies a weights file in map metadata."""
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def _quote(keys: list[str]) -> str:
+    more = ', ...' if len(keys) > _LISTED else ''
+    return ', '.join(keys[:_LISTED]) + more
+
+
+def detect_backbone(state: Mapping[str, object]) -> str:
+    """Which backbone a state dict belongs to, from its key prefixes."""
+    found = [b for b in BACKBONES if any(str(k).startswith(_PREFIXES[b]) for k in state)]
+    if len(found) != 1:
+        sample = _quote([str(k) for k in list(state)[:_LISTED + 1]])
+        what = 'both' if found else 'neither'
+        raise CheckpointError(
+            f'cannot tell the backbone: the checkpoint has {what} backbone.net.* (resnet50) '
+            f'{"and" if found else "nor"} backbone.dino.* (dinov2) keys; first keys: {sample}')
+    return found[0]
+
+
+def _check_flat(state: object) -> None:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f'not a state dict: the file holds a {type(state).__name__}, expected the flat '
+            'dict of tensors the authors released')
+    wrapped = [k for k in ('state_dict', 'model', 'model_state_dict')
+               if isinstance(state.get(k), Mapping)]
+    if wrapped:
+        raise CheckpointError(
+            f'checkpoint is a wrapper dict (keys: {_quote([str(k) for k in state])}); expected '
+            f'the flat state dict as released, e.g. the value of {wrapped[0]!r}')
+    bad = [f'{k} ({type(v).__name__})' for k, v in state.items()
+           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f'not a flat state dict: {len(bad)} non-tensor entries: '
+                              f'{_quote(bad)}')
+
+
+def validate_state_dict(state: Mapping[str, torch.Tensor], config: BoQConfig) -> None:
+    """Refuse anything but exactly the released keys, shapes and dtypes of `config`."""
+    _check_flat(state)
+    backbone = detect_backbone(state)
+    if backbone != config.backbone:
+        raise CheckpointError(f'checkpoint is for {backbone}, not {config.backbone}')
+    expected = expected_tensors(config.name)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing keys: {_quote(missing)}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected keys: {_quote(unexpected)}')
+    for key, (shape, dtype) in expected.items():
+        if key in state:
+            tensor = state[key]
+            if tuple(tensor.shape) != shape:
+                problems.append(f'{key} has shape {tuple(tensor.shape)}, expected {shape}')
+            elif str(tensor.dtype).removeprefix('torch.') != dtype:
+                problems.append(f'{key} has dtype {tensor.dtype}, expected {dtype}')
+    if problems:
+        raise CheckpointError(f'checkpoint does not match preset {config.name}: '
+                              + '; '.join(problems[:_LISTED + 1]))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely (weights_only) and check it is a flat dict of tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f'checkpoint file not found: {path}')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint file is empty: {path}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f'{path} is not a plain state dict: it holds Python objects that safe '
+            f'(weights_only) loading refuses ({str(e).splitlines()[0]})') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f'cannot read {path}: truncated or corrupt file ({str(e).splitlines()[0]})') from e
+    _check_flat(state)
+    return dict(state)
+
+
+def resolve_checkpoint(spec: str | os.PathLike, download: bool = False) -> Path:
+    """Turn a path or a preset name into an existing checkpoint file."""
+    text = os.fspath(spec)
+    if text in PRESETS:
+        path = cache_path(text)
+        if path.is_file():
+            return path
+        if download:
+            return download_checkpoint(text)
+        raise CheckpointNotFoundError(
+            f'the {text} weights are not in the torch hub cache ({path}); run '
+            f'`boq-ros weights download --preset {text}` or pass the path of a checkpoint file')
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise CheckpointNotFoundError(
+        f'no checkpoint file {text!r} (and it is not a preset name: {", ".join(PRESETS)})')
+
+
+def download_checkpoint(preset: str, progress: bool = True) -> Path:
+    """Fetch the released file into the torch hub cache, then validate it strictly."""
+    config = get_preset(preset)
+    path = cache_path(preset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(config.url, os.fspath(path), progress=progress)
+    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        raise CheckpointError(
+            f'could not download {config.url} ({e}); without network access, copy '
+            f'{config.weights_file} to {path} or pass the path of a checkpoint file') from e
+    try:
+        validate_state_dict(read_state_dict(path), config)
+    except CheckpointError:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _randomise_(model: nn.Module, generator: torch.Generator) -> None:
+    """Give every tensor non-trivial values so that a swapped or skipped tensor shows."""
+    def uniform_(t: torch.Tensor, low: float, high: float) -> None:
+        t.copy_(torch.rand(t.shape, generator=generator) * (high - low) + low)
+
+    def normal_(t: torch.Tensor, std: float) -> None:
+        t.copy_(torch.randn(t.shape, generator=generator) * std)
+
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            normal_(module.running_mean, 0.1)
+            uniform_(module.running_var, 0.5, 2.0)
+            uniform_(module.weight, 0.5, 1.5)
+            normal_(module.bias, 0.1)
+        elif isinstance(module, nn.LayerNorm):
+            uniform_(module.weight, 0.5, 1.5)
+            normal_(module.bias, 0.1)
+    for name, param in model.named_parameters():
+        if name.endswith(('in_proj_bias', 'out_proj.bias')):
+            normal_(param, 0.02)
+        elif name.endswith('.gamma'):
+            uniform_(param, 0.1, 1.0)
+        elif name.endswith(('cls_token', 'pos_embed', 'mask_token')):
+            normal_(param, 0.02)
+
+
+def write_random_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0) -> Path:
+    """Write random weights in exactly the released format (for tests; never downloads)."""
+    from boq_ros.model.boq import BoQModel
+
+    config = get_preset(preset)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BoQModel(config)
+    with torch.no_grad():
+        _randomise_(model, generator)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    validate_state_dict(state, config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def default_preset(backbone: str) -> str:
+    """Name the released preset of a backbone; unknown names get the valid ones in the error."""
+    if backbone not in DEFAULT_PRESET:
+        raise ValueError(f'unknown backbone {backbone!r}; expected one of {BACKBONES}')
+    return DEFAULT_PRESET[backbone]

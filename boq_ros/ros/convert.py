@@ -1,0 +1,128 @@
+"""Translation between ROS messages and the ROS-free core (images, keyframes, detections).
+
+Camera images are decoded by `boq_ros.images`, the same validating decoder the bag evaluator
+uses, so live descriptors equal offline ones and untrusted sizes are checked before any
+allocation (cv_bridge is not needed: the decoder covers every camera encoding it does).
+"""
+from collections.abc import Sequence
+
+from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
+from builtin_interfaces.msg import Time
+import cv2
+from geometry_msgs.msg import Point, PoseWithCovarianceStamped
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray, Header
+from visualization_msgs.msg import Marker
+
+from boq_ros.detector import Candidate, Detection
+from boq_ros.images import decode_compressed, decode_image, encode_image
+from boq_ros.keyframe_map.meta import KeyframeMeta
+
+NO_ID = 2 ** 64 - 1
+"""KeyframeRef.id of a query that did not join the map (mode static)."""
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    """Nanoseconds of a ROS time (the unit keyframes are stored with)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """ROS time of a nanosecond stamp."""
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def decode(msg: Image | CompressedImage, max_pixels: int) -> tuple[np.ndarray, str]:
+    """Decode a camera message into (array, canonical encoding); ImageDecodeError if invalid."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                        bool(msg.is_bigendian), max_pixels=max_pixels)
+
+
+def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
+    """Build a sensor_msgs/Image from an array in one of the image module's encodings."""
+    fields = encode_image(array, encoding)
+    return Image(header=header, height=fields['height'], width=fields['width'],
+                 encoding=fields['encoding'], is_bigendian=0, step=fields['step'],
+                 data=fields['data'])
+
+
+_TO_RGB = {'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB,
+           'bgra8': cv2.COLOR_BGRA2RGB, 'mono8': cv2.COLOR_GRAY2RGB}
+
+
+def thumbnail(array: np.ndarray, encoding: str, height: int) -> np.ndarray:
+    """Shrink a decoded image to rgb8 for the debug view."""
+    if encoding == 'mono16':
+        array, encoding = (array >> 8).astype(np.uint8), 'mono8'
+    if encoding in _TO_RGB:
+        array = cv2.cvtColor(array, _TO_RGB[encoding])
+    width = max(1, round(array.shape[1] * height / array.shape[0]))
+    return cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def side_by_side(query: np.ndarray, match: np.ndarray | None) -> np.ndarray:
+    """Query and match thumbnails in one rgb8 image (grey where the match image is unknown)."""
+    if match is None:
+        match = np.full_like(query, 96)
+    return np.concatenate([query, match], axis=1)
+
+
+def keyframe_ref(meta: KeyframeMeta) -> KeyframeRef:
+    """Identity of a keyframe as published (NO_ID for a query that is not in the map)."""
+    return KeyframeRef(id=meta.id if meta.id >= 0 else NO_ID, stamp=ns_to_stamp(meta.stamp_ns),
+                       session=meta.session, robot_id=meta.robot_id, camera=meta.camera,
+                       frame_id=meta.frame_id)
+
+
+def _candidate(candidate: Candidate, threshold: float) -> LoopCandidate:
+    return LoopCandidate(match=keyframe_ref(candidate.meta), similarity=candidate.similarity,
+                         rank=candidate.rank, margin=candidate.margin, threshold=threshold,
+                         status=int(candidate.status), has_relative_pose=False)
+
+
+def candidate_array(detection: Detection, model_id: str, map_id: str) -> LoopCandidateArray:
+    """Build the message of one query's decision: its top-k candidates, best first."""
+    query = detection.query
+    return LoopCandidateArray(
+        header=Header(stamp=ns_to_stamp(query.stamp_ns), frame_id=query.frame_id),
+        query=keyframe_ref(query),
+        candidates=[_candidate(c, detection.threshold) for c in detection.candidates],
+        accepted=detection.accepted, model=model_id, map_id=map_id)
+
+
+def relocalization_pose(query: KeyframeMeta, match: KeyframeMeta,
+                        covariance_diagonal: Sequence[float]) -> PoseWithCovarianceStamped | None:
+    """Give the match's map pose stamped with the query time (None if it has no pose)."""
+    if match.pose is None:
+        return None
+    msg = PoseWithCovarianceStamped()
+    msg.header = Header(stamp=ns_to_stamp(query.stamp_ns), frame_id=match.pose_frame)
+    p = msg.pose.pose
+    (p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
+     p.orientation.z, p.orientation.w) = (float(v) for v in match.pose)
+    covariance = np.zeros((6, 6))
+    np.fill_diagonal(covariance, covariance_diagonal)
+    msg.pose.covariance = covariance.reshape(-1).tolist()
+    return msg
+
+
+def lio_sam_pair(query: KeyframeMeta, match: KeyframeMeta) -> Float64MultiArray:
+    """LIO-SAM's loop message: [t_query, t_match] in seconds."""
+    return Float64MultiArray(data=[query.stamp_ns * 1e-9, match.stamp_ns * 1e-9])
+
+
+def loop_marker(query: KeyframeMeta, match: KeyframeMeta, marker_id: int) -> Marker | None:
+    """Draw a line between a loop's two keyframe poses (None unless both have one)."""
+    if query.pose is None or match.pose is None or query.pose_frame != match.pose_frame:
+        return None
+    marker = Marker(header=Header(stamp=ns_to_stamp(query.stamp_ns), frame_id=query.pose_frame),
+                    ns='loop_closures', id=marker_id, type=Marker.LINE_LIST, action=Marker.ADD)
+    marker.points = [Point(x=float(m.pose[0]), y=float(m.pose[1]), z=float(m.pose[2]))
+                     for m in (query, match)]
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = 0.05
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = 1.0, 0.2, 0.2, 1.0
+    return marker

@@ -1,0 +1,312 @@
+"""Test recordings with exact ground truth: a textured street loop driven several times.
+
+Loop-closure logic, map building, evaluation and replay need recordings in which the true
+revisits are known, and tests must generate them (no data downloads). The world is a ring-shaped
+street between two facade walls whose texture is unique per place (buildings, windows, signs,
+murals); the camera drives the loop ``laps`` times. Later laps (and other sessions of the same
+world) revisit every place from another lateral offset and yaw and under other lighting (gain,
+gamma, colour cast), so the same place looks alike and different places look different, without
+any claim to photorealism. Rendering is a vectorised column ray cast (a few ms per frame).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from boq_ros.bags import (
+    make_compressed_msg,
+    make_image_msg,
+    make_odometry_msg,
+    make_tf_msg,
+    write_bag,
+)
+from boq_ros.trajectory import Trajectory
+
+IMAGE_TOPIC = '/camera/image_raw'
+COMPRESSED_TOPIC = '/camera/image_raw/compressed'
+ODOM_TOPIC = '/odom'
+TF_TOPIC = '/tf'
+CAMERA_FRAME = 'camera'
+START_NS = 1_700_000_000 * 1_000_000_000
+"""Stamp of the first frame of variant 0; variant v starts v days later."""
+
+
+class SynthError(ValueError):
+    """Raised for generator parameters that cannot give a sensible recording."""
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What a generated recording holds, with the exact ground truth of every frame."""
+
+    path: Path
+    storage: str
+    session: str
+    topics: dict[str, str]
+    n_frames: int
+    duration_s: float
+    trajectory: Trajectory
+    frame_stamps_ns: np.ndarray
+    frame_positions: np.ndarray
+    frame_yaws: np.ndarray
+    frame_laps: np.ndarray
+
+
+def _hsv_colour(rng: np.random.Generator, sat: tuple[float, float],
+                val: tuple[float, float]) -> tuple[int, int, int, int]:
+    hsv = np.uint8([[[rng.integers(0, 180), rng.uniform(*sat) * 255, rng.uniform(*val) * 255]]])
+    return (*(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]), 255)
+
+
+def _facade(rng: np.random.Generator, length_m: float, height_m: float,
+            px_per_m: int) -> np.ndarray:
+    """Paint a strip of buildings whose look changes every few metres (wraps seamlessly)."""
+    height, length = round(height_m * px_per_m), round(length_m * px_per_m)
+    tex = np.zeros((height, length, 4), np.uint8)  # alpha 0 above the roofs: sky
+    letters = 'ABCDEFGHJKLMNPRSTUVWXYZ0123456789'
+    x0 = 0
+    while x0 < length:
+        width = round(rng.uniform(4.0, 10.0) * px_per_m)
+        if length - (x0 + width) < 3 * px_per_m:
+            width = length - x0
+        x1 = x0 + width
+        roof = round(rng.uniform(0.55, 1.0) * height)
+        tex[height - roof:, x0:x1] = _hsv_colour(rng, (0.2, 0.9), (0.35, 0.95))
+        # Windows: a building-specific grid, some lit.
+        dx, dy = rng.uniform(1.2, 2.6) * px_per_m, rng.uniform(1.4, 2.2) * px_per_m
+        ww, wh = dx * rng.uniform(0.35, 0.7), dy * rng.uniform(0.35, 0.65)
+        dark, lit = _hsv_colour(rng, (0, 0.5), (0.05, 0.3)), _hsv_colour(rng, (0, 0.6), (0.8, 1))
+        y = height - roof + 0.4 * dy
+        while y + wh < height - 2.4 * px_per_m:
+            x = x0 + 0.5 * dx
+            while x + ww < x1:
+                colour = lit if rng.random() < 0.3 else dark
+                cv2.rectangle(tex, (int(x), int(y)), (int(x + ww), int(y + wh)), colour, -1)
+                x += dx
+            y += dy
+        # A door, a shop sign with letters, sometimes a mural.
+        door_x = int(x0 + rng.uniform(0.2, 0.8) * width)
+        cv2.rectangle(tex, (door_x, height - 2 * px_per_m), (door_x + px_per_m, height),
+                      _hsv_colour(rng, (0.3, 1), (0.2, 0.7)), -1)
+        sign_w = int(min(width * 0.8, rng.uniform(2.0, 4.5) * px_per_m))
+        sx = int(x0 + rng.uniform(0.05, 0.95) * (width - sign_w))
+        sy = height - round(2.3 * px_per_m)
+        cv2.rectangle(tex, (sx, sy - px_per_m // 2), (sx + sign_w, sy),
+                      _hsv_colour(rng, (0.6, 1), (0.7, 1)), -1)
+        text = ''.join(rng.choice(list(letters), size=max(2, sign_w // (px_per_m // 2))))
+        cv2.putText(tex, text, (sx + 2, sy - 3), cv2.FONT_HERSHEY_SIMPLEX, px_per_m / 70,
+                    _hsv_colour(rng, (0, 0.3), (0, 0.2)), max(1, px_per_m // 16), cv2.LINE_AA)
+        if rng.random() < 0.6:
+            centre = (int(x0 + rng.uniform(0.2, 0.8) * width),
+                      int(height - roof + rng.uniform(0.2, 0.5) * roof))
+            radius = int(rng.uniform(0.6, 1.6) * px_per_m)
+            cv2.circle(tex, centre, radius, _hsv_colour(rng, (0.7, 1), (0.6, 1)), -1)
+            cv2.circle(tex, centre, radius // 2, _hsv_colour(rng, (0.7, 1), (0.3, 1)), -1)
+        x0 = x1
+    return tex
+
+
+class World:
+    """A ring street between two textured walls, fixed by ``seed``; renders pinhole views."""
+
+    TRACK_RADIUS = 20.0
+    INNER_RADIUS = 16.5
+    OUTER_RADIUS = 23.5
+    WALL_HEIGHT = 7.0
+    CAMERA_HEIGHT = 1.6
+    PX_PER_M = 24
+    LEVELS = 4
+
+    def __init__(self, seed: int = 0) -> None:
+        if seed < 0:
+            raise SynthError(f'seed must be >= 0, got {seed}')
+        rng = np.random.default_rng([seed, 7])
+        outer = _facade(rng, 2 * math.pi * self.OUTER_RADIUS, self.WALL_HEIGHT, self.PX_PER_M)
+        inner = _facade(rng, 2 * math.pi * self.INNER_RADIUS, self.WALL_HEIGHT, self.PX_PER_M)
+        self._inner_offset = outer.shape[1]
+        self._lengths = (outer.shape[1], inner.shape[1])
+        atlas = np.concatenate([outer, inner], axis=1)
+        # Pre-blurred copies stand in for mipmaps: far walls sample a smoother texture, so small
+        # viewpoint changes do not alias into different pixels.
+        levels = np.stack([atlas] + [
+            cv2.GaussianBlur(atlas, (0, 0), 0.6 * 2 ** level) for level in range(1, self.LEVELS)])
+        self._tex_shape = levels.shape[1:3]
+        # One RGBA texel per uint32: rendering is then a single flat gather.
+        self._texels = np.ascontiguousarray(levels).view(np.uint32).reshape(-1)
+
+    def render(self, x: float, y: float, yaw: float, image_size: tuple[int, int] = (320, 240),
+               hfov_rad: float = math.radians(90.0)) -> np.ndarray:
+        """Render the rgb8 view of a camera at (x, y) looking along ``yaw`` (level, no roll)."""
+        width, height = image_size
+        if math.hypot(x, y) <= self.INNER_RADIUS or math.hypot(x, y) >= self.OUTER_RADIUS:
+            raise SynthError(f'camera at ({x:.2f}, {y:.2f}) is not on the street')
+        f = width / (2 * math.tan(hfov_rad / 2))
+        alpha = np.arctan((np.arange(width) + 0.5 - width / 2) / f)
+        beta = yaw - alpha
+        dx, dy = np.cos(beta), np.sin(beta)
+        b = x * dx + y * dy
+        c_out = x * x + y * y - self.OUTER_RADIUS ** 2
+        t_hit = -b + np.sqrt(b * b - c_out)
+        disc_in = b * b - (x * x + y * y - self.INNER_RADIUS ** 2)
+        t_in = -b - np.sqrt(np.maximum(disc_in, 0.0))
+        hits_inner = (disc_in > 0) & (t_in > 0)
+        t_hit = np.where(hits_inner, t_in, t_hit)
+        hx, hy = x + t_hit * dx, y + t_hit * dy
+        turn = (np.arctan2(hy, hx) / (2 * math.pi)) % 1.0
+        # Seen from the street, the outer wall runs against the angle: mirror it so that
+        # its lettering reads the right way round.
+        column = np.where(hits_inner,
+                          self._inner_offset + (turn * self._lengths[1]).astype(np.int64),
+                          ((1.0 - turn) * self._lengths[0]).astype(np.int64))
+        tex_rows, tex_cols = self._tex_shape
+        column = np.minimum(column, tex_cols - 1)
+        depth = t_hit * np.cos(alpha)
+        level = np.clip(np.log2(np.maximum(self.PX_PER_M * depth / f, 1.0)), 0,
+                        self.LEVELS - 1).astype(np.int64)
+
+        # Texture row of every pixel: metres below the wall top times texels per metre.
+        slope = (height / 2 - np.arange(height) - 0.5) / f
+        row_f = ((self.WALL_HEIGHT - self.CAMERA_HEIGHT) * self.PX_PER_M
+                 - slope[:, None] * (depth * self.PX_PER_M)[None, :])
+        row = np.clip(row_f.astype(np.int64), 0, tex_rows - 1)
+        texels = self._texels[(level * tex_rows * tex_cols + column)[None, :] + row * tex_cols]
+        # Sky and ground: a vertical gradient each, as RGBA uint32 per image row.
+        shade = np.clip(np.abs(slope) * 1.5, 0, 1)[:, None]
+        sky = _rgba32(np.array([150, 190, 235]) * (1.0 - 0.35 * shade))
+        ground = _rgba32(np.array([95, 90, 85]) * (1.0 - 0.4 * (1 - shade)))
+        alpha = texels.view(np.uint8).reshape(height, width, 4)[..., 3]
+        above = (row_f < 0) | (alpha < 128)
+        texels = np.where(above, sky, np.where(row_f >= tex_rows, ground, texels))
+        return cv2.cvtColor(texels.view(np.uint8).reshape(height, width, 4), cv2.COLOR_RGBA2RGB)
+
+
+def _rgba32(rgb: np.ndarray) -> np.ndarray:
+    """Pack [N, 3] colours into opaque RGBA uint32 texels [N, 1]."""
+    rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255)], axis=1).astype(np.uint8)
+    return np.ascontiguousarray(rgba).view(np.uint32)
+
+
+def _lighting(seed: int, variant: int, lap: int) -> np.ndarray | None:
+    """Return a per-channel lookup table (gain, gamma, colour cast), None for the reference."""
+    if variant == 0 and lap == 0:
+        return None
+    rng = np.random.default_rng([seed, variant, lap, 11])
+    gain, gamma = rng.uniform(0.65, 1.25), rng.uniform(0.7, 1.45)
+    cast = rng.uniform(0.85, 1.15, size=3)
+    levels = (np.arange(256) / 255.0) ** gamma
+    table = np.clip(255.0 * gain * levels[:, None] * cast[None, :], 0, 255)
+    return table.astype(np.uint8).reshape(256, 1, 3)
+
+
+def _pose_at(t: np.ndarray, lap_s: float, variant: int,
+             frames_per_lap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ground-truth (x, y, yaw) at times t (s): smooth, continuous over laps."""
+    radius0 = World.TRACK_RADIUS
+    phase = variant * 0.37 * 2 * math.pi / frames_per_lap
+    # Along-track wobble (+-0.6 m), lateral offset (+-0.75 m) and yaw jitter (+-0.08 rad) differ
+    # between laps and variants, so a revisit is never the exact same viewpoint.
+    theta = 2 * math.pi * t / lap_s + phase + 0.6 / radius0 * np.sin(math.pi * t / lap_s)
+    radius = radius0 + 0.75 * np.sin(math.pi * t / lap_s + variant * 1.1)
+    jitter = 0.08 * np.sin(2 * math.pi * t / 3.7 + variant * 2.3)
+    return radius * np.cos(theta), radius * np.sin(theta), theta + math.pi / 2 + jitter
+
+
+def _yaw_quaternions(yaw: np.ndarray) -> np.ndarray:
+    zeros = np.zeros_like(yaw)
+    return np.stack([zeros, zeros, np.sin(yaw / 2), np.cos(yaw / 2)], axis=-1)
+
+
+def generate_recording(path: str | os.PathLike, *,
+                       storage: Literal['sqlite3', 'mcap'] = 'sqlite3', laps: int = 2,
+                       frames_per_lap: int = 60, image_size: tuple[int, int] = (320, 240),
+                       rate_hz: float = 5.0, raw: bool = True, compressed: bool = True,
+                       odom_rate_hz: float = 20.0, seed: int = 0, session: str = 'demo',
+                       variant: int = 0, tf: bool = False) -> RecordingInfo:
+    """Write a rosbag2 recording of ``laps`` drives around the world of ``seed``.
+
+    ``variant`` picks the session: 0 has reference lighting on its first lap; other variants
+    of the same seed revisit the same places with other offsets, timing and lighting (see
+    :func:`generate_query_recording`). Topics: /camera/image_raw (rgb8), its /compressed (JPEG),
+    /odom (exact ground truth) and, with ``tf``, /tf (odom -> base_link).
+    """
+    if laps < 1 or frames_per_lap < 4:
+        raise SynthError(f'need laps >= 1 and frames_per_lap >= 4, got {laps}, {frames_per_lap}')
+    width, height = image_size
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise SynthError(f'image_size must be within 16..4096 pixels, got {image_size}')
+    if not (rate_hz > 0 and odom_rate_hz > 0):
+        raise SynthError(f'rates must be positive, got {rate_hz} and {odom_rate_hz}')
+    if not (raw or compressed):
+        raise SynthError('raw and compressed are both False: the recording would hold no images')
+    if variant < 0:
+        raise SynthError(f'variant must be >= 0, got {variant}')
+
+    world = World(seed)
+    start_ns = START_NS + variant * 86_400 * 1_000_000_000
+    lap_s = frames_per_lap / rate_hz
+    n_frames = laps * frames_per_lap
+    frame_t = np.arange(n_frames) / rate_hz
+    frame_stamps = start_ns + np.round(frame_t * 1e9).astype(np.int64)
+    fx, fy, fyaw = _pose_at(frame_t, lap_s, variant, frames_per_lap)
+    odom_t = np.arange(math.ceil(frame_t[-1] * odom_rate_hz - 1e-9) + 1) / odom_rate_hz
+    odom_stamps = start_ns + np.round(odom_t * 1e9).astype(np.int64)
+    ox, oy, oyaw = _pose_at(odom_t, lap_s, variant, frames_per_lap)
+    odom_positions = np.stack([ox, oy, np.zeros_like(ox)], axis=-1)
+    odom_quaternions = _yaw_quaternions(oyaw)
+
+    topics = {ODOM_TOPIC: 'nav_msgs/msg/Odometry'}
+    if raw:
+        topics[IMAGE_TOPIC] = 'sensor_msgs/msg/Image'
+    if compressed:
+        topics[COMPRESSED_TOPIC] = 'sensor_msgs/msg/CompressedImage'
+    if tf:
+        topics[TF_TOPIC] = 'tf2_msgs/msg/TFMessage'
+
+    # Events in log-time order: odometry is logged 1 ms after its stamp, images 3 ms after.
+    events = [(int(s) + 1_000_000, 0, k) for k, s in enumerate(odom_stamps)]
+    events += [(int(s) + 3_000_000, 1, k) for k, s in enumerate(frame_stamps)]
+    events.sort()
+    with write_bag(path, storage) as bag:
+        for log_ns, kind, k in events:
+            if kind == 0:
+                stamp = int(odom_stamps[k])
+                bag.write(ODOM_TOPIC, topics[ODOM_TOPIC],
+                          make_odometry_msg(stamp, odom_positions[k], odom_quaternions[k]), log_ns)
+                if tf:
+                    bag.write(TF_TOPIC, topics[TF_TOPIC],
+                              make_tf_msg(stamp, 'odom', 'base_link', odom_positions[k],
+                                          odom_quaternions[k]), log_ns)
+                continue
+            stamp = int(frame_stamps[k])
+            image = world.render(fx[k], fy[k], fyaw[k], image_size)
+            table = _lighting(seed, variant, k // frames_per_lap)
+            if table is not None:
+                image = cv2.LUT(image, table)
+            if raw:
+                bag.write(IMAGE_TOPIC, topics[IMAGE_TOPIC],
+                          make_image_msg(image, 'rgb8', stamp, CAMERA_FRAME), log_ns)
+            if compressed:
+                bag.write(COMPRESSED_TOPIC, topics[COMPRESSED_TOPIC],
+                          make_compressed_msg(image, 'rgb8', stamp, CAMERA_FRAME), log_ns)
+
+    return RecordingInfo(
+        path=Path(path), storage=storage, session=session, topics=topics, n_frames=n_frames,
+        duration_s=float(frame_t[-1]),
+        trajectory=Trajectory(odom_stamps, odom_positions, odom_quaternions),
+        frame_stamps_ns=frame_stamps,
+        frame_positions=np.stack([fx, fy, np.zeros_like(fx)], axis=-1),
+        frame_yaws=fyaw, frame_laps=np.arange(n_frames) // frames_per_lap)
+
+
+def generate_query_recording(path: str | os.PathLike, *, variant: int = 1,
+                             session: str = 'query', **kwargs: Any) -> RecordingInfo:
+    """Write another session of the same world (same ``seed``) for map-vs-query evaluation."""
+    if variant < 1:
+        raise SynthError(f'a query session needs variant >= 1, got {variant}')
+    return generate_recording(path, variant=variant, session=session, **kwargs)

@@ -1,0 +1,201 @@
+"""Detector logic on hand-made descriptors (similarities chosen exactly, no model involved)."""
+import dataclasses
+
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
+import numpy as np
+import pytest
+
+from boq_ros.detector import (
+    Detection,
+    DetectorConfig,
+    DetectorConfigError,
+    DetectorInputError,
+    LoopDetector,
+    Status,
+)
+
+DIM = 64
+Q = np.eye(DIM, dtype=np.float32)[0]  # the query direction
+
+
+def toward(similarity: float, axis: int) -> np.ndarray:
+    """Unit vector with the given cosine similarity to Q, otherwise along its own axis."""
+    v = np.zeros(DIM, dtype=np.float32)
+    v[0] = similarity
+    v[axis] = np.sqrt(1 - similarity ** 2)
+    return v
+
+
+def meta(stamp_s: float, session: str = 'run') -> KeyframeMeta:
+    return KeyframeMeta(stamp_ns=int(stamp_s * 1e9), session=session, camera='cam')
+
+
+def new_map() -> KeyframeMap:
+    return KeyframeMap(DIM, model_id='test', preprocess={})
+
+
+def prebuilt(sims: list[float], session: str = 'map') -> KeyframeMap:
+    """A map whose keyframe seq i has similarity sims[i] to Q."""
+    kmap = new_map()
+    kmap.add(np.stack([toward(s, i + 1) for i, s in enumerate(sims)]),
+             [meta(i, session) for i in range(len(sims))])
+    return kmap
+
+
+def config(**kw) -> DetectorConfig:
+    base = dict(top_k=3, exclusion_seconds=0.0, exclusion_keyframes=0, threshold=0.5,
+                consistency_keyframes=2, mode='static')
+    base.update(kw)
+    return DetectorConfig(**base)
+
+
+def test_config_errors_name_the_field():
+    for kw, name in [({'top_k': 0}, 'top_k'), ({'threshold': 1.5}, 'threshold'),
+                     ({'exclusion_seconds': -1.0}, 'exclusion_seconds'),
+                     ({'mode': 'grown'}, 'mode'), ({'threshold_mode': 'auto'}, 'threshold_mode'),
+                     ({'consistency': 0}, 'consistency'), ({'top_k': 2.5}, 'top_k'),
+                     ({'min_margin': float('nan')}, 'min_margin')]:
+        with pytest.raises(DetectorConfigError, match=name):
+            DetectorConfig(**kw).validate()
+    DetectorConfig().validate()
+
+
+def test_ranking_threshold_and_statuses():
+    det = LoopDetector(prebuilt([0.3, 0.9, 0.7, 0.45]), config(threshold=0.5))
+    d = det.process(Q, meta(100, 'query'))
+    assert [c.meta.seq for c in d.candidates] == [1, 2, 3]
+    assert [c.rank for c in d.candidates] == [0, 1, 2]
+    assert [round(c.similarity, 5) for c in d.candidates] == [0.9, 0.7, 0.45]
+    assert d.accepted and d.threshold == 0.5 and not d.added
+    assert [c.status for c in d.candidates] == [Status.APPEARANCE_ONLY, Status.APPEARANCE_ONLY,
+                                                Status.REJECTED]
+    assert d.candidates[2].reason == 'threshold'
+    assert d.query.id == -1  # static: the query was not added
+    assert len(det.map) == 4
+    d = LoopDetector(prebuilt([0.3, 0.4]), config()).process(Q, meta(100, 'query'))
+    assert not d.accepted
+    assert all(c.status == Status.REJECTED and c.reason == 'threshold' for c in d.candidates)
+
+
+def test_margin_ignores_the_best_keyframes_neighbours():
+    # seq 0 and 1 are one region (consistency_keyframes=2); seq 5 is the rival.
+    kmap = prebuilt([0.9, 0.89, 0.1, 0.1, 0.1, 0.8])
+    d = LoopDetector(kmap, config(min_margin=0.05)).process(Q, meta(100, 'query'))
+    assert d.accepted
+    assert d.candidates[0].margin == pytest.approx(0.1, abs=1e-5)
+    assert d.candidates[1].margin == pytest.approx(0.09, abs=1e-5)
+    assert d.candidates[2].margin == pytest.approx(0.8 - 0.1, abs=1e-5)  # no rival: last hit
+    d = LoopDetector(kmap, config(min_margin=0.15)).process(Q, meta(100, 'query'))
+    assert not d.accepted
+    assert [c.reason for c in d.candidates] == ['margin'] * 3
+
+
+def test_margin_without_any_rival_is_the_similarity():
+    d = LoopDetector(prebuilt([0.9, 0.88]), config(min_margin=0.5)).process(Q, meta(9, 'q'))
+    assert d.candidates[0].margin == pytest.approx(0.9, abs=1e-5)
+    assert d.accepted
+
+
+def test_adaptive_threshold_from_the_sessions_own_recent_keyframes():
+    kmap = prebuilt([0.7])
+    det = LoopDetector(kmap, config(threshold_mode='adaptive', threshold=0.5, adaptive_window=2,
+                                    adaptive_offset=0.05))
+    first = det.process(Q, meta(10, 'q'))
+    assert first.threshold == 0.5  # nothing seen yet: the fixed threshold
+    det.process(toward(0.8, 40), meta(11, 'q'))
+    third = det.process(Q, meta(12, 'q'))
+    # own last two keyframes: Q (sim 1.0) and toward(0.8): min 0.8 - 0.05
+    assert third.threshold == pytest.approx(0.75, abs=1e-6)
+    assert not third.accepted and third.candidates[0].reason == 'threshold'
+    other = det.process(Q, meta(13, 'other'))  # per session
+    assert other.threshold == 0.5 and other.accepted
+
+
+def test_consistency_needs_consecutive_queries_on_one_region():
+    kmap = prebuilt([0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.85])
+    det = LoopDetector(kmap, config(consistency=2))
+    near_0 = Q
+    near_9 = toward(0.85, 10)  # the descriptor of seq 9
+    outcomes = [det.process(d, meta(50 + i, 'q')) for i, d in
+                enumerate([near_0, near_0, near_9, near_0, near_0, near_0])]
+    assert [d.accepted for d in outcomes] == [False, True, False, False, True, True]
+    assert outcomes[0].candidates[0].reason == 'consistency'
+
+
+def test_exclusion_window_by_keyframes_and_seconds_in_grow_mode():
+    det = LoopDetector(new_map(), config(mode='grow', top_k=20, exclusion_keyframes=3,
+                                                exclusion_seconds=4.5))
+    results = [det.process(Q, meta(t)) for t in range(10)]
+    assert [r.query.seq for r in results] == list(range(10))
+    assert all(r.added and r.query.id >= 0 for r in results)
+    # query n may see seq < n - 3 with stamp <= n - 4.5 s: seq <= n - 5
+    for n, r in enumerate(results):
+        assert sorted(c.meta.seq for c in r.candidates) == list(range(max(n - 4, 0)))
+    # another session sees everything, at once
+    other = det.process(Q, meta(10, 'other'))
+    assert len(other.candidates) == 10
+
+
+def test_both_mode_grows_only_a_new_session():
+    kmap = prebuilt([0.9, 0.2])
+    det = LoopDetector(kmap, config(mode='both'))
+    d = det.process(Q, meta(1, 'live'))
+    assert d.added and d.query.session == 'live' and d.query.seq == 0
+    assert len(kmap) == 3
+    with pytest.raises(DetectorInputError, match="'map'"):
+        det.process(Q, meta(2, 'map'))
+
+
+def test_bad_input_is_refused():
+    det = LoopDetector(prebuilt([0.9]), config())
+    with pytest.raises(DetectorInputError, match='shape'):
+        det.process(np.ones(DIM + 1, np.float32), meta(1, 'q'))
+    with pytest.raises(DetectorInputError, match='NaN'):
+        det.process(np.full(DIM, np.nan, np.float32), meta(1, 'q'))
+    with pytest.raises(DetectorInputError, match='metadata'):
+        det.process_batch(np.ones((2, DIM), np.float32), [meta(1, 'q')])
+
+
+def signature(d: Detection):
+    return (d.query.id, d.query.seq, d.accepted, round(d.threshold, 5),
+            [(c.keyframe_id, round(c.similarity, 5), c.rank, round(c.margin, 5), c.status,
+              c.reason) for c in d.candidates])
+
+
+@pytest.mark.parametrize('mode', ['grow', 'static', 'both'])
+def test_batch_equals_sequential(mode):
+    rng = np.random.default_rng(3)
+    # A run that loops over 12 places with noise, two sessions interleaved: 150 queries,
+    # more than two batch chunks, dense stamps so that the seconds window matters.
+    places = rng.normal(size=(12, DIM)).astype(np.float32)
+    n = 150
+    descs = places[np.arange(n) % 12] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
+    descs /= np.linalg.norm(descs, axis=1, keepdims=True)
+    metas = [meta(0.1 * i + (0.05 if i % 3 == 0 else 0), 'a' if i % 3 else 'b')
+             for i in range(n)]
+    cfg = config(mode=mode, top_k=4, exclusion_keyframes=5, exclusion_seconds=2.0,
+                 threshold=0.4, min_margin=0.02, consistency=2, consistency_keyframes=3,
+                 threshold_mode='adaptive', adaptive_offset=0.3)
+
+    def fresh():
+        kmap = new_map()
+        if mode != 'grow':
+            base = places + 0.3 * rng_map.normal(size=places.shape).astype(np.float32)
+            kmap.add(base / np.linalg.norm(base, axis=1, keepdims=True),
+                     [meta(i, 'map') for i in range(12)])
+        return LoopDetector(kmap, cfg)
+
+    rng_map = np.random.default_rng(7)
+    sequential = fresh()
+    expected = [signature(sequential.process(d, m)) for d, m in zip(descs, metas)]
+    rng_map = np.random.default_rng(7)
+    batched = fresh()
+    got = [signature(d) for d in batched.process_batch(descs, metas)]
+    assert got == expected
+    assert any(e[2] for e in expected) and not all(e[2] for e in expected)
+    assert len(batched.map) == len(sequential.map)
+
+
+def test_config_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DetectorConfig().top_k = 3
