@@ -3,7 +3,9 @@
 Random weights in the released format (nothing is downloaded). Rows per preset, precision and
 batch size:
   plain      the model as loaded (eager, NCHW, attention maps computed), on a normalised tensor
-  extractor  Extractor.describe_tensor on the same tensor (folded BN, channels-last on CUDA, ...)
+  extractor  Extractor.describe_tensor on the same tensor (folded BN; on CUDA also pre-cast
+             weights, channels-last, CUDA graphs)
+  no-graphs  (CUDA only) the same without CUDA graphs
   e2e        Extractor.extract on uint8 camera images (upload + resize + normalise included)
 
 Example (CPU, a few minutes on 2 cores):
@@ -58,8 +60,9 @@ def write_checkpoints(directory: Path, presets: list[str]) -> dict[str, Path]:
     return {p: write_random_checkpoint(directory / f'{p}.pth', p) for p in presets}
 
 
-def _paths(plain: torch.nn.Module, extractor: Extractor, device: torch.device, x: torch.Tensor,
-           images: list[np.ndarray] | None) -> dict[str, Callable[[], object]]:
+def _paths(plain: torch.nn.Module, extractor: Extractor, eager: Extractor | None,
+           device: torch.device, x: torch.Tensor, images: list[np.ndarray] | None
+           ) -> dict[str, Callable[[], object]]:
     """The timed callables: plain forward (same autocast as the extractor) and Extractor."""
     dtype = PRECISIONS[extractor.precision]
 
@@ -69,6 +72,8 @@ def _paths(plain: torch.nn.Module, extractor: Extractor, device: torch.device, x
             return plain(x)
 
     paths = {'plain': run_plain, 'extractor': lambda: extractor.describe_tensor(x)}
+    if eager is not None:
+        paths['no-graphs'] = lambda: eager.describe_tensor(x)
     if images is not None:
         paths['e2e'] = lambda: extractor.extract(images, 'bgr8')
     return paths
@@ -88,18 +93,22 @@ def bench_preset(checkpoint: Path, preset: str, device: torch.device, precisions
     for precision in precisions:
         extractor = Extractor(load_boq(checkpoint, preset=preset), device=device,
                               precision=precision, preprocess=config, batch_size=max(batches))
+        eager = None
+        if device.type == 'cuda':
+            eager = Extractor(load_boq(checkpoint, preset=preset), device=device,
+                              precision=precision, preprocess=config, cuda_graphs=False)
         for batch in batches:
             x = torch.randn(batch, 3, *size, device=device)
             images = [rng.integers(0, 256, (*camera, 3), dtype=np.uint8) for _ in range(batch)]
 
-            paths = _paths(plain, extractor, device, x, images if e2e else None)
+            paths = _paths(plain, extractor, eager, device, x, images if e2e else None)
             for path, fn in paths.items():
                 row = {'preset': preset, 'path': path, 'precision': precision, 'batch': batch,
                        'input': f'{size[0]}x{size[1]}', 'device': str(device)}
                 row.update(summarise(timed(fn, iters, warmup, device), batch))
                 rows.append(row)
                 print_rows([row], header=len(rows) == 1, flush=True)
-        del extractor
+        del extractor, eager
     return rows
 
 

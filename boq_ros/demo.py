@@ -10,6 +10,7 @@ queries, the same candidates, the same similarities (to a float tolerance) and a
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+import datetime
 import hashlib
 import json
 import os
@@ -22,8 +23,12 @@ from typing import Any, Literal
 
 import yaml
 
+from boq_ros import __version__
 from boq_ros.detector import DetectorConfig
+from boq_ros.eval.groundtruth import GroundTruth
+from boq_ros.eval.metrics import EvalConfig, EvalResult
 from boq_ros.eval.records import CandidateRecord
+from boq_ros.model import BoQModel
 from boq_ros.preprocess import PreprocessConfig
 
 SESSION = 'demo'
@@ -31,7 +36,6 @@ IMAGE_TOPIC = '/camera/image_raw'
 ODOM_TOPIC = '/odom'
 CANDIDATE_TOPIC = '/loop_candidates'
 NODE_NAME = 'boq_demo_node'
-NODE_EVERY_FRAME = 'every'  # the node's keyframe_mode value for "every frame is a keyframe"
 _RECORDING_VERSION = 1  # bump when the generator's output for the same parameters changes
 
 RANDOM_WEIGHTS_NOTE = (
@@ -51,7 +55,7 @@ class DemoError(ValueError):
 class DemoRecording:
     """Parameters of the generated demo recording; equal parameters reuse the same files."""
 
-    frames: int = 80  # all laps together
+    frames: int = 60  # all laps together
     laps: int = 2
     image_size: tuple[int, int] = (320, 240)  # width, height
     rate_hz: float = 5.0
@@ -156,6 +160,13 @@ def demo_detector(recording: DemoRecording) -> DetectorConfig:
                           threshold=0.6, mode='grow')
 
 
+def demo_preprocess(preset: str, height: int) -> PreprocessConfig:
+    """Resize to `height` (aspect kept), rounded to the preset's patch multiple (14 for DINOv2)."""
+    base = PreprocessConfig.default_for(preset, 'height')
+    return PreprocessConfig('height', max(1, round(height / base.multiple)) * base.multiple,
+                            base.multiple)
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What the demo asks of the node; the offline comparison uses the very same values."""
@@ -163,13 +174,8 @@ class NodeSettings:
     checkpoint: Path
     map_directory: Path
     detector: DetectorConfig
-    input_size: int = 240
+    preprocess: PreprocessConfig
     device: str = 'cpu'
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        """The resize the node applies (height policy, aspect ratio kept)."""
-        return PreprocessConfig('height', self.input_size)
 
     def parameters(self) -> dict[str, Any]:
         """Return the node's ROS parameters (names from boq_ros/ros/params.py)."""
@@ -182,7 +188,7 @@ class NodeSettings:
             'image_topics': [IMAGE_TOPIC],
             'input_qos': 'reliable',  # replay publishes reliably: nothing is lost on the way
             'input_qos_depth': 10,
-            'keyframe_mode': NODE_EVERY_FRAME,  # the offline pipeline selects the same frames
+            'keyframe_mode': 'every_frame',  # the offline pipeline selects the same frames
             'odometry_topic': ODOM_TOPIC,
             **asdict(self.detector),
             'map_directory': str(self.map_directory),
@@ -334,3 +340,106 @@ def _compare_query(a: list[CandidateRecord], b: list[CandidateRecord], tolerance
     if a[0].accepted != b[0].accepted and not near_threshold:
         return f'best candidate accepted {a[0].accepted} live, {b[0].accepted} offline', diff
     return '', diff
+
+
+def metric_differences(a: EvalResult, b: EvalResult, tolerance: float = 1e-4) -> list[str]:
+    """Name every metric (and PR-curve point) on which two evaluations differ.
+
+    Counts must be equal; real numbers (rates, similarity thresholds) within `tolerance`, which
+    is far below the smallest change a different decision makes to a rate (1 / queries).
+    """
+    out: list[str] = []
+    _diff('', a.to_dict(), b.to_dict(), tolerance, out)
+    return out
+
+
+def _diff(path: str, a: Any, b: Any, tolerance: float, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys()):
+            _diff(f'{path}.{key}' if path else key, a.get(key), b.get(key), tolerance, out)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            out.append(f'{path}: {len(a)} values vs {len(b)}')
+        else:
+            for i, (x, y) in enumerate(zip(a, b)):
+                _diff(f'{path}[{i}]', x, y, tolerance, out)
+    elif isinstance(a, float) or isinstance(b, float):
+        numbers = isinstance(a, int | float) and isinstance(b, int | float)
+        if not numbers or abs(a - b) > tolerance:
+            out.append(f'{path}: {a} vs {b}')
+    elif a != b:
+        out.append(f'{path}: {a} vs {b}')
+
+
+@dataclass
+class DemoRun:
+    """One evaluated source of candidates (the live node, or the offline pipeline)."""
+
+    label: str
+    records: list[CandidateRecord]
+    result: EvalResult
+    frames: int
+    timings_s: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        """Return the report's entry for this run (the layout `boq-ros eval` writes)."""
+        total = sum(self.timings_s.values())
+        return {'label': self.label, 'frames': self.frames,
+                'keyframes': len({r.query_stamp_ns for r in self.records}), 'cached': False,
+                'timings_s': self.timings_s,
+                'frames_per_s': self.frames / total if total > 0 else None,
+                'metrics': self.result.to_dict()}
+
+
+def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_truth: GroundTruth,
+                 inputs: Mapping[str, Any], detector: DetectorConfig, evaluation: EvalConfig,
+                 extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Write report.json, summary.md and the plots of the runs (the first one is the node)."""
+    from boq_ros.eval import report as report_mod
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_mod.plot_pr_curves(out / 'pr_curve.png', [(r.label, r.result) for r in runs])
+    report_mod.plot_trajectory(out / 'trajectory.png', ground_truth, runs[0].result,
+                               f'{runs[0].label}: accepted loops (threshold '
+                               f'{detector.threshold:g})')
+    report = {
+        'boq_ros_version': __version__,
+        'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'),
+        'task': 'loop_closure',
+        'inputs': dict(inputs),
+        'detector': asdict(detector),
+        'evaluation': {'radius_m': evaluation.radius_m,
+                       'recall_ks': list(evaluation.recall_ks)},
+        'runs': [r.summary() for r in runs],
+        'plots': ['pr_curve.png', 'trajectory.png'],
+        'files': ['report.json', 'summary.md'],
+        **extra,
+    }
+    report_mod.write_json(out / 'report.json', report)
+    (out / 'summary.md').write_text(report_mod.markdown_summary(report), encoding='utf-8')
+    return report
+
+
+def offline_run(bag: Path, model: BoQModel, settings: NodeSettings, evaluation: EvalConfig,
+                progress: bool = True) -> tuple[DemoRun, Any]:
+    """Run the offline pipeline (`boq-ros eval`'s) with the node's model and settings.
+
+    One image per forward pass, as the node with one camera computes them.
+    """
+    from boq_ros.eval.runner import BagInput, EvalSpec, GroundTruthSource, run_once
+    from boq_ros.extractor import Extractor
+    from boq_ros.keyframes import KeyframePolicy
+
+    extractor = Extractor(model, device=settings.device, preprocess=settings.preprocess,
+                          batch_size=1)
+    spec = EvalSpec(
+        map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=ODOM_TOPIC), SESSION),
+        checkpoint=str(settings.checkpoint), device=settings.device,
+        keyframes=KeyframePolicy('every_frame'), detector=settings.detector,
+        evaluation=evaluation, use_cache=False, progress=progress)
+    outcome = run_once(spec, extractor, None)
+    run = DemoRun('offline pipeline', outcome.records, outcome.result,
+                  outcome.summary['frames'], dict(outcome.summary['timings_s']))
+    return run, outcome

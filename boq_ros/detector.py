@@ -21,7 +21,7 @@ Exclusion: a map keyframe of the query's own session is a candidate only when
 seq the query gets in the map (its session's size before it); other sessions are never excluded.
 """
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 import math
@@ -140,12 +140,24 @@ class LoopDetector:
     """Turn query descriptors into loop-closure decisions against a keyframe map."""
 
     def __init__(self, keyframe_map: KeyframeMap, config: DetectorConfig) -> None:
-        config.validate()
         self.map = keyframe_map
-        self.config = config
         self._recent: dict[str, deque[np.ndarray]] = {}
         self._streaks: dict[str, _Streak] = {}
         self._sessions_seen: set[str] = set()
+        self.config = config
+
+    @property
+    def config(self) -> DetectorConfig:
+        """The settings in force; assigning new ones (a parameter update) validates them first."""
+        return self._config
+
+    @config.setter
+    def config(self, config: DetectorConfig) -> None:
+        config.validate()
+        self._config = config
+        for session, recent in self._recent.items():
+            if recent.maxlen != config.adaptive_window:
+                self._recent[session] = deque(recent, maxlen=config.adaptive_window)
 
     @property
     def adds(self) -> bool:
@@ -223,6 +235,7 @@ class LoopDetector:
             by_session.setdefault(query.session, []).append(pos)
         depth = cfg.search_depth
         hits_of: dict[int, list[tuple[KeyframeMeta, float]] | None] = {}
+        known: dict[int, KeyframeMeta] = {}  # metadata looked up in this chunk
         for session, positions in by_session.items():
             fetch = depth + 2 * len(positions)
             window = SearchFilter(recent=(RecentWindow(
@@ -231,7 +244,7 @@ class LoopDetector:
             result = self.map.search(descs[positions], fetch, window)
             for row, pos in enumerate(positions):
                 hits = self._eligible_hits(result.ids[row], result.similarities[row], fetch,
-                                           depth, lambda kf, p=pos: eligible(p, kf))
+                                           depth, lambda kf, p=pos: eligible(p, kf), known)
                 if hits is None:
                     own = SearchFilter(recent=(RecentWindow(
                         session, queries[pos].stamp_ns - window_ns + 1,
@@ -241,13 +254,16 @@ class LoopDetector:
                         single *= 2
                         res = self.map.search(descs[pos:pos + 1], single, own)
                         hits = self._eligible_hits(res.ids[0], res.similarities[0], single,
-                                                   depth, lambda kf, p=pos: eligible(p, kf))
+                                                   depth, lambda kf, p=pos: eligible(p, kf),
+                                                   known)
                 hits_of[pos] = hits
         return [self._decide(descs[pos], query, hits_of[pos])
                 for pos, query in enumerate(queries)]
 
     def _eligible_hits(self, ids: np.ndarray, sims: np.ndarray, fetched: int, depth: int,
-                       eligible) -> list[tuple[KeyframeMeta, float]] | None:
+                       eligible: Callable[[KeyframeMeta], bool],
+                       known: dict[int, KeyframeMeta]
+                       ) -> list[tuple[KeyframeMeta, float]] | None:
         """Up to `depth` eligible hits, best first; None if more may hide beyond `fetched`."""
         hits = []
         valid = 0
@@ -255,7 +271,9 @@ class LoopDetector:
             if kf_id < 0:
                 break
             valid += 1
-            kf = self.map.meta(kf_id)
+            kf = known.get(kf_id)
+            if kf is None:
+                kf = known[kf_id] = self.map.meta(kf_id)
             if eligible(kf):
                 hits.append((kf, float(sim)))
         if len(hits) < depth and valid == fetched:

@@ -1,12 +1,17 @@
 """Lists of camera images -> BoQ descriptors, batched on the best available device.
 
-The fast path (``optimize=True``) folds the ResNet's BatchNorm into its convolutions, runs
-convolutions channels-last and skips the attention weights when only descriptors are wanted;
-each of these keeps fp32 results within 1e-4 of the plain model (tested).
+The fast path (``optimize=True``) skips the attention weights when only descriptors are wanted
+and folds the ResNet's BatchNorm into its convolutions; on CUDA it also stores the matmul and
+convolution weights in the autocast dtype (fp16/bf16, with channels-last convolutions) and
+replays CUDA graphs, one per padded batch shape. Each keeps fp32 results within 1e-4 of the
+plain model (tested on CPU; benchmarks/gpu_suite.py checks the GPU).
 """
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 import copy
 import os
+import threading
+import warnings
 
 import numpy as np
 import torch
@@ -44,17 +49,76 @@ def optimized_copy(model: BoQModel, device: torch.device, precision: str
                    ) -> tuple[BoQModel, bool]:
     """Return a faster equivalent of `model` and whether it wants channels-last input.
 
-    Folding BatchNorm pays everywhere; channels-last only pays for CUDA tensor cores (fp16 and
-    bf16), fp32 convolutions are faster in NCHW there and on the CPU.
+    Folding BatchNorm pays everywhere. On CUDA with fp16/bf16, weights stored in that dtype
+    spare autocast a cast kernel per layer and call (same arithmetic), and channels-last feeds
+    the tensor cores; fp32 convolutions are faster in NCHW there and on the CPU.
     """
-    if model.config.backbone != 'resnet50':
-        return model, False  # DINOv2 already runs fused attention; nothing to fold
+    dtype = PRECISIONS[precision] if device.type == 'cuda' else None
+    resnet = model.config.backbone == 'resnet50'
+    if not resnet and dtype is None:
+        return model, False  # nothing to change: no copy
     fast = copy.deepcopy(model)
-    fast.backbone = fold_batchnorm(fast.backbone)
-    channels_last = device.type == 'cuda' and precision != 'fp32'
-    if channels_last:
+    if resnet:
+        fast.backbone = fold_batchnorm(fast.backbone)
+    if dtype is None:
+        return fast, False
+    for module in fast.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            module.to(dtype)
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            module.in_proj_weight.data = module.in_proj_weight.data.to(dtype)
+            module.in_proj_bias.data = module.in_proj_bias.data.to(dtype)
+    if resnet:
         fast = fast.to(memory_format=torch.channels_last)
-    return fast, channels_last
+    return fast, resnet
+
+
+class _GraphCache:
+    """CUDA graphs of a forward, one per (padded batch, input shape): no per-launch overhead.
+
+    Batches are padded to the next power of two (at most `max_batch`) so that a stream of
+    varying batch sizes needs only a few graphs; samples are independent, so padding rows
+    never change the others' results.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch: int,
+                 capacity: int = 8) -> None:
+        self._forward = forward
+        self._max_batch = max_batch
+        self._capacity = capacity
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _capture(self, static_in: torch.Tensor) -> tuple:
+        device = static_in.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up (cuDNN autotuning, allocations) off-graph
+            for _ in range(2):
+                self._forward(static_in)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode='thread_local'):
+            static_out = self._forward(static_in)
+        return static_in, graph, static_out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        bucket = min(1 << (b - 1).bit_length(), max(b, self._max_batch))
+        key = (bucket, *x.shape[1:], x.dtype, x.is_contiguous())
+        with self._lock:
+            if key not in self._graphs:
+                static_in = torch.zeros((bucket, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                if not x.is_contiguous():
+                    static_in = static_in.contiguous(memory_format=torch.channels_last)
+                self._graphs[key] = self._capture(static_in)
+                if len(self._graphs) > self._capacity:
+                    self._graphs.popitem(last=False)
+            self._graphs.move_to_end(key)
+            static_in, graph, static_out = self._graphs[key]
+            static_in[:b].copy_(x)
+            graph.replay()
+            return static_out[:b].clone()
 
 
 class Extractor:
@@ -62,7 +126,8 @@ class Extractor:
 
     def __init__(self, model: BoQModel, *, device: str | torch.device = 'auto',
                  precision: str = 'fp32', preprocess: PreprocessConfig | None = None,
-                 batch_size: int = 32, optimize: bool = True) -> None:
+                 batch_size: int = 32, optimize: bool = True, cuda_graphs: bool = True
+                 ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(
                 f'unknown precision {precision!r}; expected one of {list(PRECISIONS)}')
@@ -83,6 +148,9 @@ class Extractor:
                 self._model, self._device, precision)
         else:
             self._fast, self._channels_last = self._model, False
+        self._graphs = None
+        if optimize and cuda_graphs and self._device.type == 'cuda':
+            self._graphs = _GraphCache(self._eager_describe, batch_size)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
@@ -125,17 +193,30 @@ class Extractor:
 
     def _autocast(self) -> torch.autocast:
         dtype = PRECISIONS[self._precision]
-        return torch.autocast(self._device.type, dtype=dtype, enabled=dtype is not None)
+        # No weight-cast cache: it would outlive a CUDA graph capture; weights are pre-cast.
+        return torch.autocast(self._device.type, dtype=dtype, enabled=dtype is not None,
+                              cache_enabled=False)
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
         if self._channels_last:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def _eager_describe(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            return self._fast.describe(batch)
+
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Descriptors [B, D] float32 on the device for an already normalised batch."""
-        with torch.inference_mode(), self._autocast():
-            return self._fast.describe(self._prepare(batch.to(self._device)))
+        batch = self._prepare(batch.to(self._device))
+        if self._graphs is not None:
+            try:
+                with torch.inference_mode():
+                    return self._graphs(batch)
+            except RuntimeError as e:  # an op that cannot be captured: stay eager from now on
+                warnings.warn(f'CUDA graphs disabled for this extractor: {e}', stacklevel=2)
+                self._graphs = None
+        return self._eager_describe(batch)
 
     def _groups(self, images: Sequence[np.ndarray], encodings: str | Sequence[str]
                 ) -> tuple[list[str], list[list[int]]]:

@@ -1,7 +1,6 @@
 """Detector logic on hand-made descriptors (similarities chosen exactly, no model involved)."""
 import dataclasses
 
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from boq_ros.detector import (
     LoopDetector,
     Status,
 )
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 
 DIM = 64
 Q = np.eye(DIM, dtype=np.float32)[0]  # the query direction
@@ -199,3 +199,14 @@ def test_batch_equals_sequential(mode):
 def test_config_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DetectorConfig().top_k = 3
+
+
+def test_new_settings_are_validated_and_keep_the_state():
+    det = LoopDetector(prebuilt([0.7]), config(threshold_mode='adaptive', adaptive_window=3))
+    for t in range(3):
+        det.process(toward(0.9 - 0.1 * t, 40 + t), meta(t, 'q'))
+    with pytest.raises(DetectorConfigError, match='top_k'):
+        det.config = config(top_k=0)
+    det.config = config(threshold_mode='adaptive', adaptive_window=1, threshold=0.1)
+    # only the last own keyframe (sim 0.7 to Q) sets the threshold now
+    assert det.process(Q, meta(9, 'q')).threshold == pytest.approx(0.7, abs=1e-6)

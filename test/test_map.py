@@ -143,6 +143,7 @@ def test_bad_descriptors_are_refused_and_the_map_is_unchanged(bad, message):
     (KeyframeMeta(stamp_ns=1, session=3), 'session must be a str'),
     (KeyframeMeta(stamp_ns=1, pose=(0, 0, 0)), 'pose must be 7'),
     (KeyframeMeta(stamp_ns=1, pose=(0, 0, 0, 0, 0, 0, 2)), 'quaternion'),
+    (KeyframeMeta(stamp_ns=1, pose=(0, 0, np.nan, 0, 0, 0, 1)), 'finite position'),
 ])
 def test_bad_metadata_is_refused(meta, message):
     m = new_map()

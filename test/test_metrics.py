@@ -255,3 +255,45 @@ def test_records_round_trip_and_errors(tmp_path):
     path.write_text('{"nope"\n')
     with pytest.raises(RecordFormatError, match=':1:'):
         read_records(path)
+
+
+# --- ground truth for recorded candidates, and the descriptor cache ------------------------
+def test_ground_truth_for_records_drops_keyframes_without_poses():
+    from boq_ros.eval.groundtruth import ground_truth_for_records
+    from boq_ros.trajectory import Trajectory
+
+    pos = line_run(6, x=[0, 10, 20, 20, 10, 0])
+    # the trajectory starts one second late: keyframe 0 (stamp 1 s) has no ground truth
+    traj = Trajectory(np.arange(2, 8) * 10**9, np.c_[[10, 20, 20, 10, 0, 0], np.zeros((6, 2))])
+    records = [rec(4, 1, 0, 0.9, pos), rec(5, 0, 0, 0.7, pos), rec(5, 1, 1, 0.6, pos),
+               no_match_record(2, int(pos.stamps_ns[2]), 'run', 'cam', 2)]
+    gt, kept, dropped = ground_truth_for_records(records, {'run': traj}, 0.0, 1)
+    assert dropped == 1 and kept == [records[0], records[2], records[3]]
+    assert len(gt.queries) == 4  # keyframes 1, 2, 4, 5
+    np.testing.assert_array_equal(gt.queries.seqs, [1, 2, 4, 5])  # as recorded
+    np.testing.assert_allclose(gt.queries.xyz[:, 0], [10, 20, 10, 0])
+    with pytest.raises(GroundTruthError, match="no trajectory for session 'run'"):
+        ground_truth_for_records(records, {'other': traj}, 0.0, 1)
+
+
+def test_descriptor_cache_round_trip_and_corrupt_entries(tmp_path):
+    from boq_ros.eval.cache import CachedDescriptors, DescriptorCache, bag_identity, cache_key
+
+    bag = tmp_path / 'bag'
+    bag.mkdir()
+    (bag / 'metadata.yaml').write_text('x')
+    parts = {'bag': bag_identity(bag), 'topic': '/cam'}
+    key = cache_key(parts)
+    assert key != cache_key({**parts, 'topic': '/other'})
+    cache = DescriptorCache(tmp_path / 'cache')
+    assert cache.load(key) is None
+    entry = CachedDescriptors(np.eye(3, dtype=np.float32), np.array([1, 2, 3]),
+                              ['a', 'b', 'c'], np.arange(5), {'model': 1.5})
+    cache.store(key, entry, parts)
+    back = cache.load(key)
+    np.testing.assert_array_equal(back.descriptors, entry.descriptors)
+    assert (back.frame_ids, back.frames, back.timings_s) == (['a', 'b', 'c'], 5, {'model': 1.5})
+    (tmp_path / 'cache' / f'{key}.npz').write_bytes(b'not a zip')
+    assert cache.load(key) is None
+    (bag / 'metadata.yaml').write_text('changed!')
+    assert cache_key({'bag': bag_identity(bag), 'topic': '/cam'}) != key

@@ -180,7 +180,7 @@ def test_refusals(bag, ros_domain_id, monkeypatch):
 
 def test_message_helpers():
     assert message_class('sensor_msgs/msg/Image').__name__ == 'Image'
-    with pytest.raises(ReplayError, match='not installed'):
+    with pytest.raises(ReplayError, match='not available to rclpy'):
         message_class('no_such_pkg/msg/Thing')
     with pytest.raises(ReplayError, match='not a ROS 2 message type'):
         message_class('sensor_msgs/Image')
@@ -201,3 +201,57 @@ def test_recorder_keeps_unassigned_queries_apart():
     (record,) = CandidateRecorder().add(msg)
     assert (record.query_id, record.query_seq, record.query_stamp_ns) == (-1, -1, 3 * 10**9)
     assert not record.has_match and np.isfinite(record.similarity)
+
+
+def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id):
+    """The node, fed the bag over DDS, proposes what the offline pipeline proposes."""
+    from boq_ros.demo import (
+        CANDIDATE_TOPIC,
+        DemoRecording,
+        NodeSettings,
+        compare_records,
+        demo_detector,
+        demo_preprocess,
+        ensure_recording,
+        metric_differences,
+        offline_run,
+        write_params_file,
+    )
+    from boq_ros.eval.groundtruth import ground_truth_for_records
+    from boq_ros.eval.metrics import EvalConfig, evaluate
+    from boq_ros.model import load_boq
+    from boq_ros.model.checkpoint import write_random_checkpoint
+    from boq_ros.trajectory import Trajectory
+
+    recording = DemoRecording(frames=16, image_size=(96, 72))
+    bag, _ = ensure_recording(tmp_path / 'recordings', recording)
+    checkpoint = write_random_checkpoint(tmp_path / 'random.pth', 'resnet50-16384')
+    model = load_boq(checkpoint)
+    settings = NodeSettings(checkpoint, tmp_path / 'maps', demo_detector(recording),
+                            demo_preprocess(model.config.name, 64), device='cpu')
+    node = start_node(params_file=write_params_file(tmp_path / 'params.yaml',
+                                                    settings.parameters()))
+    options = ReplayOptions(topics=(IMAGE_TOPIC, ODOM_TOPIC), rate=5.0,
+                            record_topic=CANDIDATE_TOPIC, lockstep=True,
+                            subscriber_timeout_s=120.0, answer_timeout_s=60.0)
+    summary, live = replay(bag, options, domain_id=ros_domain_id, peer_alive=node.alive,
+                           progress=False)
+    assert (summary.images, summary.answered) == (16, 16)
+    assert summary.model_ids and summary.model_ids[0].startswith('resnet50-16384@')
+
+    evaluation = EvalConfig(radius_m=5.0)
+    offline, _ = offline_run(bag, model, settings, evaluation, progress=False)
+    agreement = compare_records(live, offline.records, threshold=settings.detector.threshold)
+    assert agreement.agree, agreement.format()
+    assert agreement.live_queries == agreement.offline_queries == 16
+    # Not vacuous: the second lap has candidates (the first is inside the exclusion window).
+    assert sum(r.has_match for r in live) >= 8 and any(r.accepted for r in live)
+    assert {r.query_id for r in live} == set(range(16))
+    ground_truth, kept, unknown = ground_truth_for_records(
+        live, {'demo': Trajectory.from_bag(bag, ODOM_TOPIC)},
+        settings.detector.exclusion_seconds, settings.detector.exclusion_keyframes)
+    assert (kept, unknown) == (live, 0)
+    live_result = evaluate(live, ground_truth, evaluation)
+    assert live_result.num_positive_queries > 0
+    assert metric_differences(live_result, offline.result) == []
+    assert node.stop() == 0  # clean shutdown on SIGINT

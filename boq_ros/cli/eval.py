@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     det.add_argument('--top-k', type=_positive(int), default=20,
                      help='candidates per query (default 20, the deepest Recall@K)')
     det.add_argument('--threshold', type=float, default=None,
-                     help='similarity threshold of the accepted loops (default: detector\'s)')
+                     help="similarity threshold of the accepted loops (default: detector's)")
     det.add_argument('--min-margin', type=float, default=0.0)
     det.add_argument('--consistency', type=_positive(int), default=1)
     kf = parser.add_argument_group('keyframes')
@@ -101,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     from boq_ros.detector import DetectorConfig
     from boq_ros.eval.metrics import EvalConfig
     from boq_ros.eval.runner import (
-        BagInput, EvalSpec, GroundTruthSource, run_evaluation, run_records_evaluation)
+        BagInput,
+        EvalSpec,
+        GroundTruthSource,
+        run_evaluation,
+        run_records_evaluation,
+    )
     from boq_ros.keyframes import KeyframePolicy
 
     if (args.gt_topic is None) == (args.gt_file is None):

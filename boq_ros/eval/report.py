@@ -32,10 +32,11 @@ def markdown_summary(report: dict[str, Any]) -> str:
     ks = list(runs[0]['metrics']['recall_at']) if runs else []
     lines = [f'# boq-ros eval: {report["task"].replace("_", " ")}', '']
     inputs = report['inputs']
-    lines.append(f'- bag: `{inputs["bag"]}`'
+    lines.append(f'- bag: `{inputs.get("bag", "-")}`'
                  + (f', query bag: `{inputs["query_bag"]}`' if inputs.get('query_bag') else ''))
-    lines.append(f'- model: `{inputs["model_id"]}`, image topic `{inputs["image_topic"]}`, '
-                 f'ground truth: {inputs["ground_truth"]}')
+    lines.append(f'- model: `{inputs.get("model_id", "-")}`, image topic '
+                 f'`{inputs.get("image_topic", "-")}`, ground truth: '
+                 f'{inputs.get("ground_truth", "-")}')
     if inputs.get('random_weights'):
         lines.append("- **randomly initialised weights**: these numbers say nothing about BoQ's "
                      'accuracy, only that the pipeline runs')
@@ -114,7 +115,7 @@ def plot_pr_curves(path: str | os.PathLike, results: Sequence[tuple[str, EvalRes
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title('top-1 precision-recall over the similarity threshold')
+    ax.set_title('top-1 precision-recall over the similarity threshold', fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc='lower left', fontsize=8)
     else:

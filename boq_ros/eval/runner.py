@@ -157,7 +157,8 @@ def _timed(iterator: Iterator[Any], timings: dict[str, float], stage: str) -> It
         yield item
 
 
-def _decode(message: Any) -> tuple[np.ndarray, str, int, str]:
+def decode_message(message: Any) -> tuple[np.ndarray, str, int, str]:
+    """Decode a recorded Image / CompressedImage: (array, encoding, stamp_ns, frame_id)."""
     msg = message.decode()
     if message.msgtype == IMAGE_TYPE:
         array, encoding = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
@@ -212,7 +213,7 @@ def describe_bag(source: BagInput, extractor: Extractor, policy: KeyframePolicy,
         for message in bar:
             start = time.perf_counter()
             try:
-                array, encoding, stamp, frame_id = _decode(message)
+                array, encoding, stamp, frame_id = decode_message(message)
             except ValueError:
                 timings['decode'] += time.perf_counter() - start
                 continue  # a corrupt frame is skipped, as the node skips it
@@ -292,6 +293,18 @@ def _positions(described: DescribedBag, session: str) -> KeyframePositions:
                              np.arange(len(rows)), described.positions[rows])
 
 
+def _detect(detector: LoopDetector, descriptors: np.ndarray, metas: list[KeyframeMeta],
+            progress: bool, step: int = 512) -> list[Detection]:
+    """Run the detector over a whole recording, with a progress bar (same result as one call)."""
+    detections: list[Detection] = []
+    with tqdm(total=len(metas), unit='keyframe', desc='search', disable=not progress) as bar:
+        for start in range(0, len(metas), step):
+            detections += detector.process_batch(descriptors[start:start + step],
+                                                 metas[start:start + step])
+            bar.update(min(step, len(metas) - start))
+    return detections
+
+
 @dataclass
 class RunOutcome:
     """One evaluated configuration (one inference height): what the report and plots need."""
@@ -322,7 +335,7 @@ def run_once(spec: EvalSpec, extractor: Extractor,
     start = time.perf_counter()
     if spec.query_input is None:
         detector = LoopDetector(kmap, replace(spec.detector, mode='grow'))
-        detections = detector.process_batch(map_desc, map_metas)
+        detections = _detect(detector, map_desc, map_metas, spec.progress)
         query_desc = map_desc
         gt_map = gt_query = _positions(described_map, spec.map_input.session)
     else:
@@ -330,8 +343,8 @@ def run_once(spec: EvalSpec, extractor: Extractor,
             kmap.add(map_desc, map_metas)
         detector = LoopDetector(kmap, replace(spec.detector, mode='static'))
         query_desc = described_query.entry.descriptors[described_query.valid]
-        detections = detector.process_batch(query_desc,
-                                            _metas(described_query, spec.query_input))
+        detections = _detect(detector, query_desc, _metas(described_query, spec.query_input),
+                             spec.progress)
         gt_map = _positions(described_map, spec.map_input.session)
         gt_query = _positions(described_query, spec.query_input.session)
     search_s = time.perf_counter() - start
@@ -416,7 +429,8 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
             'device': str(extractor.device), 'precision': spec.precision,
             'keyframes': asdict(spec.keyframes), 'random_weights': spec.random_weights,
         },
-        'detector': asdict(spec.detector),
+        'detector': {**asdict(spec.detector),
+                     'mode': 'grow' if spec.query_input is None else 'static'},
         'evaluation': {'radius_m': spec.evaluation.radius_m,
                        'recall_ks': list(spec.evaluation.recall_ks)},
         'runs': [o.summary for o in outcomes],

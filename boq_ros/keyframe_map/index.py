@@ -29,6 +29,9 @@ PCA_SAMPLE = 2048
 TRAIN_SAMPLE = 65_536
 """IVF-PQ learns from at most this many keyframes."""
 ADD_BLOCK = 8192
+SMALL_BATCH = 16
+"""Query batches below this search on one thread: OpenMP's hand-over costs more than it saves
+for a few queries, and far more (x40 measured) when other processes load the CPUs."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,13 @@ class _FaissBackend:
             params = faiss.SearchParametersIVF(sel=sel, nprobe=self.spec.ivf_nprobe)
         else:
             params = faiss.SearchParameters(sel=sel)
-        sims, rows = self.index.search(q, k, params=params)
+        threads = faiss.omp_get_max_threads()
+        if len(q) < SMALL_BATCH:
+            faiss.omp_set_num_threads(1)
+        try:
+            sims, rows = self.index.search(q, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
         del bits  # the selector points into it until the search is done
         sims[rows < 0] = -np.inf
         return sims, rows
@@ -254,6 +263,7 @@ class SearchIndex:
         self.pca: Pca | None = None
         self.backend: _FaissBackend | _TorchBackend = self._exact_backend()
         self.trained = spec.min_keyframes() == 0
+        self.trained_on = 0
         self.state = self._describe(0)
 
     def _exact_backend(self) -> '_FaissBackend | _TorchBackend':
@@ -266,7 +276,7 @@ class SearchIndex:
 
     def _describe(self, count: int) -> str:
         if self.trained and self.spec.min_keyframes():
-            return f'trained on {count} keyframes'
+            return f'trained on {self.trained_on} keyframes'
         if self.trained:
             return 'ready (nothing to train)'
         return (f'exact fallback: {self.spec.kind}'
@@ -286,6 +296,7 @@ class SearchIndex:
             self.backend = self._exact_backend()
         else:
             self._train(rows)
+            self.trained_on = count
         for block in rows.blocks(block_rows=ADD_BLOCK):
             self.backend.add(self._reduce(block))
         self.state = self._describe(count)
@@ -352,8 +363,8 @@ class SearchIndex:
             out['pca_matrix.npy'] = self.pca.matrix
         return out
 
-    def restore(self, cache: dict[str, np.ndarray], count: int, state: str) -> bool:
-        """Adopt a cached index of `count` rows (`state` as saved); False when it does not fit."""
+    def restore(self, cache: dict[str, np.ndarray], count: int, trained_on: int) -> bool:
+        """Adopt a cached index of `count` rows; False when it does not fit the spec."""
         spec = self.spec
         if spec.device != 'cpu' or count < spec.min_keyframes() or \
                 (spec.pca_dim is None and spec.kind in FLAT_KINDS):
@@ -374,7 +385,8 @@ class SearchIndex:
             pca = Pca(mean, matrix)
         self.pca, self.trained = pca, True
         self.backend = _FaissBackend(index, spec, spec.kind)
-        self.state = state
+        self.trained_on = trained_on
+        self.state = self._describe(count)
         return True
 
 

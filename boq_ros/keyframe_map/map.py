@@ -137,6 +137,7 @@ class KeyframeMap:
                 schema_version=SCHEMA_VERSION, map_id=self.map_id, model_id=self.model_id,
                 dim=self.dim, metric=self.metric, preprocess=dict(self.preprocess),
                 index=self._search.spec.to_dict(), index_state=self._search.state,
+                index_trained_on=self._search.trained_on,
                 storage_dtype=self._rows.dtype.name, package_version=__version__,
                 created=self._state.created, modified=self._state.modified, count=len(self),
                 next_id=self._state.next_id, history=tuple(dict(h) for h in self._state.history),
@@ -157,6 +158,22 @@ class KeyframeMap:
             counts = np.bincount(codes, minlength=len(self._table.vocab['session'].words))
             words = self._table.vocab['session'].words
             return {words[c]: int(n) for c, n in enumerate(counts) if n}
+
+    def statistics(self) -> dict[str, Any]:
+        """Count what a user checks before trusting a map: sessions, robots, stamps, poses."""
+        with self._lock:
+            live = self._table.live_mask()
+            cols = self._table.columns()[live]
+            out: dict[str, Any] = {'keyframes': int(live.sum()),
+                                   'removed_keyframes': int((~live).sum())}
+            for name in ('session', 'robot_id', 'camera', 'pose_source', 'source_map'):
+                words = self._table.vocab[name].words
+                codes, counts = np.unique(cols[name], return_counts=True)
+                out[f'{name}s'] = {words[c]: int(n) for c, n in zip(codes, counts)}
+            out['with_pose'] = int(np.isfinite(cols['pose'][:, 0]).sum())
+            if len(cols):
+                out['stamp_range_ns'] = [int(cols['stamp_ns'].min()), int(cols['stamp_ns'].max())]
+            return out
 
     # -- validation ---------------------------------------------------------------------------
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:
@@ -362,6 +379,6 @@ class KeyframeMap:
         self._state = _State(schema.map_id, schema.created, schema.modified, schema.next_id,
                              [dict(h) for h in schema.history], dict(schema.files))
         if spec != saved_spec or not self._search.restore(stored.cache, len(self._rows),
-                                                               schema.index_state):
+                                                               schema.index_trained_on):
             self._search.rebuild(self._rows)
         return self

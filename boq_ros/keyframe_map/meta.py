@@ -37,7 +37,7 @@ class KeyframeMeta:
     robot_id: str = ''
     camera: str = ''
     frame_id: str = ''
-    pose: Pose | None = None
+    pose: Pose | None = None  # x y z qx qy qz qw; quaternion all NaN when only position is known
     pose_frame: str = ''
     pose_source: str = ''
     image_ref: str = ''
@@ -63,12 +63,16 @@ def check_meta(meta: Any, where: str) -> None:
             pose = [float(v) for v in meta.pose]
         except (TypeError, ValueError) as exc:
             raise MapError(f'{where}: pose must be 7 numbers (x y z qx qy qz qw)') from exc
-        if len(pose) != 7 or not all(math.isfinite(v) for v in pose):
-            raise MapError(f'{where}: pose must be 7 finite numbers (x y z qx qy qz qw), '
-                           f'got {meta.pose!r}')
-        if abs(math.hypot(*pose[3:]) - 1.0) > QUATERNION_TOLERANCE:
-            raise MapError(f'{where}: pose quaternion is not unit length '
-                           f'(norm {math.hypot(*pose[3:]):.4f})')
+        if len(pose) != 7 or not all(math.isfinite(v) for v in pose[:3]):
+            raise MapError(f'{where}: pose must be 7 numbers (x y z qx qy qz qw) with a finite '
+                           f'position, got {meta.pose!r}')
+        quaternion = pose[3:]
+        if all(math.isnan(v) for v in quaternion):
+            return  # position only (e.g. GNSS): orientation unknown
+        if not all(math.isfinite(v) for v in quaternion) or \
+                abs(math.hypot(*quaternion) - 1.0) > QUATERNION_TOLERANCE:
+            raise MapError(f'{where}: pose quaternion must be unit length (or all NaN when '
+                           f'unknown), got {tuple(quaternion)!r}')
 
 
 class Vocabulary:

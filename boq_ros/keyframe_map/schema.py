@@ -26,6 +26,7 @@ class MapSchema:
     preprocess: dict[str, Any]
     index: dict[str, Any]
     index_state: str
+    index_trained_on: int
     storage_dtype: str
     package_version: str
     created: str
@@ -51,7 +52,8 @@ class MapSchema:
             raise MapError(f'schema.json: schema version {version!r} is not supported '
                            f'(this boq_ros reads version {SCHEMA_VERSION})')
         types = {'map_id': str, 'model_id': str, 'dim': int, 'metric': str, 'preprocess': dict,
-                 'index': dict, 'index_state': str, 'storage_dtype': str,
+                 'index': dict, 'index_state': str, 'index_trained_on': int,
+                 'storage_dtype': str,
                  'package_version': str, 'created': str, 'modified': str, 'count': int,
                  'next_id': int, 'history': list, 'files': dict}
         for key, kind in types.items():

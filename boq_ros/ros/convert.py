@@ -111,7 +111,7 @@ def relocalization_pose(query: KeyframeMeta, match: KeyframeMeta,
 
 def lio_sam_pair(query: KeyframeMeta, match: KeyframeMeta) -> Float64MultiArray:
     """LIO-SAM's loop message: [t_query, t_match] in seconds."""
-    return Float64MultiArray(data=[query.stamp_ns * 1e-9, match.stamp_ns * 1e-9])
+    return Float64MultiArray(data=[query.stamp_ns / 1e9, match.stamp_ns / 1e9])
 
 
 def loop_marker(query: KeyframeMeta, match: KeyframeMeta, marker_id: int) -> Marker | None:

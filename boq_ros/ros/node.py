@@ -48,7 +48,7 @@ from boq_ros.detector import Detection, DetectorConfig, LoopDetector
 from boq_ros.extractor import DescriptorError, Extractor
 from boq_ros.images import ImageDecodeError
 from boq_ros.keyframe_map import IndexSpec, KeyframeMap, KeyframeMeta, MapError
-from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
+from boq_ros.keyframes import KeyframeError, KeyframePolicy, KeyframeSelector
 from boq_ros.model import load_boq
 from boq_ros.preprocess import PreprocessConfig
 from boq_ros.ros import convert, params
@@ -63,7 +63,7 @@ DIAGNOSTICS_TOPIC = '/diagnostics'
 
 STAGES = ('queue', 'decode', 'inference', 'search', 'publish', 'total')
 """Latency stages in /diagnostics: waiting in the queue, then each step of the worker."""
-ERROR_KINDS = ('decode', 'descriptor', 'map', 'internal', 'service')
+ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'internal', 'service')
 
 _DETECTOR_FIELDS = ('top_k', 'exclusion_seconds', 'exclusion_keyframes', 'threshold_mode',
                     'threshold', 'adaptive_window', 'adaptive_offset', 'min_margin',
@@ -197,9 +197,10 @@ class VprNode(LifecycleNode):
                     msg_type, topic, lambda msg, camera=camera: self._on_image(msg, camera),
                     qos, callback_group=self._input_group))
         if rt.values['odometry_topic']:
-            rt.subscriptions.append(self.create_subscription(
+            rt.subscriptions.append(self.create_subscription(  # best effort matches any publisher
                 Odometry, rt.values['odometry_topic'], self._on_odometry,
-                qos_profile_sensor_data, callback_group=self._input_group))
+                QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT),
+                callback_group=self._input_group))
         if rt.values['keyframe_mode'] == 'external':
             rt.subscriptions.append(self.create_subscription(
                 Header, rt.values['keyframe_topic'], self._on_keyframe_stamp,
@@ -388,17 +389,24 @@ class VprNode(LifecycleNode):
         rt = self._rt
         if rt is None:
             return
+        self._stats.count('odometry')
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         stamp = convert.stamp_to_ns(msg.header.stamp)
-        pose = (p.x, p.y, p.z, q.x, q.y, q.z, q.w)
+        try:
+            rt.selector.update_pose(stamp, (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        except KeyframeError as err:
+            self._fail('input', f'odometry: {err}')
+            return
+        norm = math.sqrt(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2)
+        pose = (p.x, p.y, p.z, q.x / norm, q.y / norm, q.z / norm, q.w / norm)
         with self._cond:
             rt.poses.append((stamp, pose, msg.header.frame_id))
-        rt.selector.update_pose(stamp, pose[:3], pose[3:])
 
     def _on_keyframe_stamp(self, msg: Header) -> None:
         rt = self._rt
         if rt is None:
             return
+        self._stats.count('keyframe_stamps')
         rt.selector.add_external(convert.stamp_to_ns(msg.stamp))
         for camera, waiting in rt.waiting.items():
             for frame in list(waiting):
@@ -552,7 +560,7 @@ class VprNode(LifecycleNode):
         rt = self._rt
         try:
             path = resolve_map_path(rt.root, request.path or rt.values['map_path'])
-            rt.root.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with self._map_lock:
                 rt.kmap.save(path)
                 count = len(rt.kmap)
@@ -647,7 +655,8 @@ class VprNode(LifecycleNode):
         values += [('input_rate_hz', f'{window.get("frames", 0) * rate:.2f}'),
                    ('keyframe_rate_hz', f'{window.get("keyframes", 0) * rate:.2f}'),
                    ('accepted_rate_hz', f'{window.get("accepted", 0) * rate:.2f}')]
-        for key in ('frames', 'keyframes', 'accepted', 'queue_drops'):
+        for key in ('frames', 'keyframes', 'accepted', 'queue_drops', 'odometry',
+                    'keyframe_stamps'):
             values.append((f'{key}_total', totals.get(key, 0)))
         for kind in ERROR_KINDS:
             values.append((f'{kind}_errors_total', totals.get(f'{kind}_errors', 0)))

@@ -18,13 +18,13 @@ import threading
 import time
 from typing import Any, Literal
 
-from boq_ros.bags import open_bag
+from boq_ros.bags import open_bag, stamp_to_ns
 from boq_ros.eval.records import CandidateRecord, no_match_record
 from boq_ros.ros.dds import check_dds_environment
 
 IMAGE_TYPES = frozenset({'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'})
 CANDIDATE_TYPE = 'boq_ros/msg/LoopCandidateArray'
-_UINT64_MAX = 2**64 - 1  # a KeyframeRef id the node could not assign (query not added)
+_UINT64_MAX = 2**64 - 1  # KeyframeRef.id of a query the node did not add (its convert.NO_ID)
 _POLL_S = 0.1  # how often waits check that the node is still alive
 _GRACE_S = 0.5  # extra wait for the node's secondary subscriptions to match
 
@@ -75,8 +75,9 @@ class ReplaySummary:
     """What a replay did, for the summary line and for callers that check for losses."""
 
     published: dict[str, int] = field(default_factory=dict)  # live topic -> messages
+    recording: bool = False  # whether the node's answers were recorded
     images: int = 0  # image messages published on topics the node subscribes to
-    answered: int = 0  # of those, answered by the node
+    answered: int = 0  # of those, answered by the node (when recording)
     recorded: int = 0  # candidate arrays received
     records: int = 0  # candidate records produced from them
     skipped_topics: dict[str, str] = field(default_factory=dict)  # bag topic -> why
@@ -88,8 +89,8 @@ class ReplaySummary:
 
     @property
     def dropped(self) -> int:
-        """Images published to a listening node that it never answered."""
-        return self.images - self.answered
+        """Images published to a listening node that it never answered (0 unless recording)."""
+        return self.images - self.answered if self.recording else 0
 
     def format(self) -> str:
         """Human-readable summary for the command line."""
@@ -98,10 +99,12 @@ class ReplaySummary:
         lines += [f'  {topic}: {count}' for topic, count in sorted(self.published.items())]
         for topic, why in sorted(self.skipped_topics.items()):
             lines.append(f'  skipped {topic}: {why}')
-        if self.recorded or self.images:
+        if self.recording:
             lines.append(f'images the node listens to: {self.images}, answered {self.answered}, '
                          f'dropped {self.dropped}')
             lines.append(f'recorded {self.recorded} candidate arrays ({self.records} records)')
+        else:
+            lines.append(f'images published to a subscriber: {self.images}')
         if self.interrupted:
             lines.append('interrupted: the results are partial')
         return '\n'.join(lines)
@@ -110,16 +113,14 @@ class ReplaySummary:
 def message_class(msgtype: str) -> type:
     """Import the rclpy class of a ROS 2 type name such as ``sensor_msgs/msg/Image``."""
     parts = msgtype.split('/')
-    if len(parts) != 3 or parts[1] not in ('msg', 'srv', 'action') or not all(parts):
+    if len(parts) != 3 or parts[1] != 'msg' or not all(parts):
         raise ReplayError(f'not a ROS 2 message type name: {msgtype!r}')
-    package, kind, name = parts
+    package, _, name = parts
     try:
-        module = importlib.import_module(f'{package}.{kind}')
-        return getattr(module, name)
+        return getattr(importlib.import_module(f'{package}.msg'), name)
     except (ImportError, AttributeError):
-        raise ReplayError(
-            f'message type {msgtype} is not available to rclpy here (its Python package '
-            f'{package} is not installed)') from None
+        raise ReplayError(f'message type {msgtype} is not available to rclpy here (no '
+                          f'installed Python package {package}.msg with {name})') from None
 
 
 def header_stamp_ns(raw: bytes | memoryview) -> int:
@@ -129,11 +130,6 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
     order = '<' if raw[1] & 1 else '>'
     sec, nanosec = struct.unpack_from(order + 'iI', raw, 4)
     return sec * 1_000_000_000 + nanosec
-
-
-def stamp_ns(stamp: Any) -> int:
-    """Nanoseconds of a builtin_interfaces/Time."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class CandidateRecorder:
@@ -164,7 +160,7 @@ class CandidateRecorder:
             self._seq_of[query_id] = query_seq
         else:
             query_seq = -1
-        query_stamp = stamp_ns(msg.header.stamp)
+        query_stamp = stamp_to_ns(msg.header.stamp)
         if not msg.candidates:
             records = [no_match_record(query_id, query_stamp, session, query.camera, query_seq)]
         else:
@@ -172,7 +168,7 @@ class CandidateRecorder:
                 CandidateRecord(
                     query_id=query_id, query_stamp_ns=query_stamp, query_session=session,
                     query_camera=query.camera, query_seq=query_seq,
-                    match_id=int(c.match.id), match_stamp_ns=stamp_ns(c.match.stamp),
+                    match_id=int(c.match.id), match_stamp_ns=stamp_to_ns(c.match.stamp),
                     match_session=c.match.session,
                     match_seq=self._seq_of.get(int(c.match.id), -1),
                     similarity=float(c.similarity), rank=int(c.rank),
@@ -248,7 +244,8 @@ class _RosSide:
                 from rosgraph_msgs.msg import Clock
 
                 self._clock_msg = Clock()
-                clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+                # Reliable, depth 1: matches reliable and best-effort /clock subscribers alike.
+                clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
                 self.clock = self.node.create_publisher(Clock, '/clock', clock_qos)
             self.subscription = None
             if options.record_topic:
@@ -311,7 +308,7 @@ class _Answers:
         except Exception as exc:  # surfaced in the main thread, never lost in the executor
             self.error = exc
         with self._cond:
-            self.stamps.add(stamp_ns(msg.header.stamp))
+            self.stamps.add(stamp_to_ns(msg.header.stamp))
             self.arrays += 1
             self.last_time = time.monotonic()
             self._cond.notify_all()
@@ -364,7 +361,7 @@ def replay(bag_path: str | os.PathLike, options: ReplayOptions = ReplayOptions()
             check_dds_environment()
         except RuntimeError as exc:
             raise ReplayError(str(exc)) from None
-    summary = ReplaySummary()
+    summary = ReplaySummary(recording=bool(options.record_topic))
     recorder = CandidateRecorder()
     answers = _Answers(recorder, on_records, peer_alive)
     with open_bag(bag_path) as bag:

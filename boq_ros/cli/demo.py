@@ -1,0 +1,196 @@
+"""`boq-ros demo`: the main job, end to end, on real DDS confined to this machine.
+
+It generates (or reuses) a recording with ground truth, starts the loop-closure node as its own
+process, replays the recording into it, evaluates what the node published with the offline
+metrics, runs the offline pipeline on the same recording to show that both agree, and writes the
+report and plots.
+"""
+import argparse
+import os
+from pathlib import Path
+import shutil
+import sys
+import time
+
+EPILOG = """\
+The first run writes random weights when no released checkpoint is available (say so loudly) and
+generates the recording; later runs with the same parameters reuse both. Everything lands in
+--out: report/ (report.json, summary.md, plots), run/ (node log, parameters, live records).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'demo', help='the main job: generate a recording, run the node on it, evaluate what it '
+                     'published',
+        description='Generate (or reuse) a recording that revisits places, start the node on '
+                    'loopback-only DDS, replay the recording into it and evaluate the loop '
+                    'closures it published.',
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', type=Path, default=Path('demo_output'),
+                        help='output directory (default demo_output)')
+    parser.add_argument('--checkpoint', metavar='PATH_OR_PRESET',
+                        help='BoQ checkpoint file or preset name in the torch hub cache '
+                             "(default: the backbone's released preset if cached, else "
+                             'random weights)')
+    parser.add_argument('--backbone', choices=('resnet50', 'dinov2'), default='resnet50',
+                        help='backbone whose released preset is looked up (default resnet50)')
+    parser.add_argument('--frames', type=int, default=60,
+                        help='frames in the recording, over 2 laps (default 60)')
+    parser.add_argument('--image-size', type=int, nargs=2, default=(320, 240),
+                        metavar=('W', 'H'), help='camera image size (default 320 240)')
+    parser.add_argument('--height', type=int, default=192,
+                        help='image height fed to the model (default 192)')
+    parser.add_argument('--rate', type=float, default=1.0,
+                        help='replay speed: bag seconds per wall second (default 1.0); the '
+                             "replay also waits for the node's answer to each image")
+    parser.add_argument('--radius', type=float, default=5.0,
+                        help='a candidate is a true revisit within this many metres (default 5; '
+                             'the demo street is a 20 m radius ring)')
+    parser.add_argument('--device', default='auto', help='inference device (default auto)')
+    parser.add_argument('--domain-id', type=int,
+                        help='ROS_DOMAIN_ID of the node and the replay (default: from the pid)')
+    parser.add_argument('--no-offline', action='store_true',
+                        help='skip the offline run and the live/offline comparison')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.set_defaults(func=run)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print('boq-ros demo: interrupted', file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f'boq-ros demo: error: {exc}', file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from boq_ros import demo
+    from boq_ros.eval.groundtruth import ground_truth_for_records
+    from boq_ros.eval.metrics import EvalConfig, evaluate
+    from boq_ros.eval.records import write_records
+    from boq_ros.model import load_boq
+    from boq_ros.ros.dds import MAX_DOMAIN_ID, safe_dds_environment
+    from boq_ros.trajectory import Trajectory
+
+    started = time.monotonic()
+    out = args.out.resolve()
+    recording = demo.DemoRecording(frames=args.frames, image_size=tuple(args.image_size))
+    recording.validate()
+    evaluation = EvalConfig(radius_m=args.radius)
+    evaluation.validate()
+    domain_id = (os.getpid() % MAX_DOMAIN_ID) + 1 if args.domain_id is None else args.domain_id
+    run_dir = out / 'run'
+    shutil.rmtree(run_dir, ignore_errors=True)  # results of an earlier run would mislead
+    run_dir.mkdir(parents=True)
+
+    weights = demo.choose_weights(args.checkpoint, args.backbone, out / 'checkpoints')
+    model = load_boq(weights.path)  # refuses a bad checkpoint before anything starts
+    _say(f'weights: {weights.source}, model {model.model_id}')
+    if weights.random:
+        _say('\n' + demo.RANDOM_WEIGHTS_NOTE.format(preset=model.config.name) + '\n')
+    bag, reused = demo.ensure_recording(out / 'recordings', recording)
+    _say(f'recording: {bag} ({"reused" if reused else "generated"}: {recording.frames} frames '
+         f'of {recording.image_size[0]}x{recording.image_size[1]} over {recording.laps} laps '
+         f'at {recording.rate_hz:g} Hz)')
+
+    settings = demo.NodeSettings(checkpoint=weights.path, map_directory=run_dir / 'maps',
+                                 detector=demo.demo_detector(recording),
+                                 preprocess=demo.demo_preprocess(model.config.name, args.height),
+                                 device=args.device)
+    env = safe_dds_environment(domain_id, run_dir / 'ros_log')
+    os.environ.update(env)  # this process's replay joins the node's domain, loopback only
+    params = demo.write_params_file(run_dir / 'node_params.yaml', settings.parameters())
+    node = demo.NodeProcess(params, env, run_dir / 'node.log')
+    live_path = run_dir / 'live_candidates.jsonl'
+    write_records(live_path, [])
+    _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {node.log_path}')
+    node.start()
+    try:
+        summary, records = _replay(bag, live_path, node, args)
+    finally:
+        status = node.stop()
+    _say(summary.format())
+    if status != 0:
+        raise demo.DemoError(f'the node did not shut down cleanly (exit status {status}); '
+                             f'end of its log:\n{node.log_tail()}')
+    _say('node: stopped cleanly')
+    if summary.dropped:
+        raise demo.DemoError(f'the node never answered {summary.dropped} of {summary.images} '
+                             f'images; end of its log:\n{node.log_tail()}')
+
+    trajectory = Trajectory.from_bag(bag, demo.ODOM_TOPIC)
+    detector = settings.detector
+    ground_truth, kept, unknown = ground_truth_for_records(
+        records, {demo.SESSION: trajectory}, detector.exclusion_seconds,
+        detector.exclusion_keyframes)
+    if unknown:
+        raise demo.DemoError(f'{unknown} records of the node name keyframes that the recording '
+                             'has no ground truth for')
+    live = demo.DemoRun('live node', kept, evaluate(kept, ground_truth, evaluation),
+                        summary.images, {'replay': summary.wall_s})
+    runs = [live]
+    extra = {'replay': {'published': summary.published, 'images': summary.images,
+                        'answered': summary.answered, 'wall_s': summary.wall_s,
+                        'node_log': str(node.log_path), 'records': str(live_path)}}
+    agreement, differences = None, []
+    if not args.no_offline:
+        _say('offline: the same recording through the offline pipeline (same model, settings)')
+        offline, _ = demo.offline_run(bag, model, settings, evaluation,
+                                      progress=not args.no_progress)
+        write_records(run_dir / 'offline_candidates.jsonl', offline.records)
+        runs.append(offline)
+        agreement = demo.compare_records(records, offline.records,
+                                         threshold=settings.detector.threshold)
+        differences = demo.metric_differences(live.result, offline.result)
+        extra['agreement'] = {'records_agree': agreement.agree, 'records': agreement.format(),
+                              'metric_differences': differences}
+    inputs = {'bag': str(bag), 'query_bag': None, 'image_topic': demo.IMAGE_TOPIC,
+              'ground_truth': f'topic {demo.ODOM_TOPIC}', 'checkpoint': str(weights.path),
+              'model_id': ', '.join(summary.model_ids), 'random_weights': weights.random,
+              'node_parameters': settings.parameters()}
+    report = demo.write_report(out / 'report', runs, ground_truth, inputs, settings.detector,
+                               evaluation, extra)
+    _say('')
+    _say((out / 'report' / 'summary.md').read_text(encoding='utf-8'))
+    if agreement is not None:
+        _say(agreement.format())
+        _say('metrics live vs offline: ' + ('identical' if not differences else
+                                            'DIFFER: ' + '; '.join(differences[:10])))
+    if weights.random:
+        _say('(random weights: these numbers show that the pipeline works, not how well BoQ '
+             'recognises places)')
+    _say(f'report: {out / "report"} ({", ".join(report["files"] + report["plots"])}); '
+         f'total {time.monotonic() - started:.0f} s')
+    if agreement is not None and not (agreement.agree and not differences):
+        print('boq-ros demo: error: the live node and the offline pipeline disagree (see '
+              'above)', file=sys.stderr)
+        return 1
+    return 0
+
+
+def _replay(bag: Path, live_path: Path, node, args: argparse.Namespace):
+    from boq_ros import demo
+    from boq_ros.eval.records import write_records
+    from boq_ros.ros.replay import NodeGone, ReplayOptions, replay
+
+    options = ReplayOptions(topics=(demo.IMAGE_TOPIC, demo.ODOM_TOPIC), rate=args.rate,
+                            record_topic=demo.CANDIDATE_TOPIC, lockstep=True,
+                            subscriber_timeout_s=300.0, answer_timeout_s=120.0)
+    try:
+        summary, records = replay(
+            bag, options, progress=not args.no_progress, peer_alive=node.alive,
+            on_records=lambda rows: write_records(live_path, rows, append=True))
+    except NodeGone:
+        raise demo.DemoError(f'the node exited early; end of its log:\n{node.log_tail()}'
+                             ) from None
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return summary, records

@@ -1,0 +1,67 @@
+"""Launch the BoQ loop-closure node.
+
+    ros2 launch boq_ros vpr.launch.py checkpoint:=resnet50-16384 image:=/camera/image_raw
+    ros2 launch boq_ros vpr.launch.py use_sim_time:=true map:=office   # bag replay, prebuilt map
+    ros2 launch boq_ros vpr.launch.py lifecycle:=true   # wait for a lifecycle manager
+
+Every node parameter lives in the config file (default: the package's config/vpr.yaml); the
+arguments below override the few that change per run. More cameras: list them in the config's
+image_topics / compressed_topics and remap them here or there.
+"""
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchContext, LaunchDescription
+
+ARGUMENTS = {
+    'config': (PathJoinSubstitution([FindPackageShare('boq_ros'), 'config', 'vpr.yaml']),
+               'Parameter file of the node.'),
+    'checkpoint': ('', "BoQ checkpoint file or downloaded preset name ('' keeps the config's)."),
+    'map': ('', "Map to load, relative to the config's map_directory ('' keeps the config's)."),
+    'image': ('image', 'Camera topic the node\'s "image" input is remapped to.'),
+    'compressed_image': ('image/compressed',
+                         'Topic the node\'s "image/compressed" input is remapped to (used when '
+                         "the config's compressed_topics lists image/compressed)."),
+    'odom': ('odom', 'Odometry topic the node\'s "odom" input is remapped to.'),
+    'keyframes': ('keyframes', 'Keyframe stamp topic of the SLAM system (external mode).'),
+    'namespace': ('', 'Namespace of the node (and of its relative topics).'),
+    'use_sim_time': ('false', 'Use /clock (bag replay).'),
+    'lifecycle': ('false', 'true: a lifecycle node that waits for a lifecycle manager; false: '
+                           'the node configures and activates itself.'),
+    'log_level': ('info', 'Logging level of the node.'),
+}
+
+
+def _true(text: str) -> bool:
+    if text.lower() not in ('true', 'false'):
+        raise ValueError(f'expected true or false, got {text!r}')
+    return text.lower() == 'true'
+
+
+def _node(context: LaunchContext) -> list:
+    """Build the node once the arguments are known (only given overrides are passed on)."""
+    arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    managed = _true(arg['lifecycle'])
+    overrides = {'use_sim_time': _true(arg['use_sim_time']), 'autostart': not managed}
+    if arg['checkpoint']:
+        overrides['checkpoint'] = arg['checkpoint']
+    if arg['map']:
+        overrides['map_path'] = arg['map']
+    kind = LifecycleNode if managed else Node
+    return [kind(
+        package='boq_ros', executable='vpr_node', name='vpr_node', namespace=arg['namespace'],
+        output='screen', parameters=[arg['config'], overrides],
+        remappings=[('image', arg['image']), ('image/compressed', arg['compressed_image']),
+                    ('odom', arg['odom']), ('keyframes', arg['keyframes'])],
+        arguments=['--ros-args', '--log-level', arg['log_level']])]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Declare the arguments, then start the node."""
+    return LaunchDescription([
+        *(DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, (default, description) in ARGUMENTS.items()),
+        OpaqueFunction(function=_node),
+    ])
