@@ -27,9 +27,7 @@ import time
 import numpy as np
 import yaml
 
-from boq_ros.detector import DetectorConfig, LoopDetector
 from boq_ros.extractor import Extractor
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 from boq_ros.model import load_boq
 from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.preprocess import PreprocessConfig
@@ -45,8 +43,10 @@ def ms(seconds: float) -> str:
     return f'{1e3 * seconds:.1f} ms'
 
 
-def synthetic_map(extractor: Extractor, count: int, seed: int = 0) -> KeyframeMap:
+def synthetic_map(extractor: Extractor, count: int, seed: int = 0):
     """A map of `count` random unit descriptors with poses, as if built by this model."""
+    from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
+
     kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
                        preprocess=extractor.preprocess_config.to_dict())
     rng = np.random.default_rng(seed)
@@ -61,9 +61,12 @@ def synthetic_map(extractor: Extractor, count: int, seed: int = 0) -> KeyframeMa
     return kmap
 
 
-def bare_pipeline(extractor: Extractor, kmap: KeyframeMap, frame: np.ndarray, repeats: int
+def bare_pipeline(extractor: Extractor, kmap, frame: np.ndarray, repeats: int
                   ) -> dict[str, list[float]]:
     """Forward and detector times of the core alone (what the node wraps)."""
+    from boq_ros.detector import DetectorConfig, LoopDetector
+    from boq_ros.keyframe_map import KeyframeMeta
+
     detector = LoopDetector(kmap, DetectorConfig(mode='static', threshold=0.9))
     extractor.extract([frame], 'rgb8')  # warm-up
     times: dict[str, list[float]] = {'forward': [], 'search': [], 'forward x4': []}
@@ -78,6 +81,35 @@ def bare_pipeline(extractor: Extractor, kmap: KeyframeMap, frame: np.ndarray, re
         times['forward'].append(t1 - t0)
         times['search'].append(t2 - t1)
         times['forward x4'].append(t3 - t2)
+    return times
+
+
+def core_only(extractor: Extractor, frame: np.ndarray, keyframes: int, repeats: int
+              ) -> dict[str, list[float]]:
+    """Forward and exact search on the device, without the map module (no faiss needed).
+
+    The search is what the map's torch backend does for index_device cuda: one matrix product
+    of the query with every stored descriptor, then top-k.
+    """
+    import torch
+
+    device = extractor.device
+    db = torch.nn.functional.normalize(
+        torch.randn(keyframes, extractor.dim, device=device), dim=1)
+    times: dict[str, list[float]] = {'forward': [], 'search': [], 'forward x4': []}
+    for i in range(repeats + 2):  # the first two are warm-up
+        t0 = time.perf_counter()
+        desc = extractor.extract([frame], 'rgb8')[0]
+        t1 = time.perf_counter()
+        query = torch.from_numpy(desc).to(device)
+        (db @ query).topk(25).indices.cpu()
+        t2 = time.perf_counter()
+        extractor.extract([frame] * 4, 'rgb8')
+        t3 = time.perf_counter()
+        if i >= 2:
+            times['forward'].append(t1 - t0)
+            times['search'].append(t2 - t1)
+            times['forward x4'].append(t3 - t2)
     return times
 
 
@@ -193,6 +225,12 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> floa
         wait_for(lambda: all(p.get_subscription_count() for p in peer.cameras), 300,
                  'the node to subscribe', proc)
         msgs = [image_msg(frame, 'rgb8', Header(frame_id=f'cam{i}')) for i in range(4)]
+        for tick in paced(1.0, 300.0):  # warm-up: until the node has answered a frame
+            peer.publish(0, msgs[0], tick * S)
+            if peer.latency:
+                break
+        time.sleep(3.0)
+        peer.take_latency()
         # 1. one camera at 2 Hz
         for tick in paced(2.0, args.latency_frames / 2.0):
             peer.publish(0, msgs[0], (1000 + tick) * S)
@@ -252,6 +290,7 @@ def main() -> None:
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--input-size', type=int, default=384, help='model input height')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
     parser.add_argument('--repeats', type=int, default=5, help='bare pipeline repetitions')
     parser.add_argument('--domain-id', type=int, default=None)
     parser.add_argument('--core-only', action='store_true', help='no ROS: model and search')
@@ -261,18 +300,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix='bench_node_') as name:
         tmp = Path(name)
         ckpt = write_random_checkpoint(tmp / 'random.pth', 'resnet50-16384')
-        extractor = Extractor(load_boq(ckpt), device=args.device,
+        extractor = Extractor(load_boq(ckpt), device=args.device, precision=args.precision,
                               preprocess=PreprocessConfig('height', args.input_size))
-        t0 = time.perf_counter()
-        kmap = synthetic_map(extractor, args.keyframes)
-        rows.append((f'synthetic map: {args.keyframes} keyframes built in',
-                     f'{time.perf_counter() - t0:.1f} s'))
         frame = np.random.default_rng(1).integers(0, 256, (args.height, args.width, 3),
                                                   dtype=np.uint8)
-        bare = bare_pipeline(extractor, kmap, frame, args.repeats)
+        if args.core_only:
+            bare = core_only(extractor, frame, args.keyframes, args.repeats)
+        else:
+            t0 = time.perf_counter()
+            kmap = synthetic_map(extractor, args.keyframes)
+            rows.append((f'synthetic map: {args.keyframes} keyframes built in',
+                         f'{time.perf_counter() - t0:.1f} s'))
+            bare = bare_pipeline(extractor, kmap, frame, args.repeats)
+        where = f'{extractor.device} {args.precision}, {args.width}x{args.height} -> ' \
+                f'h{args.input_size}'
         for key, values in bare.items():
-            rows.append((f'bare {key} ({extractor.device}, {args.width}x{args.height} -> '
-                         f'h{args.input_size}) p50', ms(percentile(values, 50))))
+            what = f'{args.keyframes} keyframes, {extractor.device}' if key == 'search' else where
+            rows.append((f'bare {key} p50 ({what})', ms(percentile(values, 50))))
         bare_p50 = percentile(bare['forward'], 50) + percentile(bare['search'], 50)
         if not args.core_only:
             (tmp / 'maps').mkdir()

@@ -154,8 +154,8 @@ def choose_weights(spec: str | None, backbone: str, scratch: str | os.PathLike) 
 
 
 def demo_detector(recording: DemoRecording) -> DetectorConfig:
-    """Candidate logic for the demo world: the exclusion window is half a lap."""
-    return DetectorConfig(top_k=5, exclusion_seconds=recording.lap_s / 2,
+    """Candidate logic for the demo world: the exclusion window is half a lap; top 20 (R@20)."""
+    return DetectorConfig(top_k=20, exclusion_seconds=recording.lap_s / 2,
                           exclusion_keyframes=recording.frames // recording.laps // 4,
                           threshold=0.6, mode='grow')
 
@@ -331,10 +331,10 @@ def _compare_query(a: list[CandidateRecord], b: list[CandidateRecord], tolerance
             return f'keyframe {key[0]}: similarity {sim_a[key]:.6f} live, ' \
                    f'{sim_b[key]:.6f} offline', diff
     # A keyframe on one side only must be a near-tie at the end of the top-k.
-    for side, sims, last in (('live', sim_a, a[-1]), ('offline', sim_b, b[-1])):
-        other = sim_b if sims is sim_a else sim_a
-        for key in sims.keys() - other.keys():
-            if abs(sims[key] - last.similarity) > tolerance:
+    for side, own, other, last in (('live', sim_a, sim_b, a[-1].similarity),
+                                   ('offline', sim_b, sim_a, b[-1].similarity)):
+        for key in own.keys() - other.keys():
+            if abs(own[key] - last) > tolerance:
                 return f'keyframe {key[0]} proposed {side} only', diff
     near_threshold = threshold is not None and abs(a[0].similarity - threshold) <= tolerance
     if a[0].accepted != b[0].accepted and not near_threshold:

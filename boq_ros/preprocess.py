@@ -30,6 +30,7 @@ _ENCODINGS: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {
     'mono8': (1, np.dtype(np.uint8), (0,)),
     'mono16': (1, np.dtype(np.uint16), (0,)),
 }
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
 # OpenCV type names as ROS uses them; 3 and 4 channels are BGR(A) in OpenCV's convention.
 _ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8', '16UC1': 'mono16'}
 ENCODINGS: tuple[str, ...] = (*_ENCODINGS, *_ALIASES)
@@ -122,11 +123,14 @@ def check_image(image: np.ndarray, encoding: str) -> str:
 def _to_device(images: Sequence[np.ndarray], dtype: np.dtype, device: torch.device
                ) -> torch.Tensor:
     """Stack same-shape arrays and move them, still integer, to `device` (pinned on CUDA)."""
-    stacked = np.stack([np.asarray(im, dtype=dtype) for im in images])
-    tensor = torch.from_numpy(stacked)
-    if device.type == 'cuda':
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    arrays = [np.asarray(im, dtype=dtype) for im in images]
+    if device.type != 'cuda':
+        return torch.from_numpy(np.stack(arrays)).to(device)
+    # Stack straight into page-locked memory: one copy, then an asynchronous upload.
+    pinned = torch.empty((len(arrays), *arrays[0].shape), dtype=_TORCH_DTYPES[dtype],
+                         pin_memory=True)
+    np.stack(arrays, out=pinned.numpy())
+    return pinned.to(device, non_blocking=True)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], encodings: str | Sequence[str],

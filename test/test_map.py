@@ -238,3 +238,39 @@ def test_concurrent_add_and_search():
     thread.join()
     assert not errors and len(m) == 4000 and 'trained' in m.schema.index_state
     assert (m.search(x[:50], 1).ids[:, 0] == np.arange(50)).all()
+
+
+def test_position_only_pose_is_kept_with_unknown_orientation():
+    m = new_map()
+    nan = float('nan')
+    m.add(unit(1), [KeyframeMeta(stamp_ns=5, pose=(1.0, 2.0, 3.0, nan, nan, nan, nan),
+                                 pose_source='navsatfix:/fix')])
+    pose = m.meta(0).pose
+    assert pose[:3] == (1.0, 2.0, 3.0) and all(np.isnan(pose[3:]))
+
+
+def _cuda_available() -> bool:
+    import importlib.util
+    if importlib.util.find_spec('torch') is None:
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_available(), reason='needs CUDA')
+@pytest.mark.parametrize('kind', ['flat', 'flat_fp16'])
+def test_gpu_exact_search_matches_cpu(kind):
+    x = unit(3000)
+    cpu, gpu = new_map(IndexSpec(kind)), new_map(IndexSpec(kind, device='cuda'))
+    for m in (cpu, gpu):
+        m.add(x[:2000], metas(2000, 'a'))
+        m.add(x[2000:], metas(1000, 'b'))
+    flt = SearchFilter(exclude_sessions=frozenset({'a'}))
+    q = x[:8]
+    for f in (None, flt):
+        a, b = cpu.search(q, 5, f), gpu.search(q, 5, f)
+        np.testing.assert_allclose(a.similarities, b.similarities, atol=2e-3)
+        same = np.abs(np.diff(a.similarities, axis=1)).min() > 4e-3 or kind == 'flat'
+        np.testing.assert_array_equal(a.ids if same else a.ids[:, 0],
+                                      b.ids if same else b.ids[:, 0])
+    assert (gpu.search(q, 1500, flt).ids[:, 1000:] == -1).all()

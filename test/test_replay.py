@@ -143,7 +143,7 @@ def test_unanswered_images_count_as_dropped(bag, ros_node, ros_domain_id, tmp_pa
     out = tmp_path / 'live.jsonl'
     monkeypatch.setenv('ROS_DOMAIN_ID', str(ros_domain_id))
     status = cli_main(['replay', str(bag), '--topics', IMAGE_TOPIC, '--rate', '50',
-                       '--lockstep', '--answer-timeout', '0.3', '--record-topic',
+                       '--lockstep', '--answer-timeout', '1', '--record-topic',
                        '/loop_candidates', '--record-out', str(out), '--no-progress'])
     assert status == 0
     records = read_records(out)

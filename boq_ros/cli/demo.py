@@ -11,6 +11,12 @@ from pathlib import Path
 import shutil
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from boq_ros.demo import NodeProcess
+    from boq_ros.eval.records import CandidateRecord
+    from boq_ros.ros.replay import ReplaySummary
 
 EPILOG = """\
 The first run writes random weights when no released checkpoint is available (say so loudly) and
@@ -114,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {node.log_path}')
     node.start()
     try:
-        summary, records = _replay(bag, live_path, node, args)
+        summary, records = _replay(bag, live_path, node, domain_id, args)
     finally:
         status = node.stop()
     _say(summary.format())
@@ -176,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay(bag: Path, live_path: Path, node, args: argparse.Namespace):
+def _replay(bag: Path, live_path: Path, node: 'NodeProcess', domain_id: int,
+            args: argparse.Namespace) -> tuple['ReplaySummary', list['CandidateRecord']]:
     from boq_ros import demo
     from boq_ros.eval.records import write_records
     from boq_ros.ros.replay import NodeGone, ReplayOptions, replay
@@ -186,7 +193,8 @@ def _replay(bag: Path, live_path: Path, node, args: argparse.Namespace):
                             subscriber_timeout_s=300.0, answer_timeout_s=120.0)
     try:
         summary, records = replay(
-            bag, options, progress=not args.no_progress, peer_alive=node.alive,
+            bag, options, domain_id=domain_id, progress=not args.no_progress,
+            peer_alive=node.alive,
             on_records=lambda rows: write_records(live_path, rows, append=True))
     except NodeGone:
         raise demo.DemoError(f'the node exited early; end of its log:\n{node.log_tail()}'

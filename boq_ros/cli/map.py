@@ -5,6 +5,7 @@ live under `boq-ros map`.
 """
 import argparse
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 import json
 import math
@@ -267,44 +268,42 @@ def _build(args: argparse.Namespace) -> int:
         batch.clear()
 
     for source in sources:
-        selector = KeyframeSelector(policy)
-        session = args.session or source.stem
-        poses = None
-        if args.bag:
-            bag = open_bag(source)
-            topics = args.topic or bag.image_topics()
-            if len(topics) != 1 and not args.topic:
-                raise ValueError(f'{source} has image topics {topics}; choose with --topic')
-            bar.total = (bar.total or 0) + sum(bag.topics[t].count for t in topics
-                                               if t in bag.topics)
-            if args.pose_topic:
-                trajectory = Trajectory.from_bag(bag, args.pose_topic, args.pose_child_frame)
-                kind = POSE_SOURCES[bag.topics[args.pose_topic].msgtype]
-                poses = _Poses(trajectory, selector, f'{kind}:{args.pose_topic}',
-                               _pose_frame(bag, args.pose_topic, args.pose_child_frame))
-            frames = _bag_frames(bag, topics, summary)
-        else:
-            bag = None
-            frames = _folder_frames(source, summary)
-        for frame in _Timed(frames, summary, 'read+decode'):
-            bar.update(1)
-            if poses is not None:
-                poses.feed_until(frame.stamp_ns)
-            if not selector.offer(frame.stamp_ns, frame.camera):
-                continue
-            pose = poses.pose_at(frame.stamp_ns) if poses is not None else None
-            summary.without_pose += pose is None
-            batch.append((frame, KeyframeMeta(
-                stamp_ns=frame.stamp_ns, session=session, robot_id=args.robot_id,
-                camera=frame.camera, frame_id=frame.frame_id, pose=pose,
-                pose_frame=poses.frame if pose else '', pose_source=poses.source if pose else '',
-                image_ref=frame.image_ref)))
-            if len(batch) >= args.batch_size:
+        with ExitStack() as stack:
+            selector = KeyframeSelector(policy)
+            session = args.session or source.stem
+            poses = None
+            if args.bag:
+                bag = stack.enter_context(open_bag(source))
+                topics = args.topic or bag.image_topics()
+                if not args.topic and len(topics) != 1:
+                    raise ValueError(f'{source} has image topics {topics}; choose with --topic')
+                bar.total = (bar.total or 0) + sum(bag.topics[t].count for t in topics
+                                                   if t in bag.topics)
+                if args.pose_topic:
+                    trajectory = Trajectory.from_bag(bag, args.pose_topic, args.pose_child_frame)
+                    kind = POSE_SOURCES[bag.topics[args.pose_topic].msgtype]
+                    poses = _Poses(trajectory, selector, f'{kind}:{args.pose_topic}',
+                                   _pose_frame(bag, args.pose_topic, args.pose_child_frame))
+                frames = _bag_frames(bag, topics, summary)
+            else:
+                frames = _folder_frames(source, summary)
+            for frame in _Timed(frames, summary, 'read+decode'):
+                bar.update(1)
+                if poses is not None:
+                    poses.feed_until(frame.stamp_ns)
+                if not selector.offer(frame.stamp_ns, frame.camera):
+                    continue
+                pose = poses.pose_at(frame.stamp_ns) if poses is not None else None
+                summary.without_pose += pose is None
+                batch.append((frame, KeyframeMeta(
+                    stamp_ns=frame.stamp_ns, session=session, robot_id=args.robot_id,
+                    camera=frame.camera, frame_id=frame.frame_id, pose=pose,
+                    pose_frame=poses.frame if pose else '',
+                    pose_source=poses.source if pose else '', image_ref=frame.image_ref)))
+                if len(batch) >= args.batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        if bag is not None:
-            bag.close()
     bar.close()
     start = time.perf_counter()
     if 0 < kmap.schema.index_trained_on < len(kmap) // 2:
@@ -318,15 +317,17 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def map_info(path: Path, verify: bool = True) -> dict[str, Any]:
-    """Return the schema and statistics of the map at `path` (what `map info` prints)."""
-    from boq_ros.keyframe_map import KeyframeMap  # noqa: PLC0415
-    kmap = KeyframeMap.load(path, verify=verify)
-    schema = kmap.schema.to_dict()
-    stats = kmap.statistics()
-    schema.pop('history')
-    return {'schema': schema, 'statistics': stats,
+    """Return the schema and statistics of the map at `path` (what `map info` prints).
+
+    Reads and validates the files like a load, without building the search index.
+    """
+    from boq_ros.keyframe_map.store import read_map  # noqa: PLC0415
+    stored = read_map(Path(path), mmap=True, verify=verify)
+    schema = stored.schema.to_dict()
+    history = schema.pop('history')
+    return {'schema': schema, 'statistics': stored.table.statistics(),
             'history': [{k: v for k, v in h.items() if k != 'source_history'}
-                        for h in kmap.schema.history]}
+                        for h in history]}
 
 
 def run_info(args: argparse.Namespace) -> int:

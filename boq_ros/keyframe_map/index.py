@@ -171,10 +171,6 @@ class _FaissBackend:
                                      spec.pq_m_for(dim), 8, ip)
         return cls(index, spec, kind)
 
-    def train(self, sample: np.ndarray) -> None:
-        if not self.index.is_trained:
-            self.index.train(sample)
-
     def add(self, x: np.ndarray) -> None:
         self.index.add(x)
 
@@ -220,9 +216,6 @@ class _TorchBackend:
         self.data = torch.empty((1024, dim), dtype=self.dtype, device=self.device)
         self.count = 0
 
-    def train(self, sample: np.ndarray) -> None:
-        """Nothing to learn for exact search."""
-
     def add(self, x: np.ndarray) -> None:
         need = self.count + len(x)
         if need > len(self.data):
@@ -264,17 +257,18 @@ class SearchIndex:
         self.backend: _FaissBackend | _TorchBackend = self._exact_backend()
         self.trained = spec.min_keyframes() == 0
         self.trained_on = 0
-        self.state = self._describe(0)
+        self.state = self._describe()
 
     def _exact_backend(self) -> '_FaissBackend | _TorchBackend':
-        kind = 'flat_fp16' if self.spec.kind == 'flat_fp16' else 'flat'
+        """Return the backend used before training: the spec's own if it needs none, else exact."""
+        half = self.spec.kind == 'flat_fp16'
         if self.spec.device != 'cpu':
-            return _TorchBackend(self.dim, kind == 'flat_fp16', self.spec.device)
-        if self.spec.min_keyframes() == 0:
-            return _FaissBackend.create(self.spec, self.spec.kind, self.dim, 0)
+            return _TorchBackend(self.dim, half, self.spec.device)
+        kind = self.spec.kind if self.spec.min_keyframes() == 0 else \
+            ('flat_fp16' if half else 'flat')
         return _FaissBackend.create(self.spec, kind, self.dim, 0)
 
-    def _describe(self, count: int) -> str:
+    def _describe(self) -> str:
         if self.trained and self.spec.min_keyframes():
             return f'trained on {self.trained_on} keyframes'
         if self.trained:
@@ -299,7 +293,7 @@ class SearchIndex:
             self.trained_on = count
         for block in rows.blocks(block_rows=ADD_BLOCK):
             self.backend.add(self._reduce(block))
-        self.state = self._describe(count)
+        self.state = self._describe()
 
     def _train(self, rows: ChunkedRows) -> None:
         count = len(rows)
@@ -319,7 +313,7 @@ class SearchIndex:
                 size = min(count, TRAIN_SAMPLE)
                 picked = np.sort(rng.choice(count, size, replace=False))
                 sample = np.concatenate([self._reduce(b) for b in rows.blocks(picked)])
-                self.backend.train(sample)
+                self.backend.index.train(sample)
         self.trained = True
 
     def _reduce(self, x: np.ndarray) -> np.ndarray:
@@ -386,7 +380,7 @@ class SearchIndex:
         self.pca, self.trained = pca, True
         self.backend = _FaissBackend(index, spec, spec.kind)
         self.trained_on = trained_on
-        self.state = self._describe(count)
+        self.state = self._describe()
         return True
 
 

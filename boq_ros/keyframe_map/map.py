@@ -144,7 +144,8 @@ class KeyframeMap:
                 files=dict(self._state.files))
 
     def __len__(self) -> int:
-        return int(self._table.live_mask().sum())
+        with self._lock:
+            return int(self._table.live_mask().sum())
 
     def session_size(self, session: str) -> int:
         """Next seq of `session` (0 when the map holds none of it)."""
@@ -162,18 +163,7 @@ class KeyframeMap:
     def statistics(self) -> dict[str, Any]:
         """Count what a user checks before trusting a map: sessions, robots, stamps, poses."""
         with self._lock:
-            live = self._table.live_mask()
-            cols = self._table.columns()[live]
-            out: dict[str, Any] = {'keyframes': int(live.sum()),
-                                   'removed_keyframes': int((~live).sum())}
-            for name in ('session', 'robot_id', 'camera', 'pose_source', 'source_map'):
-                words = self._table.vocab[name].words
-                codes, counts = np.unique(cols[name], return_counts=True)
-                out[f'{name}s'] = {words[c]: int(n) for c, n in zip(codes, counts)}
-            out['with_pose'] = int(np.isfinite(cols['pose'][:, 0]).sum())
-            if len(cols):
-                out['stamp_range_ns'] = [int(cols['stamp_ns'].min()), int(cols['stamp_ns'].max())]
-            return out
+            return self._table.statistics()
 
     # -- validation ---------------------------------------------------------------------------
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:
@@ -355,6 +345,7 @@ class KeyframeMap:
         """Open a saved map, refusing anything that does not match or fails its checksums.
 
         `verify=False` skips hashing the descriptors (sizes are still checked) for huge maps.
+        The index is the saved one on the CPU unless `index` asks for another (e.g. CUDA).
         """
         stored = store.read_map(Path(path), mmap=mmap, verify=verify)
         schema = stored.schema
@@ -363,8 +354,8 @@ class KeyframeMap:
                            f'expected {expect_model_id!r}')
         if expect_dim is not None and schema.dim != expect_dim:
             raise MapError(f'{path}: map descriptors are {schema.dim}-d, expected {expect_dim}-d')
-        saved_spec = IndexSpec.from_dict(schema.index)
-        spec = index if index is not None else saved_spec
+        saved_spec = replace(IndexSpec.from_dict(schema.index), device='cpu')
+        spec = index if index is not None else saved_spec  # the device is a runtime choice
         self = cls(schema.dim, model_id=schema.model_id, preprocess=schema.preprocess,
                    index=spec, metric=schema.metric, storage_dtype=schema.storage_dtype)
         self._rows = ChunkedRows(self.dim, self._rows.dtype, stored.descriptors)

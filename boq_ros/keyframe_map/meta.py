@@ -172,6 +172,21 @@ class MetaTable:
                             image_ref=self.blob[start:end].decode('utf-8'),
                             id=int(rec['id']), seq=int(rec['seq']), **text)
 
+    def statistics(self) -> dict[str, Any]:
+        """Count live keyframes per session, robot, camera, pose source and source map."""
+        live = self.live_mask()
+        cols = self.columns()[live]
+        out: dict[str, Any] = {'keyframes': int(live.sum()),
+                               'removed_keyframes': int((~live).sum())}
+        for name in ('session', 'robot_id', 'camera', 'pose_source', 'source_map'):
+            words = self.vocab[name].words
+            codes, counts = np.unique(cols[name], return_counts=True)
+            out[f'{name}s'] = {words[c]: int(n) for c, n in zip(codes, counts)}
+        out['with_pose'] = int(np.isfinite(cols['pose'][:, 0]).sum())
+        if len(cols):
+            out['stamp_range_ns'] = [int(cols['stamp_ns'].min()), int(cols['stamp_ns'].max())]
+        return out
+
     def codes_of(self, column: str, words: frozenset[str]) -> np.ndarray:
         """Codes of the given strings that occur in `column` (unknown strings match nothing)."""
         vocab = self.vocab[column].codes

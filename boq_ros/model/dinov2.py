@@ -89,18 +89,31 @@ class DinoViT(nn.Module):
         self.patch_embed = PatchEmbed(patch, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self._resized: dict[tuple, torch.Tensor] = {}
 
     def position_embedding(self, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
         """Positional embedding for an h x w patch grid, resized as the authors' model does.
 
         The stored 37x37 grid is used unchanged for a square 37x37 input; any other grid is
         resized bicubically with ``scale_factor=(h + 0.1) / 37`` (not ``size=``), which moves
-        the sampling positions and therefore the numbers.
+        the sampling positions and therefore the numbers. The resize is slow (a CUDA kernel
+        with one thread per output position), so results are kept per grid and weight version.
         """
+        pos = self.pos_embed
+        key = (h, w, dtype, pos.device, pos.data_ptr(), pos._version)
+        cached = self._resized.get(key)
+        if cached is None:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._resize(h, w).to(dtype)
+            self._resized = {k: v for k, v in self._resized.items() if k[3:] == key[3:]}
+            self._resized[key] = cached
+        return cached
+
+    def _resize(self, h: int, w: int) -> torch.Tensor:
         pos = self.pos_embed
         n = pos.shape[1] - 1
         if h * w == n and h == w:
-            return pos.to(dtype)
+            return pos.detach()
         grid = math.isqrt(n)
         dim = pos.shape[-1]
         patch_pos = pos[:, 1:].float().reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
@@ -108,7 +121,7 @@ class DinoViT(nn.Module):
             patch_pos, scale_factor=((h + 0.1) / grid, (w + 0.1) / grid), mode='bicubic',
             align_corners=False, antialias=False)
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, dim)
-        return torch.cat((pos[:, :1].float(), patch_pos), dim=1).to(dtype)
+        return torch.cat((pos[:, :1].float(), patch_pos), dim=1)
 
 
 class DinoV2Backbone(InferenceOnly):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 import math
+from pathlib import Path
 import sys
 import threading
 import time
@@ -134,7 +135,7 @@ class _Runtime:
     kmap: KeyframeMap
     detector: LoopDetector
     selector: KeyframeSelector
-    root: Any  # Path of the map directory
+    root: Path  # the map directory, resolved
     session: str
     publishers: dict[str, Any]
     services: list[Any]
@@ -164,9 +165,9 @@ class VprNode(LifecycleNode):
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self._diag_period = float(self.get_parameter('diagnostics_period_s').value)
-        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics,
-                                             callback_group=self._diag_group)
+        self._diag_timer = self.create_timer(
+            float(self.get_parameter('diagnostics_period_s').value), self._publish_diagnostics,
+            callback_group=self._diag_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -258,9 +259,9 @@ class VprNode(LifecycleNode):
                            device=values['index_device'])
             if spec != kmap.index_spec:
                 kmap.rebuild_index(spec)
-        elif values['mode'] == 'static':
+        elif values['mode'] != 'grow':
             raise params.ParameterValueError(
-                'mode static searches a prebuilt map: set map_path')
+                f'mode {values["mode"]} starts from a prebuilt map: set map_path')
         preprocess = _preprocess(values, model.config.name, kmap)
         extractor = Extractor(model, device=values['device'], precision=values['precision'],
                               preprocess=preprocess, batch_size=max(1, len(cameras)))

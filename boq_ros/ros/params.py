@@ -228,7 +228,7 @@ SECTIONS: tuple[tuple[str, tuple[Param, ...]], ...] = (
         Param('publish_debug_image', False,
               'Publish each accepted query beside its match as an rgb8 image.', when='live'),
         Param('diagnostics_period_s', 1.0, 'Period of the /diagnostics status.',
-              low=0.05, high=3600.0),
+              when='startup', low=0.05, high=3600.0),
     )),
 )
 
