@@ -18,8 +18,10 @@ import argparse
 import gc
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -118,10 +120,10 @@ def one_row(args: argparse.Namespace) -> dict:
     stored = size * dim * 4
     search = kmap._search
     index_bytes = (len(search.backend.to_bytes()) if search.approximate
-                   else size * (search.pca.matrix.shape[1] if search.pca else dim)
+                   else size * (search.pca.components.shape[0] if search.pca else dim)
                    * (2 if spec.kind == 'flat_fp16' else 4))
     if search.pca is not None:
-        index_bytes += search.pca.matrix.nbytes
+        index_bytes += search.pca.components.nbytes
     n_single = min(len(queries), args.max_single)
     single, ids = [], []
     for q in queries[:n_single]:
@@ -138,12 +140,25 @@ def one_row(args: argparse.Namespace) -> dict:
     truth = truth[:n_single]
     r1 = float(np.mean(ids[:, 0] == truth[:, 0]))
     r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
+    loaded_mb = None
+    if args.load_check:  # resident memory of the same map saved, then loaded memory-mapped
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            path = kmap.save(Path(tmp) / 'map')
+            state = kmap.schema.index_state
+            del kmap, search
+            gc.collect()
+            base = rss_bytes()
+            kmap = KeyframeMap.load(path, mmap=True, verify=False)
+            for q in queries[:50]:
+                kmap.search(q[None], 10)
+            loaded_mb = (rss_bytes() - base) / 2**20
+            assert kmap.schema.index_state == state
     return {'size': size, 'dim': dim, 'index': args.one_kind, 'state': kmap.schema.index_state,
             'build_s': build_s, 'rss_mb': rss / 2**20, 'stored_mb': stored / 2**20,
             'index_mb': index_bytes / 2**20, 'p50_1': percentiles(single)[0],
             'p99_1': percentiles(single)[1], 'p50_8': percentiles(batch)[0],
             'p99_8': percentiles(batch)[1], 'recall1': r1, 'recall10': r10,
-            'queries': n_single}
+            'queries': n_single, 'loaded_mb': loaded_mb}
 
 
 def gpu_rows(args: argparse.Namespace) -> None:
@@ -192,6 +207,9 @@ def main() -> None:
     parser.add_argument('--queries', type=int, default=200)
     parser.add_argument('--max-single', type=int, default=200,
                         help='queries timed one by one (exact search at scale is slow)')
+    parser.add_argument('--load-check', action='store_true',
+                        help='also save each map, load it memory-mapped and report its RSS')
+    parser.add_argument('--tmp', default=None, help='where --load-check saves (default: TMPDIR)')
     parser.add_argument('--gpu-only', action='store_true',
                         help='only the torch exact search on CUDA (needs torch + numpy)')
     parser.add_argument('--one-size', type=int, help=argparse.SUPPRESS)
@@ -210,8 +228,8 @@ def main() -> None:
           f'lifted by a fixed random linear map, isotropic noise, L2-normalised; '
           f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
     print('| keyframes | dim | index | state | build s | RSS MB | stored MB | index MB | '
-          'p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 |')
-    print('|' + '---|' * 14)
+          'p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 | loaded RSS MB |')
+    print('|' + '---|' * 15)
     for size in args.sizes:
         dim = args.dim if size <= args.full_dim_max else args.large_dim
         for kind in args.kinds:
@@ -222,15 +240,19 @@ def main() -> None:
                    '--one-kind', kind, '--one-spec', json.dumps(spec), '--latent',
                    str(args.latent), '--centres', str(args.centres), '--queries',
                    str(args.queries), '--max-single', str(args.max_single)]
+            if args.load_check:
+                cmd += ['--load-check'] + (['--tmp', args.tmp] if args.tmp else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(f'| {size} | {dim} | {kind} | failed: {out.stderr.strip()[-200:]} |')
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            loaded = '-' if r['loaded_mb'] is None else f"{r['loaded_mb']:.0f}"
             print(f"| {size} | {dim} | {kind} | {r['state']} | {r['build_s']:.1f} | "
                   f"{r['rss_mb']:.0f} | {r['stored_mb']:.0f} | {r['index_mb']:.0f} | "
                   f"{r['p50_1']:.2f} | {r['p99_1']:.2f} | {r['p50_8']:.2f} | {r['p99_8']:.2f} | "
-                  f"{r['recall1']:.3f} | {r['recall10']:.3f} |", flush=True)
+                  f"{r['recall1']:.3f} | {r['recall10']:.3f} | "
+                  f'{loaded} |', flush=True)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_model  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from boq_ros.extractor import Extractor, resolve_device  # noqa: E402
@@ -42,6 +43,16 @@ def fidelity(checkpoint: Path, preset: str, device: torch.device, camera: tuple[
         on_device = load_boq(checkpoint, preset=preset).to(device)(x.to(device))[0].cpu()
     result = {'preset': preset, 'input': f'{size[0]}x{size[1]}',
               'plain_fp32_vs_cpu_max_abs': float((on_device - reference).abs().max())}
+    # End to end from camera data: upload + resize + normalise on the device vs the CPU.
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (*camera, 3), dtype=np.uint8),
+              rng.integers(0, 65536, camera, dtype=np.uint16)]
+    encodings = ['bgr8', 'mono16']
+    cpu = Extractor(load_boq(checkpoint, preset=preset), device='cpu', preprocess=config,
+                    optimize=False).extract(frames, encodings)
+    gpu = Extractor(load_boq(checkpoint, preset=preset), device=device,
+                    preprocess=config).extract(frames, encodings)
+    result['e2e_device_vs_cpu_max_abs'] = float(np.abs(gpu - cpu).max())
     fp32 = None
     for precision in ('fp32', 'fp16', 'bf16'):
         extractor = Extractor(load_boq(checkpoint, preset=preset), device=device,

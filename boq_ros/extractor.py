@@ -122,7 +122,10 @@ class _GraphCache:
 
 
 class Extractor:
-    """Descriptor extraction with the device, precision and batching decided once."""
+    """Descriptor extraction with the device, precision and batching decided once.
+
+    The model is moved to the device; with ``optimize`` a private faster copy does the work.
+    """
 
     def __init__(self, model: BoQModel, *, device: str | torch.device = 'auto',
                  precision: str = 'fp32', preprocess: PreprocessConfig | None = None,

@@ -21,14 +21,14 @@ POLICIES: tuple[str, ...] = ('height', 'square')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Canonical encoding -> (channels in the array, dtype, indices of R, G, B among them).
-_ENCODINGS: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {
-    'rgb8': (3, np.dtype(np.uint8), (0, 1, 2)),
-    'bgr8': (3, np.dtype(np.uint8), (2, 1, 0)),
-    'rgba8': (4, np.dtype(np.uint8), (0, 1, 2)),
-    'bgra8': (4, np.dtype(np.uint8), (2, 1, 0)),
-    'mono8': (1, np.dtype(np.uint8), (0,)),
-    'mono16': (1, np.dtype(np.uint16), (0,)),
+# Canonical encoding -> (channels in the array, dtype, leading colour channels used, BGR order).
+_ENCODINGS: dict[str, tuple[int, np.dtype, int, bool]] = {
+    'rgb8': (3, np.dtype(np.uint8), 3, False),
+    'bgr8': (3, np.dtype(np.uint8), 3, True),
+    'rgba8': (4, np.dtype(np.uint8), 3, False),
+    'bgra8': (4, np.dtype(np.uint8), 3, True),
+    'mono8': (1, np.dtype(np.uint8), 1, False),
+    'mono16': (1, np.dtype(np.uint16), 1, False),
 }
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
 # OpenCV type names as ROS uses them; 3 and 4 channels are BGR(A) in OpenCV's convention.
@@ -105,7 +105,7 @@ def canonical_encoding(encoding: str) -> str:
 def check_image(image: np.ndarray, encoding: str) -> str:
     """Validate an array against its encoding before any work; return the canonical name."""
     name = canonical_encoding(encoding)
-    channels, dtype, _ = _ENCODINGS[name]
+    channels, dtype, _, _ = _ENCODINGS[name]
     if not isinstance(image, np.ndarray):
         raise ValueError(f'image must be a numpy array, got {type(image).__name__}')
     shape = image.shape
@@ -162,11 +162,14 @@ def preprocess_batch(images: Sequence[np.ndarray], encodings: str | Sequence[str
         stop = start + 1
         while stop < len(images) and (images[stop].shape, names[stop]) == key:
             stop += 1
-        channels, dtype, rgb = _ENCODINGS[key[1]]
+        _, dtype, colours, bgr = _ENCODINGS[key[1]]
         raw = _to_device(images[start:stop], dtype, device)
         if raw.dim() == 3:
             raw = raw.unsqueeze(-1)
-        x = raw[..., list(rgb)].permute(0, 3, 1, 2).float() / float(np.iinfo(dtype).max)
+        # Slice and convert first: CUDA has no integer indexing kernels for uint16.
+        x = raw[..., :colours].permute(0, 3, 1, 2).float() / float(np.iinfo(dtype).max)
+        if bgr:
+            x = x.flip(1)
         if x.shape[-2:] != (out_h, out_w):
             x = F.interpolate(x, size=(out_h, out_w), mode='bicubic', align_corners=False,
                               antialias=True)

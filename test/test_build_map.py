@@ -1,4 +1,4 @@
-"""`boq-ros map build` / `map info` on generated bags (sqlite3 and MCAP) with odometry keyframes."""
+"""`boq-ros map build` and `map info` on generated sqlite3 and MCAP bags, odometry keyframes."""
 import argparse
 import json
 import math
@@ -9,8 +9,7 @@ import pytest
 from boq_ros.cli import map as map_cli
 from boq_ros.keyframe_map import KeyframeMap
 from boq_ros.model.checkpoint import write_random_checkpoint
-from boq_ros.synth import COMPRESSED_TOPIC, generate_recording, IMAGE_TOPIC, ODOM_TOPIC
-
+from boq_ros.synth import COMPRESSED_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, generate_recording
 
 
 def run(*argv: str) -> int:

@@ -257,6 +257,25 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.parametrize('half', [False, True])
+def test_torch_exact_backend_logic_on_cpu(half):
+    """The GPU backend's code (masking, padding, growth) runs on a CPU tensor here."""
+    from boq_ros.keyframe_map.index import _TorchBackend
+    x = unit(1500)
+    backend = _TorchBackend(DIM, half, 'cpu')
+    backend.add(x[:1000])
+    backend.add(x[1000:])  # grows past the initial 1024 rows
+    mask = np.zeros(1500, bool)
+    mask[1200:1203] = True
+    sims, rows = backend.search(x[:4], 5, mask)
+    expected = 1200 + np.argsort(-(x[:4] @ x[1200:1203].T), axis=1)
+    np.testing.assert_array_equal(rows[:, :3], expected)
+    assert (rows[:, 3:] == -1).all() and np.isneginf(sims[:, 3:]).all()
+    np.testing.assert_allclose(sims[:, :3], np.take_along_axis(x[:4] @ x.T, rows[:, :3], 1),
+                               atol=2e-3 if half else 1e-5)
+    assert (backend.search(x[:4], 1, None)[1][:, 0] == np.arange(4)).all()
+
+
 @pytest.mark.skipif(not _cuda_available(), reason='needs CUDA')
 @pytest.mark.parametrize('kind', ['flat', 'flat_fp16'])
 def test_gpu_exact_search_matches_cpu(kind):

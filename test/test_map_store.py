@@ -198,3 +198,29 @@ def test_kill_at_every_step_of_a_save_leaves_a_loadable_map(tmp_path):
     else:
         pytest.fail('the writer never completed a save')
     assert seen == {40, 60} and crash_at > 5
+
+
+def test_save_while_another_thread_adds(tmp_path):
+    import threading
+    m = small_map(40)
+    x = np.random.default_rng(1).standard_normal((2000, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(0, 2000, 50):
+            m.add(x[i:i + 50], metas(50, f's{i}'))
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    saves = 0
+    while not done.is_set() or saves < 3:
+        loaded = KeyframeMap.load(m.save(tmp_path / 'map'))
+        n = len(loaded)
+        assert (n - 40) % 50 == 0 and loaded.schema.next_id == n
+        if n > 40:
+            np.testing.assert_array_equal(loaded.descriptor(n - 1), x[n - 41])
+        saves += 1
+    thread.join()
+    assert len(KeyframeMap.load(m.save(tmp_path / 'map'))) == 2040

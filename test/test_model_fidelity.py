@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from boq_ros.model import load_boq
 from boq_ros.model.checkpoint import read_state_dict, write_random_checkpoint
+from boq_ros.model.dinov2 import DinoViT
 
 DESCRIPTOR_ATOL = 1e-5  # the fidelity requirement (fp32, CPU)
 
@@ -203,3 +204,19 @@ def test_dinov2_position_embedding_uses_scale_factor_offset(dinov2):
     by_size = F.interpolate(patch, size=(23, 31), mode='bicubic').permute(0, 2, 3, 1)
     assert float((by_size.reshape(1, -1, 768) - ref_pos_embed(pos, 23, 31)[:, 1:]).abs().max()
                  ) > 1e-4
+
+
+def test_resized_position_embedding_is_cached_until_the_weights_change():
+    vit = DinoViT(dim=8, depth=1, heads=2, grid=4)
+    with torch.no_grad():
+        vit.pos_embed.normal_()
+    first = vit.position_embedding(3, 5, torch.float32)
+    assert vit.position_embedding(3, 5, torch.float32) is first
+    pos = vit.pos_embed.detach()
+    patch = pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(patch, scale_factor=(3.1 / 4, 5.1 / 4), mode='bicubic')
+    assert torch.equal(first[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 15, 8))
+    state = vit.state_dict()
+    state['pos_embed'] = state['pos_embed'] * 2
+    vit.load_state_dict(state)  # copies in place: same storage, new version
+    assert torch.allclose(vit.position_embedding(3, 5, torch.float32), 2 * first)

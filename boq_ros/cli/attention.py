@@ -21,7 +21,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'attention', help="render the learned queries' attention heat maps over images",
-        description='Render each image with the chosen queries\u2019 cross-attention maps '
+        description="Render each image with the chosen queries' cross-attention maps "
                     'over it (one row per image, one column per query).',
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE',

@@ -119,11 +119,11 @@ def _bad_int(value: Any, minimum: int) -> bool:
 
 
 class Pca:
-    """Projection learned from the map: y = normalise((x - mean) @ matrix)."""
+    """Projection learned from the map: y = normalise(components @ (x - mean))."""
 
-    def __init__(self, mean: np.ndarray, matrix: np.ndarray) -> None:
+    def __init__(self, mean: np.ndarray, components: np.ndarray) -> None:
         self.mean = np.ascontiguousarray(mean, np.float32)
-        self.matrix = np.ascontiguousarray(matrix, np.float32)
+        self.components = np.ascontiguousarray(components, np.float32)  # [pca_dim, dim]
 
     @classmethod
     def fit(cls, sample: np.ndarray, dim: int, whiten: bool) -> 'Pca':
@@ -133,20 +133,29 @@ class Pca:
         n, d = centred.shape
         if n >= d:
             values, vectors = np.linalg.eigh(np.asarray(centred.T @ centred, np.float64))
-            values, matrix = values[::-1][:dim], vectors[:, ::-1][:, :dim]
+            values, basis = values[::-1][:dim], vectors[:, ::-1][:, :dim]
         else:
             values, vectors = np.linalg.eigh(np.asarray(centred @ centred.T, np.float64))
             values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
             floor = max(float(values[0]), 1.0) * 1e-12
-            matrix = (centred.T @ vectors.astype(np.float32)) / np.sqrt(
+            basis = (centred.T @ vectors.astype(np.float32)) / np.sqrt(
                 np.maximum(values, floor)).astype(np.float32)
         if whiten:
             variance = np.maximum(values / max(n - 1, 1), max(float(values[0]), 1.0) * 1e-12)
-            matrix = matrix / np.sqrt(variance).astype(np.float32)
-        return cls(mean, matrix)
+            basis = basis / np.sqrt(variance).astype(np.float32)
+        return cls(mean, basis.T)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        y = (x - self.mean) @ self.matrix
+        """Project and L2-normalise rows of `x`.
+
+        A few queries go through one matrix-vector product each: on a loaded machine a small
+        matrix product paid for BLAS thread hand-over (16 ms against 0.8 ms, 16384 -> 512).
+        """
+        centred = x - self.mean
+        if len(x) < SMALL_BATCH:
+            y = np.stack([self.components @ row for row in centred])
+        else:
+            y = centred @ self.components.T
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         return (y / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -207,11 +216,11 @@ class _TorchBackend:
 
     def __init__(self, dim: int, half: bool, device: str) -> None:
         import torch  # noqa: PLC0415 (only GPU maps need torch)
-        if not torch.cuda.is_available():
+        self.device = torch.device(device)
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise MapError(f'index device {device!r} requested but CUDA is not available')
         self.torch = torch
         self.kind = 'flat_fp16' if half else 'flat'
-        self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.data = torch.empty((1024, dim), dtype=self.dtype, device=self.device)
         self.count = 0
@@ -354,7 +363,7 @@ class SearchIndex:
         out = {'index.faiss': self.backend.to_bytes()}
         if self.pca is not None:
             out['pca_mean.npy'] = self.pca.mean
-            out['pca_matrix.npy'] = self.pca.matrix
+            out['pca_components.npy'] = self.pca.components
         return out
 
     def restore(self, cache: dict[str, np.ndarray], count: int, trained_on: int) -> bool:
@@ -372,11 +381,11 @@ class SearchIndex:
             return False
         pca = None
         if spec.pca_dim is not None:
-            mean, matrix = cache.get('pca_mean.npy'), cache.get('pca_matrix.npy')
-            if mean is None or matrix is None or mean.shape != (self.dim,) \
-                    or matrix.shape != (self.dim, spec.pca_dim):
+            mean, components = cache.get('pca_mean.npy'), cache.get('pca_components.npy')
+            if mean is None or components is None or mean.shape != (self.dim,) \
+                    or components.shape != (spec.pca_dim, self.dim):
                 return False
-            pca = Pca(mean, matrix)
+            pca = Pca(mean, components)
         self.pca, self.trained = pca, True
         self.backend = _FaissBackend(index, spec, spec.kind)
         self.trained_on = trained_on

@@ -324,19 +324,25 @@ class KeyframeMap:
 
     # -- disk ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the map atomically (see keyframe_map/store.py); returns the map directory."""
+        """Write the map atomically (see keyframe_map/store.py); returns the map directory.
+
+        Only the snapshot is taken under the lock: searches and adds go on while the
+        descriptors are written (stored rows never change, new ones are not part of it).
+        """
         with self._lock:
             live = self._table.live_mask()
             block, blob = self._table.compacted()
             cache = self._search.cache() if live.all() else None
             rows = np.flatnonzero(live)
+            vocab = {n: list(v.words) for n, v in self._table.vocab.items()}
             modified = utc_now()
             schema = replace(self.schema, modified=modified, files={})
-            target, files = store.write_map(
-                Path(path), schema, self._rows.raw_blocks(rows), len(rows), self._rows.dtype,
-                block, {n: v.words for n, v in self._table.vocab.items()}, blob, cache or {})
+        target, files = store.write_map(Path(path), schema, self._rows.raw_blocks(rows),
+                                        len(rows), self._rows.dtype, block, vocab, blob,
+                                        cache or {})
+        with self._lock:
             self._state.modified, self._state.files = modified, files
-            return target
+        return target
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect_model_id: str | None = None,

@@ -9,7 +9,7 @@ Layout of MAP_DIR (schema version 1):
     keyframes.npy     [count] structured array, meta.TABLE_DTYPE (ids strictly increasing)
     strings.json      the vocabularies that keyframes.npy's string codes index
     image_refs.npy    uint8 blob of the UTF-8 image references
-    index.faiss, pca_mean.npy, pca_matrix.npy   optional cache of the trained index
+    index.faiss, pca_mean.npy, pca_components.npy   optional cache of the trained index
 
 Saving is atomic: everything is written and fsynced into `.NAME.new-TOKEN` beside the target,
 then the old map is renamed to `.NAME.old-TOKEN`, the new one renamed in, and the old one
@@ -32,7 +32,7 @@ import numpy as np
 from boq_ros.keyframe_map.meta import MetaTable
 from boq_ros.keyframe_map.schema import MapError, MapSchema
 
-CACHE_FILES = ('index.faiss', 'pca_mean.npy', 'pca_matrix.npy')
+CACHE_FILES = ('index.faiss', 'pca_mean.npy', 'pca_components.npy')
 REQUIRED_FILES = ('descriptors.npy', 'keyframes.npy', 'strings.json', 'image_refs.npy')
 _HASH_BLOCK = 16 << 20
 

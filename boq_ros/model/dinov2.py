@@ -100,7 +100,9 @@ class DinoViT(nn.Module):
         with one thread per output position), so results are kept per grid and weight version.
         """
         pos = self.pos_embed
-        key = (h, w, dtype, pos.device, pos.data_ptr(), pos._version)
+        # In-place updates (load_state_dict) bump the version; inference tensors have none.
+        version = -1 if pos.is_inference() else pos._version
+        key = (h, w, dtype, pos.device, pos.data_ptr(), version)
         cached = self._resized.get(key)
         if cached is None:
             with torch.inference_mode(False), torch.no_grad():

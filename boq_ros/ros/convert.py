@@ -6,7 +6,6 @@ allocation (cv_bridge is not needed: the decoder covers every camera encoding it
 """
 from collections.abc import Sequence
 
-from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
 from builtin_interfaces.msg import Time
 import cv2
 from geometry_msgs.msg import Point, PoseWithCovarianceStamped
@@ -18,6 +17,7 @@ from visualization_msgs.msg import Marker
 from boq_ros.detector import Candidate, Detection
 from boq_ros.images import decode_compressed, decode_image, encode_image
 from boq_ros.keyframe_map.meta import KeyframeMeta
+from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
 
 NO_ID = 2 ** 64 - 1
 """KeyframeRef.id of a query that did not join the map (mode static)."""

@@ -23,8 +23,6 @@ import time
 import traceback
 from typing import Any
 
-from boq_ros.msg import LoopCandidateArray
-from boq_ros.srv import LoadMap, Relocalize, SaveMap
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
@@ -51,9 +49,11 @@ from boq_ros.images import ImageDecodeError
 from boq_ros.keyframe_map import IndexSpec, KeyframeMap, KeyframeMeta, MapError
 from boq_ros.keyframes import KeyframeError, KeyframePolicy, KeyframeSelector
 from boq_ros.model import load_boq
+from boq_ros.msg import LoopCandidateArray
 from boq_ros.preprocess import PreprocessConfig
 from boq_ros.ros import convert, params
 from boq_ros.ros.map_paths import map_root, resolve_map_path
+from boq_ros.srv import LoadMap, Relocalize, SaveMap
 
 CANDIDATE_TOPIC = 'loop_candidates'
 POSE_TOPIC = 'relocalization_pose'
@@ -234,10 +234,13 @@ class VprNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self, values: dict[str, Any]) -> _Runtime:
-        cameras = [*values['image_topics'], *values['compressed_topics']]
+        cameras = [self.resolve_topic_name(t)
+                   for t in (*values['image_topics'], *values['compressed_topics'])]
         if not cameras:
             raise params.ParameterValueError(
                 'no camera: set image_topics and/or compressed_topics')
+        if len(set(cameras)) != len(cameras):
+            raise params.ParameterValueError(f'a camera topic is listed twice: {cameras}')
         if not values['checkpoint']:
             raise params.ParameterValueError(
                 'parameter checkpoint is empty: give a BoQ checkpoint file or preset name')
@@ -294,9 +297,8 @@ class VprNode(LifecycleNode):
                       detector=LoopDetector(kmap, config), selector=selector, root=root,
                       session=session, publishers=publishers, services=services)
         for camera in cameras:
-            rt.queues[self.resolve_topic_name(camera)] = deque()
-            rt.waiting[self.resolve_topic_name(camera)] = deque(
-                maxlen=values['keyframe_wait_frames'])
+            rt.queues[camera] = deque()
+            rt.waiting[camera] = deque(maxlen=values['keyframe_wait_frames'])
         return rt
 
     def _stop_inputs(self) -> None:
