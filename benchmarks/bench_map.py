@@ -29,10 +29,10 @@ import numpy as np
 CHUNK = 4096
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = 'VmRSS') -> int:
     with open('/proc/self/status') as f:
         for line in f:
-            if line.startswith('VmRSS:'):
+            if line.startswith(field + ':'):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -115,6 +115,8 @@ def one_row(args: argparse.Namespace) -> dict:
         block = gen.places(s, min(s + CHUNK, size))
         kmap.add(block, [KeyframeMeta(stamp_ns=s + i, session='bench')
                          for i in range(len(block))])
+    if args.retrain and 0 < kmap.schema.index_trained_on < size // 2:
+        kmap.rebuild_index()  # as `map build` does: learn from the whole map
     build_s = time.perf_counter() - start
     rss = rss_bytes() - rss0
     stored = size * dim * 4
@@ -141,24 +143,29 @@ def one_row(args: argparse.Namespace) -> dict:
     r1 = float(np.mean(ids[:, 0] == truth[:, 0]))
     r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
     loaded_mb = None
-    if args.load_check:  # resident memory of the same map saved, then loaded memory-mapped
+    if args.load_check:  # resident memory of the saved map, loaded memory-mapped elsewhere
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             path = kmap.save(Path(tmp) / 'map')
-            state = kmap.schema.index_state
-            del kmap, search
-            gc.collect()
-            base = rss_bytes()
-            kmap = KeyframeMap.load(path, mmap=True, verify=False)
-            for q in queries[:50]:
-                kmap.search(q[None], 10)
-            loaded_mb = (rss_bytes() - base) / 2**20
-            assert kmap.schema.index_state == state
+            out = subprocess.run([sys.executable, __file__, '--loaded-rss', str(path)],
+                                 capture_output=True, text=True, check=True)
+            loaded_mb = [float(v) for v in out.stdout.split()[-2:]]
     return {'size': size, 'dim': dim, 'index': args.one_kind, 'state': kmap.schema.index_state,
             'build_s': build_s, 'rss_mb': rss / 2**20, 'stored_mb': stored / 2**20,
             'index_mb': index_bytes / 2**20, 'p50_1': percentiles(single)[0],
             'p99_1': percentiles(single)[1], 'p50_8': percentiles(batch)[0],
             'p99_8': percentiles(batch)[1], 'recall1': r1, 'recall10': r10,
             'queries': n_single, 'loaded_mb': loaded_mb}
+
+
+def loaded_rss(path: str) -> None:
+    """Print this fresh process's anonymous and file-backed RSS growth: load + 50 searches."""
+    from boq_ros.keyframe_map import KeyframeMap
+    anon, mapped = rss_bytes('RssAnon'), rss_bytes('RssFile')
+    kmap = KeyframeMap.load(path, mmap=True, verify=False)
+    rng = np.random.default_rng(0)
+    for keyframe in rng.choice(len(kmap), 50, replace=False):
+        kmap.search(kmap.descriptor(int(keyframe))[None], 10)
+    print((rss_bytes('RssAnon') - anon) / 2**20, (rss_bytes('RssFile') - mapped) / 2**20)
 
 
 def gpu_rows(args: argparse.Namespace) -> None:
@@ -207,11 +214,15 @@ def main() -> None:
     parser.add_argument('--queries', type=int, default=200)
     parser.add_argument('--max-single', type=int, default=200,
                         help='queries timed one by one (exact search at scale is slow)')
+    parser.add_argument('--retrain', action='store_true',
+                        help='re-learn trained indexes from the whole map after adding (as '
+                             '`boq-ros map build` does; IVF lists scale with the map)')
     parser.add_argument('--load-check', action='store_true',
                         help='also save each map, load it memory-mapped and report its RSS')
     parser.add_argument('--tmp', default=None, help='where --load-check saves (default: TMPDIR)')
     parser.add_argument('--gpu-only', action='store_true',
                         help='only the torch exact search on CUDA (needs torch + numpy)')
+    parser.add_argument('--loaded-rss', help=argparse.SUPPRESS)
     parser.add_argument('--one-size', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--one-dim', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--one-kind', help=argparse.SUPPRESS)
@@ -219,6 +230,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.gpu_only:
         gpu_rows(args)
+        return
+    if args.loaded_rss:
+        loaded_rss(args.loaded_rss)
         return
     if args.one_size:
         print(json.dumps(one_row(args)))
@@ -228,7 +242,7 @@ def main() -> None:
           f'lifted by a fixed random linear map, isotropic noise, L2-normalised; '
           f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
     print('| keyframes | dim | index | state | build s | RSS MB | stored MB | index MB | '
-          'p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 | loaded RSS MB |')
+          'p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 | loaded anon + file MB |')
     print('|' + '---|' * 15)
     for size in args.sizes:
         dim = args.dim if size <= args.full_dim_max else args.large_dim
@@ -240,6 +254,7 @@ def main() -> None:
                    '--one-kind', kind, '--one-spec', json.dumps(spec), '--latent',
                    str(args.latent), '--centres', str(args.centres), '--queries',
                    str(args.queries), '--max-single', str(args.max_single)]
+            cmd += ['--retrain'] if args.retrain else []
             if args.load_check:
                 cmd += ['--load-check'] + (['--tmp', args.tmp] if args.tmp else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -247,7 +262,7 @@ def main() -> None:
                 print(f'| {size} | {dim} | {kind} | failed: {out.stderr.strip()[-200:]} |')
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            loaded = '-' if r['loaded_mb'] is None else f"{r['loaded_mb']:.0f}"
+            loaded = '-' if r['loaded_mb'] is None else '{:.0f} + {:.0f}'.format(*r['loaded_mb'])
             print(f"| {size} | {dim} | {kind} | {r['state']} | {r['build_s']:.1f} | "
                   f"{r['rss_mb']:.0f} | {r['stored_mb']:.0f} | {r['index_mb']:.0f} | "
                   f"{r['p50_1']:.2f} | {r['p99_1']:.2f} | {r['p50_8']:.2f} | {r['p99_8']:.2f} | "

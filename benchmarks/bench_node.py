@@ -15,6 +15,8 @@
 Weights are random (write_random_checkpoint): timings do not depend on their values. DDS stays on
 this machine (boq_ros.ros.dds).
 """
+from __future__ import annotations
+
 import argparse
 import os
 from pathlib import Path
@@ -23,14 +25,13 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
-from boq_ros.extractor import Extractor
-from boq_ros.model import load_boq
-from boq_ros.model.checkpoint import write_random_checkpoint
-from boq_ros.preprocess import PreprocessConfig
+if TYPE_CHECKING:
+    from boq_ros.extractor import Extractor
 
 S = 10**9
 
@@ -102,7 +103,7 @@ def core_only(extractor: Extractor, frame: np.ndarray, keyframes: int, repeats: 
         desc = extractor.extract([frame], 'rgb8')[0]
         t1 = time.perf_counter()
         query = torch.from_numpy(desc).to(device)
-        (db @ query).topk(25).indices.cpu()
+        (db @ query).topk(min(25, keyframes)).indices.cpu()
         t2 = time.perf_counter()
         extractor.extract([frame] * 4, 'rgb8')
         t3 = time.perf_counter()
@@ -306,6 +307,13 @@ def main() -> None:
     parser.add_argument('--domain-id', type=int, default=None)
     parser.add_argument('--core-only', action='store_true', help='no ROS: model and search')
     args = parser.parse_args()
+    # boq_ros.ros sets OMP_WAIT_POLICY=PASSIVE before torch and faiss load, as in the node (see
+    # boq_ros/ros/__init__.py): the bare pipeline runs under the same condition.
+    from boq_ros.extractor import Extractor
+    from boq_ros.model import load_boq
+    from boq_ros.model.checkpoint import write_random_checkpoint
+    from boq_ros.preprocess import PreprocessConfig
+    import boq_ros.ros  # noqa: F401
 
     rows: list[tuple[str, object]] = []
     with tempfile.TemporaryDirectory(prefix='bench_node_') as name:

@@ -89,6 +89,10 @@ def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
     assert info['schema']['count'] == len(kmap) and info['schema']['dim'] == 16384
     assert run('info', str(out)) == 0
     assert 'index_state:' in capsys.readouterr().out
+    assert run(*build_args(checkpoint, out, '--bag', str(mcap_rec.path), '--topic', IMAGE_TOPIC,
+                           '--session', 'third', '--append', '--image-size', '48')) == 1
+    assert 'was built with preprocessing' in capsys.readouterr().err
+    assert len(KeyframeMap.load(out)) == len(kmap)
 
 
 def test_build_map_refusals_name_the_cause(tmp_path, checkpoint, recordings, capsys):

@@ -68,8 +68,9 @@ def test_messages_and_code_import_from_install_space(install_space):
         'print(boq_ros.__file__)\n'
         'print(boq_ros.detector.__file__)\n'
         'import boq_ros.msg; print(boq_ros.msg.__file__)\n')
-    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                            text=True, timeout=120)
+    # cwd outside the source tree: `python -c` puts the cwd first on sys.path.
+    result = subprocess.run([sys.executable, '-c', code], env=env, cwd=install_space,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     files = result.stdout.split()
     assert all(f.startswith(str(install_space)) for f in files), files

@@ -137,9 +137,9 @@ class NodeUnderTest:
         self.candidates = self.ros.collect(LoopCandidateArray, '/loop_candidates', 100)
         self.diagnostics = self.ros.collect(DiagnosticArray, '/diagnostics', 100)
 
-    def diag(self, predicate: Callable[[dict[str, str]], bool] = lambda v: True
-             ) -> dict[str, str]:
-        return wait_diag(self.diagnostics, predicate, self.proc)
+    def diag(self, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
+             timeout: float = ANSWER_TIMEOUT_S) -> dict[str, str]:
+        return wait_diag(self.diagnostics, predicate, self.proc, timeout)
 
     def close(self) -> int:
         self.ros.close()

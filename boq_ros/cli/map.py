@@ -185,8 +185,8 @@ class _Poses:
     """Feeds a selector poses up to each frame's stamp and gives the pose stored with it."""
 
     def __init__(self, trajectory: Any, selector: Any, source: str, frame: str) -> None:
-        self.trajectory, self.selector, self.source, self.frame = trajectory, selector, source, \
-            frame
+        self.trajectory, self.selector = trajectory, selector
+        self.source, self.frame = source, frame
         self.next = 0
 
     def feed_until(self, stamp_ns: int) -> None:
@@ -212,8 +212,12 @@ def _open_map(args: argparse.Namespace, extractor: Any) -> Any:
     if args.out.exists():
         if not args.append:
             raise MapError(f'{args.out} exists; pass --append to add to it')
-        return KeyframeMap.load(args.out, expect_model_id=extractor.model_id,
+        kmap = KeyframeMap.load(args.out, expect_model_id=extractor.model_id,
                                 expect_dim=extractor.dim)
+        if kmap.preprocess != extractor.preprocess_config.to_dict():
+            raise MapError(f'{args.out} was built with preprocessing {kmap.preprocess}, this '
+                           f'run uses {extractor.preprocess_config.to_dict()}')
+        return kmap
     return KeyframeMap(extractor.dim, model_id=extractor.model_id,
                        preprocess=extractor.preprocess_config.to_dict(),
                        index=IndexSpec(args.index, pca_dim=args.pca_dim))

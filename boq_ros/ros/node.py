@@ -246,7 +246,11 @@ class VprNode(LifecycleNode):
                 'parameter checkpoint is empty: give a BoQ checkpoint file or preset name')
         config = DetectorConfig(**{k: values[k] for k in _DETECTOR_FIELDS})
         config.validate()
+        if values['mode'] != 'grow' and not values['map_path']:
+            raise params.ParameterValueError(
+                f'mode {values["mode"]} starts from a prebuilt map: set map_path')
         root = map_root(values['map_directory'])
+        map_file = resolve_map_path(root, values['map_path']) if values['map_path'] else None
         selector = KeyframeSelector(KeyframePolicy(
             mode=values['keyframe_mode'], interval_s=values['keyframe_interval_s'],
             distance_m=values['keyframe_distance_m'], angle_rad=values['keyframe_angle_rad'],
@@ -254,17 +258,13 @@ class VprNode(LifecycleNode):
             external_tolerance_s=values['keyframe_stamp_tolerance_s']))
         model = load_boq(values['checkpoint'], preset=values['preset'] or None)
         kmap = None
-        if values['map_path']:
-            kmap = KeyframeMap.load(resolve_map_path(root, values['map_path']),
-                                    expect_model_id=model.model_id,
+        if map_file is not None:
+            kmap = KeyframeMap.load(map_file, expect_model_id=model.model_id,
                                     expect_dim=model.descriptor_dim)
             spec = replace(kmap.index_spec, kind=values['index_kind'] or kmap.index_spec.kind,
                            device=values['index_device'])
             if spec != kmap.index_spec:
                 kmap.rebuild_index(spec)
-        elif values['mode'] != 'grow':
-            raise params.ParameterValueError(
-                f'mode {values["mode"]} starts from a prebuilt map: set map_path')
         preprocess = _preprocess(values, model.config.name, kmap)
         extractor = Extractor(model, device=values['device'], precision=values['precision'],
                               preprocess=preprocess, batch_size=max(1, len(cameras)))
@@ -536,12 +536,13 @@ class VprNode(LifecycleNode):
                 rt.thumbnails[query.id] = thumb
                 while len(rt.thumbnails) > _THUMBNAILS_KEPT:
                     del rt.thumbnails[next(iter(rt.thumbnails))]
+        self._stats.count('keyframes')  # before publishing: a reader never sees more answers
+        if match is not None:
+            self._stats.count('accepted')
         pubs['candidates'].publish(
             convert.candidate_array(detection, rt.extractor.model_id, map_id))
-        self._stats.count('keyframes')
         if match is None:
             return
-        self._stats.count('accepted')
         if values['publish_pose']:
             pose = convert.relocalization_pose(query, match, values['relocalization_covariance'])
             if pose is not None:
