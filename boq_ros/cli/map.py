@@ -314,6 +314,7 @@ def _build(args: argparse.Namespace) -> int:
         kmap.rebuild_index()  # learn PCA / IVF-PQ from the whole map, not its first keyframes
     summary.seconds['index'] += time.perf_counter() - start
     start = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     out = kmap.save(args.out)
     summary.seconds['save'] += time.perf_counter() - start
     print('\n'.join(summary.lines(out, len(kmap))))
@@ -347,11 +348,11 @@ def run_info(args: argparse.Namespace) -> int:
     schema, stats = info['schema'], info['statistics']
     for key in ('map_id', 'model_id', 'dim', 'metric', 'preprocess', 'storage_dtype', 'index',
                 'index_state', 'package_version', 'created', 'modified', 'count', 'next_id'):
-        print(f'{key + ":":17}{schema[key]}')
-    print(f'{"files:":17}' + ', '.join(f'{name} ({entry["bytes"]} B)'
+        print(f'{key + ":":19}{schema[key]}')
+    print(f'{"files:":19}' + ', '.join(f'{name} ({entry["bytes"]} B)'
                                        for name, entry in schema['files'].items()))
     for key, value in stats.items():
-        print(f'{key + ":":17}{value}')
+        print(f'{key + ":":19}{value}')
     for event in info['history']:
-        print(f'{"history:":17}' + ', '.join(f'{k}={v}' for k, v in event.items()))
+        print(f'{"history:":19}' + ', '.join(f'{k}={v}' for k, v in event.items()))
     return 0
