@@ -9,7 +9,7 @@ own; the DDS side is `boq_ros.ros.replay`.
 queries, the same candidates, the same similarities (to a float tolerance) and acceptance.
 """
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 import datetime
 import hashlib
 import json
@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -28,8 +28,10 @@ from boq_ros.detector import DetectorConfig
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.metrics import EvalConfig, EvalResult
 from boq_ros.eval.records import CandidateRecord
-from boq_ros.model import BoQModel
-from boq_ros.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:  # torch: imported only where the model runs (the tests' conftest uses this)
+    from boq_ros.model import BoQModel
+    from boq_ros.preprocess import PreprocessConfig
 
 SESSION = 'demo'
 IMAGE_TOPIC = '/camera/image_raw'
@@ -160,8 +162,10 @@ def demo_detector(recording: DemoRecording) -> DetectorConfig:
                           threshold=0.6, mode='grow')
 
 
-def demo_preprocess(preset: str, height: int) -> PreprocessConfig:
+def demo_preprocess(preset: str, height: int) -> 'PreprocessConfig':
     """Resize to `height` (aspect kept), rounded to the preset's patch multiple (14 for DINOv2)."""
+    from boq_ros.preprocess import PreprocessConfig
+
     base = PreprocessConfig.default_for(preset, 'height')
     return PreprocessConfig('height', max(1, round(height / base.multiple)) * base.multiple,
                             base.multiple)
@@ -174,7 +178,7 @@ class NodeSettings:
     checkpoint: Path
     map_directory: Path
     detector: DetectorConfig
-    preprocess: PreprocessConfig
+    preprocess: 'PreprocessConfig'
     device: str = 'cpu'
 
     def parameters(self) -> dict[str, Any]:
@@ -205,41 +209,45 @@ def write_params_file(path: str | os.PathLike, parameters: Mapping[str, Any]) ->
     return path
 
 
-@dataclass
+def node_command(params_file: str | os.PathLike, name: str = NODE_NAME) -> list[str]:
+    """Return the command that runs the loop-closure node with a parameters file."""
+    return [sys.executable, '-m', 'boq_ros.ros.node', '--ros-args', '-r', f'__node:={name}',
+            '--params-file', str(params_file)]
+
+
 class NodeProcess:
-    """The loop-closure node as a child process; its output goes to a log file."""
+    """A ROS node command as a child process (own process group), started at construction.
 
-    params_file: Path
-    env: Mapping[str, str]
-    log_path: Path
-    name: str = NODE_NAME
-    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    Its output goes to a log file; `stop` shuts it down like Ctrl-C would. The demo runs the
+    loop-closure node with it, the tests every node they start.
+    """
 
-    def start(self) -> None:
-        """Start `python -m boq_ros.ros.node` with the parameters file."""
-        cmd = [sys.executable, '-m', 'boq_ros.ros.node', '--ros-args',
-               '-r', f'__node:={self.name}', '--params-file', str(self.params_file)]
+    def __init__(self, cmd: Sequence[str], env: Mapping[str, str],
+                 log_path: str | os.PathLike) -> None:
+        self.cmd = [str(c) for c in cmd]
+        self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, 'wb') as log:
-            self.process = subprocess.Popen(cmd, env=dict(self.env), stdout=log,
+        with open(self.log_path, 'wb') as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(self.cmd, env=dict(env), stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
         """Whether the process is running."""
-        return self.process is not None and self.process.poll() is None
+        return self.process.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
-        """Return the end of the node's output, for error messages."""
+    def log_text(self) -> str:
+        """Return everything the process wrote so far."""
         try:
-            text = self.log_path.read_text(errors='replace')
+            return self.log_path.read_text(errors='replace')
         except OSError:
             return ''
-        return '\n'.join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the end of the process's output, for error messages."""
+        return '\n'.join(self.log_text().splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> int:
-        """Shut down like Ctrl-C would (SIGINT), killing only after `timeout`; exit status."""
-        if self.process is None:
-            raise DemoError('the node was never started')
+        """Send SIGINT (clean shutdown), kill the group only after `timeout`; exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -422,7 +430,7 @@ def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_tru
     return report
 
 
-def offline_run(bag: Path, model: BoQModel, settings: NodeSettings, evaluation: EvalConfig,
+def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation: EvalConfig,
                 progress: bool = True) -> tuple[DemoRun, Any]:
     """Run the offline pipeline (`boq-ros eval`'s) with the node's model and settings.
 

@@ -9,6 +9,7 @@ It is ROS-free: it works on the fields of ``sensor_msgs/Image`` and
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import cv2
@@ -70,11 +71,38 @@ SUPPORTED_ENCODINGS = tuple(_LAYOUTS)
 """Every ``sensor_msgs/Image`` encoding that :func:`decode_image` accepts."""
 
 
+def _layout(encoding: object) -> _Layout:
+    layout = _LAYOUTS.get(encoding) if isinstance(encoding, str) else None
+    if layout is None:
+        raise ImageDecodeError(
+            f'unsupported image encoding {encoding!r} (supported: {", ".join(_LAYOUTS)})')
+    return layout
+
+
 def _byte_view(data: bytes | memoryview | np.ndarray) -> np.ndarray:
     """Return the bytes as a flat uint8 array without copying when possible."""
     if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise ImageDecodeError(f'image data must hold bytes, got an array of {data.dtype}')
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-    return np.frombuffer(data, dtype=np.uint8)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except BufferError:  # a strided memoryview: numpy copies it
+        return _byte_view(np.asarray(data))
+    except TypeError:
+        raise ImageDecodeError(
+            f'image data must be bytes-like (bytes, array, memoryview), got '
+            f'{type(data).__name__}') from None
+
+
+def _integer(name: str, value: object) -> int:
+    """Return a size field as a Python int (numpy integers would overflow in the checks)."""
+    try:
+        if isinstance(value, bool | np.bool_):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ImageDecodeError(f'{name} must be an integer, got {value!r}') from None
 
 
 def _check_pixels(height: int, width: int, max_pixels: int) -> None:
@@ -94,10 +122,9 @@ def decode_image(encoding: str, height: int, width: int, step: int,
     returned as views of ``data`` (read-only when ``data`` is ``bytes``); Bayer, YUV, 16-bit
     colour (scaled to 8 bits, as cv_bridge does) and big-endian data are converted.
     """
-    layout = _LAYOUTS.get(encoding)
-    if layout is None:
-        raise ImageDecodeError(
-            f'unsupported image encoding {encoding!r} (supported: {", ".join(_LAYOUTS)})')
+    layout = _layout(encoding)
+    height, width, step = (_integer(n, v) for n, v in
+                           (('height', height), ('width', width), ('step', step)))
     _check_pixels(height, width, max_pixels)
     pixel_bytes = layout.channels * layout.dtype.itemsize
     row_bytes = width * pixel_bytes
@@ -182,6 +209,8 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
     bytes. Returns ``(array, encoding)`` with encoding mono8, mono16, bgr8 or bgra8 (16-bit
     colour PNG is scaled to 8 bits).
     """
+    if not isinstance(fmt, str):
+        raise ImageDecodeError(f'compressed image format must be a string, got {fmt!r}')
     if 'compresseddepth' in fmt.lower():
         raise ImageDecodeError(f'compressedDepth images are not supported (format {fmt!r})')
     buf = _byte_view(data)
@@ -216,10 +245,7 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
 
 
 def _check_array(array: np.ndarray, encoding: str) -> _Layout:
-    layout = _LAYOUTS.get(encoding)
-    if layout is None:
-        raise ImageDecodeError(
-            f'unsupported image encoding {encoding!r} (supported: {", ".join(_LAYOUTS)})')
+    layout = _layout(encoding)
     expected = (2,) if layout.channels == 1 else (3,)
     if array.ndim not in expected or (layout.channels > 1 and array.shape[2] != layout.channels):
         want = 'HxW' if layout.channels == 1 else f'HxWx{layout.channels}'

@@ -9,6 +9,7 @@ The same arithmetic runs on the CPU or, from the uint8/uint16 data, on the GPU.
 """
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -34,6 +35,11 @@ _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uin
 # OpenCV type names as ROS uses them; 3 and 4 channels are BGR(A) in OpenCV's convention.
 _ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8', '16UC1': 'mono16'}
 ENCODINGS: tuple[str, ...] = (*_ENCODINGS, *_ALIASES)
+
+MAX_ASPECT = 16
+"""Widest output of the 'height' policy, in multiples of its height: a thin strip of a few
+thousand pixels would otherwise become a gigabyte tensor (and the encoder's self-attention is
+quadratic in the number of tokens)."""
 
 # Default size of each policy per backbone: (size, multiple of the width and height).
 _DEFAULTS = {'resnet50': {'height': (384, 1), 'square': (384, 1)},
@@ -77,7 +83,12 @@ class PreprocessConfig:
         if self.policy == 'square':
             return self.size, self.size
         units = int(width * self.size / height / self.multiple + 0.5)
-        return self.size, max(1, units) * self.multiple
+        out_width = max(1, units) * self.multiple
+        if out_width > MAX_ASPECT * self.size:
+            raise ValueError(
+                f'image of {width}x{height} is too wide for the height policy: it would be '
+                f'resized to {out_width}x{self.size}, more than {MAX_ASPECT} times its height')
+        return self.size, out_width
 
     def to_dict(self) -> dict:
         """Plain values for the keyframe map schema."""
@@ -96,7 +107,7 @@ class PreprocessConfig:
 
 def canonical_encoding(encoding: str) -> str:
     """Map an alias such as '8UC3' to its canonical name; unknown encodings are refused."""
-    name = _ALIASES.get(encoding, encoding)
+    name = _ALIASES.get(encoding, encoding) if isinstance(encoding, str) else None
     if name not in _ENCODINGS:
         raise ValueError(f'unsupported image encoding {encoding!r}; expected one of {ENCODINGS}')
     return name
@@ -118,6 +129,19 @@ def check_image(image: np.ndarray, encoding: str) -> str:
     if image.dtype.kind != dtype.kind or image.dtype.itemsize != dtype.itemsize:
         raise ValueError(f'{name} image must have dtype {dtype}, got {image.dtype}')
     return name
+
+
+@cache
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return mean and std as [1, 3, 1, 1] tensors on `device`, made once.
+
+    Building them per batch would be a blocking host-to-device copy, which waits for the
+    previous batch's forward on the GPU.
+    """
+    with torch.inference_mode(False):
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std
 
 
 def _to_device(images: Sequence[np.ndarray], dtype: np.dtype, device: torch.device
@@ -153,8 +177,7 @@ def preprocess_batch(images: Sequence[np.ndarray], encodings: str | Sequence[str
     if len(sizes) != 1:
         raise ValueError(f'images of one batch must share an output size, got {sorted(sizes)}')
     out_h, out_w = sizes.pop()
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(device)
     parts = []
     start = 0
     while start < len(images):  # runs of equal shape and encoding convert as one tensor

@@ -99,6 +99,9 @@ def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 
+_MAX_STAMP_S = Decimal(2**63) / 1_000_000_000
+
+
 def _parse_ns(text: str, where: str) -> int:
     """Parse decimal seconds exactly into integer nanoseconds (floats lose ns at epoch scale)."""
     try:
@@ -107,6 +110,8 @@ def _parse_ns(text: str, where: str) -> int:
         raise TrajectoryError(f'{where}: cannot parse timestamp {text!r}') from None
     if not value.is_finite():
         raise TrajectoryError(f'{where}: timestamp {text!r} is not finite')
+    if value.copy_abs() >= _MAX_STAMP_S:  # before scaling (abs() would overflow on 1e9999999)
+        raise TrajectoryError(f'{where}: timestamp {text!r} is out of range (int64 nanoseconds)')
     return int((value * 1_000_000_000).to_integral_value())
 
 

@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 import itertools
 import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from boq_ros import demo
 from boq_ros.ros.dds import MAX_DOMAIN_ID, safe_dds_environment
 
 _LOG_DIR = tempfile.mkdtemp(prefix='boq_ros_test_ros_log_')
@@ -160,40 +159,12 @@ def _param_value(value: Any) -> str:
     return repr(value)
 
 
-class NodeProcess:
-    """A node running as a subprocess; its output goes to a log file shown on failure."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        self._log = open(log_path, 'w')  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors='replace')
+class NodeProcess(demo.NodeProcess):
+    """A node subprocess (boq_ros.demo.NodeProcess) that a test can assert is still running."""
 
     def assert_alive(self) -> None:
         assert self.alive(), (f'node exited with {self.process.returncode}:\n'
                               f'{self.log_text()[-4000:]}')
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """Stop with SIGINT (clean shutdown), then SIGKILL; return the exit status."""
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if not self._log.closed:
-            self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture

@@ -109,3 +109,7 @@ def test_build_map_refusals_name_the_cause(tmp_path, checkpoint, recordings, cap
     assert 'pass --append' in capsys.readouterr().err
     assert run('info', str(out)) == 1
     assert 'schema version None' in capsys.readouterr().err
+    (out / 'schema.json').unlink()
+    (out / 'schema.json').mkdir()  # unreadable: an OSError, reported like any refusal
+    assert run('info', str(out)) == 1
+    assert 'schema.json' in capsys.readouterr().err

@@ -120,6 +120,40 @@ def test_unreadable_files(tmp_path, resnet_file):
     assert isinstance(info.value, OSError) and isinstance(info.value, ValueError)
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
+def test_damaged_files_are_refused_whatever_torch_load_raises(tmp_path):
+    """torch.load of a damaged file raises KeyError, IndexError, struct.error, ...: all refused."""
+    path = tmp_path / 'small.pth'
+    torch.save({'a': torch.arange(10.0), 'b': torch.zeros(2, 3, dtype=torch.int64)}, path)
+    data = path.read_bytes()
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'a': torch.arange(10.0)}, legacy, _use_new_zipfile_serialization=False)
+    generator = torch.Generator().manual_seed(0)
+    damaged = [b'hello world', b'{"a": 1}', legacy.read_bytes()[:200]]
+    for source in (data, legacy.read_bytes()):
+        for cut in range(1, len(source), max(1, len(source) // 40)):
+            damaged.append(source[:cut])
+        for _ in range(40):
+            flipped = bytearray(source)
+            where = torch.randint(len(source), (3,), generator=generator).tolist()
+            for i, value in zip(where, torch.randint(256, (3,), generator=generator).tolist()):
+                flipped[i] = value
+            damaged.append(bytes(flipped))
+    target = tmp_path / 'damaged.pth'
+    for blob in damaged:
+        target.write_bytes(blob)
+        try:
+            read_state_dict(target)
+        except CheckpointError as e:
+            assert 'truncated or corrupt' in str(e) or 'not a plain state dict' in str(e), e
+    target.write_bytes(b'hello world')
+    with pytest.raises(CheckpointError, match=r'truncated or corrupt file \(KeyError'):
+        read_state_dict(target)
+    target.write_bytes(b'\x80\x02' + bytes(range(40)))
+    with pytest.raises(CheckpointError, match=r'refuses it \(Unsupported operand 0\).*corrupt'):
+        read_state_dict(target)
+
+
 def test_pickles_that_are_not_flat_state_dicts(tmp_path, resnet_state):
     module = tmp_path / 'module.pth'
     torch.save(torch.nn.Linear(2, 2), module)  # a whole pickled module
@@ -137,6 +171,10 @@ def test_pickles_that_are_not_flat_state_dicts(tmp_path, resnet_state):
     torch.save(collections.OrderedDict(a=torch.zeros(1), b=3), mixed)
     with pytest.raises(CheckpointError, match=r'1 non-tensor entries: b \(int\)'):
         load_boq(mixed)
+    with pytest.raises(CheckpointError, match="wrapper dict .*the value of 'state_dict'"):
+        load_boq({'state_dict': resnet_state, 'epoch': 3})  # in memory: same message
+    with pytest.raises(CheckpointError, match='refuses it .*GLOBAL torch.nn.modules.linear'):
+        read_state_dict(module)
     prefixed = {f'model.{k}': v for k, v in list(resnet_state.items())[:3]}
     with pytest.raises(CheckpointError, match='cannot tell the backbone.*model.backbone.net.0'):
         load_boq(prefixed)

@@ -210,3 +210,19 @@ def test_new_settings_are_validated_and_keep_the_state():
     det.config = config(threshold_mode='adaptive', adaptive_window=1, threshold=0.1)
     # only the last own keyframe (sim 0.7 to Q) sets the threshold now
     assert det.process(Q, meta(9, 'q')).threshold == pytest.approx(0.7, abs=1e-6)
+
+
+@pytest.mark.parametrize('batched', [False, True])
+def test_exclusion_boundaries_are_inclusive_in_seconds_and_exclusive_in_keyframes(batched):
+    # A keyframe exactly exclusion_seconds old is eligible; the one exactly
+    # exclusion_keyframes back is not (seq < n - exclusion_keyframes).
+    cases = [(dict(exclusion_seconds=2.0, exclusion_keyframes=0), 2),
+             (dict(exclusion_seconds=0.0, exclusion_keyframes=2), 3),
+             (dict(exclusion_seconds=0.0, exclusion_keyframes=0), 1)]
+    for window, gap in cases:
+        det = LoopDetector(new_map(), config(mode='grow', top_k=20, **window))
+        metas = [meta(t) for t in range(8)]
+        results = (det.process_batch(np.stack([Q] * 8), metas) if batched
+                   else [det.process(Q, m) for m in metas])
+        for n, r in enumerate(results):
+            assert sorted(c.meta.seq for c in r.candidates) == list(range(max(n - gap + 1, 0)))

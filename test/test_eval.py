@@ -186,3 +186,33 @@ def test_errors_name_the_cause(data, capsys):
     assert 'exactly one ground truth' in capsys.readouterr().err
     assert boq_eval([*base, '--image-topic', ODOM_TOPIC]) == 2
     assert 'not camera images' in capsys.readouterr().err
+
+
+def test_write_report_skeleton_shared_by_eval_and_demo(tmp_path):
+    from boq_ros.eval import report as report_mod
+    from boq_ros.eval.groundtruth import GroundTruth, KeyframePositions
+    from boq_ros.eval.metrics import EvalConfig, evaluate
+    from boq_ros.eval.records import CandidateRecord
+
+    x = [0, 10, 20, 20, 10, 0]
+    positions = KeyframePositions.from_sequence(['run'] * 6, [i * 10**9 for i in range(6)],
+                                                np.c_[x, np.zeros((6, 2))])
+    truth = GroundTruth(positions, positions, 0.0, 1)
+    records = [CandidateRecord(q, q * 10**9, 'run', 'cam', q, m, m * 10**9, 'run', m, s, 0, True)
+               for q, m, s in ((3, 0, 0.6), (4, 1, 0.9), (5, 0, 0.7))]
+    result = evaluate(records, truth, EvalConfig(radius_m=5.0, recall_ks=(1,)))
+    plots = report_mod.plot_loop_closure(tmp_path, [('node', result)], truth, 'loops')
+    run = {'label': 'node', 'frames': 6, 'keyframes': 6, 'cached': False,
+           'timings_s': {'model': 0.6}, 'frames_per_s': 10.0, 'metrics': result.to_dict()}
+    report = report_mod.write_report(
+        tmp_path, task='loop_closure', inputs={'bag': 'b'}, detector={'threshold': 0.6},
+        evaluation=EvalConfig(radius_m=5.0, recall_ks=(1,)), runs=[run], plots=plots,
+        files=['records.jsonl'], extra={'replay': {'published': 6}})
+    assert json.loads((tmp_path / 'report.json').read_text()) == report
+    assert report['files'] == ['report.json', 'summary.md', 'records.jsonl']
+    assert report['plots'] == ['pr_curve.png', 'trajectory.png']
+    assert all((tmp_path / p).stat().st_size > 0 for p in plots)
+    assert report['evaluation'] == {'radius_m': 5.0, 'recall_ks': [1]}
+    assert report['replay'] == {'published': 6} and report['boq_ros_version']
+    summary = (tmp_path / 'summary.md').read_text()
+    assert '| node | 100.0 |' in summary and '100.0 (0.700)' in summary

@@ -103,6 +103,32 @@ def test_decode_image_refusals(args, message):
         decode_image(*args)
 
 
+@pytest.mark.parametrize('args, message', [
+    (('rgb8', 4, 4, 12, [0] * 48), 'must be bytes-like .*got list'),
+    (('rgb8', 4, 4, 12, None), 'must be bytes-like .*got NoneType'),
+    (('mono8', 4, 4, 4, 'a' * 16), 'must be bytes-like .*got str'),
+    (('mono8', 4, 4, 4, np.array([object()] * 16)), 'must hold bytes.*object'),
+    (('rgb8', 4.0, 4, 12, bytes(48)), 'height must be an integer, got 4.0'),
+    (('rgb8', 4, 4, '12', bytes(48)), "step must be an integer, got '12'"),
+    (('rgb8', True, 4, 12, bytes(48)), 'height must be an integer, got True'),
+    ((['rgb8'], 4, 4, 12, bytes(48)), r"unsupported image encoding \['rgb8'\]"),
+    # numpy uint32 fields would wrap around: 65536 x 65537 = 65536 (mod 2**32) pixels.
+    (('mono8', np.uint32(65536), np.uint32(65537), np.uint32(65537), bytes(65536)),
+     'exceeds max_pixels'),
+])
+def test_decode_image_refuses_malformed_fields(args, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(*args)
+
+
+def test_decode_image_accepts_any_buffer_layout():
+    image = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6)
+    strided = memoryview(np.repeat(image.reshape(-1), 2))[::2]  # not C-contiguous
+    assert np.array_equal(decode_image('mono8', 4, 6, 6, strided)[0], image)
+    sizes = np.uint16(4), np.int64(6), np.uint32(6)  # numpy scalars, as some readers give
+    assert np.array_equal(decode_image('mono8', *sizes, image.tobytes())[0], image)
+
+
 def test_decode_image_refuses_too_many_pixels_before_touching_data():
     with pytest.raises(ImageDecodeError, match='exceeds max_pixels'):
         decode_image('mono8', 20000, 20000, 20000, b'')
@@ -189,6 +215,10 @@ def test_corrupt_compressed_data_is_refused():
         decode_compressed('jpeg', b'')
     with pytest.raises(ImageDecodeError, match='compressedDepth images are not supported'):
         decode_compressed('16UC1; compressedDepth png', png)
+    with pytest.raises(ImageDecodeError, match='format must be a string, got None'):
+        decode_compressed(None, png)
+    with pytest.raises(ImageDecodeError, match='must be bytes-like .*got list'):
+        decode_compressed('png', list(png))
 
 
 def test_encode_refusals():

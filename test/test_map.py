@@ -144,12 +144,41 @@ def test_bad_descriptors_are_refused_and_the_map_is_unchanged(bad, message):
     (KeyframeMeta(stamp_ns=1, pose=(0, 0, 0)), 'pose must be 7'),
     (KeyframeMeta(stamp_ns=1, pose=(0, 0, 0, 0, 0, 0, 2)), 'quaternion'),
     (KeyframeMeta(stamp_ns=1, pose=(0, 0, np.nan, 0, 0, 0, 1)), 'finite position'),
+    (KeyframeMeta(stamp_ns=1, image_ref='img_\udcff.png'), 'image_ref is not valid UTF-8'),
 ])
 def test_bad_metadata_is_refused(meta, message):
     m = new_map()
     with pytest.raises(MapError, match=message):
         m.add(unit(2), [KeyframeMeta(stamp_ns=0), meta])
     assert len(m) == 0 and m.session_size('') == 0
+
+
+@pytest.mark.parametrize('spec, n', [(IndexSpec(), 5), (IndexSpec('flat', pca_dim=4), 6)])
+def test_an_add_that_fails_half_way_leaves_the_map_unchanged(monkeypatch, spec, n):
+    # 6 + 2 keyframes reach the PCA minimum (8): the failing add is the one that trains.
+    m = new_map(spec)
+    m.add(unit(n), metas(n))
+    before = m.search(unit(2, 7), 3)
+    state = m.index_spec, m.schema.index_state
+
+    def fail(*args):
+        raise MemoryError('index full')
+
+    monkeypatch.setattr(type(m._search), 'add', fail)
+    with pytest.raises(MemoryError):
+        m.add(unit(2, 1), metas(2, 'new'))
+    monkeypatch.undo()
+    assert len(m) == n and m.session_size('new') == 0 and set(m.sessions()) == {'s'}
+    assert (m.index_spec, m.schema.index_state) == state
+    after = m.search(unit(2, 7), 3)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_allclose(after.similarities, before.similarities, atol=1e-6)
+    # the next add continues the ids and seqs, and its keyframes are found under their ids
+    x = unit(2, 9)
+    ids = m.add(x, metas(2, 'new'))
+    assert list(ids) == [n, n + 1] and [m.meta(i).seq for i in ids] == [0, 1]
+    assert [m.meta(i).image_ref for i in ids] == ['bag.mcap#/img@0', 'bag.mcap#/img@1']
+    assert list(m.search(x, 1).ids[:, 0]) == list(ids)
 
 
 def test_other_refusals_name_the_cause():
@@ -293,3 +322,20 @@ def test_gpu_exact_search_matches_cpu(kind):
         np.testing.assert_array_equal(a.ids if same else a.ids[:, 0],
                                       b.ids if same else b.ids[:, 0])
     assert (gpu.search(q, 1500, flt).ids[:, 1000:] == -1).all()
+
+
+def test_a_merge_that_fails_half_way_leaves_the_map_unchanged(monkeypatch):
+    m, failing, other = new_map(), new_map(), new_map()
+    m.add(unit(4), metas(4, 'a'))
+    failing.add(unit(3, 5), metas(3, 'b'))
+    other.add(unit(3, 1), metas(3, 'b'))
+    monkeypatch.setattr(type(m._search), 'add', lambda *args: (_ for _ in ()).throw(
+        MemoryError('index full')))
+    with pytest.raises(MemoryError):
+        m.merge(failing)
+    monkeypatch.undo()
+    assert len(m) == 4 and set(m.sessions()) == {'a'} and m.schema.next_id == 4
+    m.merge(other)
+    assert len(m) == 7 and list(m.search(unit(3, 1), 1).ids[:, 0]) == [4, 5, 6]
+    np.testing.assert_array_equal(m.descriptor(6), unit(3, 1)[2])
+    assert m.meta(6).image_ref == 'bag.mcap#/img@2' and m.provenance(6)[1] == 2

@@ -1,5 +1,6 @@
 """The map on disk: round trips for every index kind, refusals on load, atomic save under kill."""
 import json
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -132,6 +133,10 @@ def test_model_and_dim_mismatch_and_missing_map_are_refused(tmp_path):
         KeyframeMap.load(path, expect_model_id='dino')
     with pytest.raises(MapError, match='32-d, expected 12288-d'):
         KeyframeMap.load(path, expect_dim=12288)
+    # the schema is checked before any file is hashed: a wrong model fails at once, by name
+    (path / 'keyframes.npy').write_bytes(b'\0' * (path / 'keyframes.npy').stat().st_size)
+    with pytest.raises(MapError, match="built with model 'resnet50-16384:abc'"):
+        KeyframeMap.load(path, expect_model_id='dino')
     with pytest.raises(MapError, match='no keyframe map at'):
         KeyframeMap.load(tmp_path / 'nothing')
     (tmp_path / 'notes').mkdir()
@@ -224,3 +229,38 @@ def test_save_while_another_thread_adds(tmp_path):
         saves += 1
     thread.join()
     assert len(KeyframeMap.load(m.save(tmp_path / 'map'))) == 2040
+
+
+def test_a_reader_that_finishes_a_save_between_its_renames_does_not_break_it(tmp_path,
+                                                                               monkeypatch):
+    from boq_ros.keyframe_map import store
+    target = small_map(10).save(tmp_path / 'map')
+    m = small_map(20)
+    real_rename = os.rename
+    seen = []
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        if '.old-' in str(dst):  # the old map is out of the way: a reader loads right now
+            seen.append(len(KeyframeMap.load(target)))
+
+    monkeypatch.setattr(store.os, 'rename', rename)
+    assert m.save(target) == target
+    monkeypatch.undo()
+    assert seen == [20] and len(KeyframeMap.load(target)) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['map']
+
+
+def test_a_reader_finishing_a_swap_that_the_writer_finishes_first_still_loads(tmp_path,
+                                                                               monkeypatch):
+    from boq_ros.keyframe_map import store
+    target = small_map(10).save(tmp_path / 'map')
+    target.rename(tmp_path / '.map.new-abc')  # a save between its two renames
+    real_rename = os.rename
+
+    def rename(src, dst):
+        real_rename(src, dst)  # the writer's own rename lands first ...
+        raise FileNotFoundError(src)  # ... so the reader's fails
+
+    monkeypatch.setattr(store.os, 'rename', rename)
+    assert len(KeyframeMap.load(target)) == 10

@@ -255,6 +255,13 @@ def test_records_round_trip_and_errors(tmp_path):
     path.write_text('{"nope"\n')
     with pytest.raises(RecordFormatError, match=':1:'):
         read_records(path)
+    # a recorder killed mid-write leaves a cut-off last line: the records before it count
+    write_records(path, records)
+    path.write_text(path.read_text() + '{"query_id": 3, "query_st')
+    assert read_records(path) == records
+    path.write_text(path.read_text() + 'amp_ns": 1}\n')  # a complete bad line is refused
+    with pytest.raises(RecordFormatError, match=':3:'):
+        read_records(path)
 
 
 # --- ground truth for recorded candidates, and the descriptor cache ------------------------
@@ -293,6 +300,9 @@ def test_descriptor_cache_round_trip_and_corrupt_entries(tmp_path):
     back = cache.load(key)
     np.testing.assert_array_equal(back.descriptors, entry.descriptors)
     assert (back.frame_ids, back.frames, back.timings_s) == (['a', 'b', 'c'], 5, {'model': 1.5})
+    (tmp_path / 'cache' / f'{key}.json').write_text('["not", "an", "object"]')
+    assert cache.load(key) is None
+    cache.store(key, entry, parts)
     (tmp_path / 'cache' / f'{key}.npz').write_bytes(b'not a zip')
     assert cache.load(key) is None
     (bag / 'metadata.yaml').write_text('changed!')

@@ -1,7 +1,11 @@
 """BoQModel behaviour: shapes, norms, determinism, batching, eval-only, identity."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import boq_ros.model
 from boq_ros.model import PRESETS, BoQModel, load_boq
 from boq_ros.model.checkpoint import file_sha256, read_state_dict, write_random_checkpoint
 from boq_ros.model.presets import BoQConfig, get_preset
@@ -25,6 +29,18 @@ def dinov2(tmp_path_factory):
 
 def batch(b, h, w, seed=0):
     return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_cli_parser_and_presets_do_not_import_torch():
+    """`boq-ros --help` must not pay seconds for torch; `from boq_ros.model import` still works."""
+    code = ('import sys; import boq_ros.cli as c; c.build_parser(); '
+            'from boq_ros.model import PRESETS, get_preset; '
+            'assert "torch" not in sys.modules, "torch imported"; '
+            'from boq_ros.model import load_boq, BoQModel, CheckpointError; '
+            'assert load_boq.__name__ == "load_boq" and "torch" in sys.modules')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        boq_ros.model.nope  # noqa: B018
 
 
 def test_presets_describe_the_released_models():

@@ -10,6 +10,8 @@ from conftest import wait_until
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from nav_msgs.msg import Odometry
+import numpy as np
 import pytest
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -28,7 +30,7 @@ from test_node_common import (
 from boq_ros.extractor import Extractor
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 from boq_ros.preprocess import PreprocessConfig
-from boq_ros.ros.convert import NO_ID, image_msg
+from boq_ros.ros.convert import NO_ID, image_msg, stamp_to_ns
 
 S = 10**9
 
@@ -46,6 +48,8 @@ def node(tmp_path_factory):
     n.camera = n.ros.publisher(Image, '/image', 100)
     n.keyframes = n.ros.publisher(Header, '/keyframes', 100)
     n.pose = n.ros.collect(PoseWithCovarianceStamped, '/relocalization_pose', 10)
+    n.odom = n.ros.publisher(Odometry, '/odom', 100)
+    n.tmp = tmp
     yield n
     assert n.close() == 0
 
@@ -66,6 +70,10 @@ def _prebuilt_map(ckpt, path) -> None:
 def _param(name: str, value) -> Parameter:
     if isinstance(value, bool):
         v = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+    elif isinstance(value, int):
+        v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    elif isinstance(value, float):
+        v = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
     else:
         v = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
     return Parameter(name=name, value=v)
@@ -168,6 +176,97 @@ def test_external_keyframes_select_named_frames(node):
     status = node.diag(lambda v: int(v['keyframes_total']) == before['keyframes_total'] + 2)
     assert status['keyframe_stamps_total'] == '2'
     assert [m.query.stamp.sec for m in node.candidates.messages[-2:]] == [2, 3]
+    stop(node)
+
+
+def _map_rows(kmap: KeyframeMap, ids) -> list:
+    return [(m.id, m.stamp_ns, m.session, m.camera, m.pose, m.pose_frame)
+            for m in (kmap.meta(i) for i in ids)]
+
+
+def test_both_mode_grows_a_new_session_over_the_prebuilt_map(node):
+    maps = node.tmp / 'maps'
+    prebuilt = KeyframeMap.load(maps / 'prebuilt')
+    assert all(r.successful for r in set_params(
+        node, mode='both', map_path='prebuilt', keyframe_mode='every_frame', session='live',
+        exclusion_seconds=5.0, exclusion_keyframes=1, top_k=10))
+    activate(node)
+    node.ros.wait_for_publishers(node.candidates)
+
+    def visit(t: int, seed: int):
+        node.camera.publish(frame(t, seed))
+        return answer_for(node.candidates, t * S)
+
+    # (t, place): place 2 of the prebuilt map, two new places, place 10 within the window,
+    # then both new places again outside it.
+    route = [(2000, 2), (2001, 10), (2002, 11), (2004, 10), (2010, 10), (2011, 11)]
+    answers = [visit(t, p) for t, p in route]
+    assert [a.query.id for a in answers] == list(range(4, 10))  # the session joins the map
+    assert {a.query.session for a in answers} == {'live'}
+    for a, (t, _) in zip(answers, route):
+        for c in a.candidates:  # the session's own recent past never; the prebuilt map always
+            assert c.match.session == 'mapping' or (
+                c.match.session == 'live' and stamp_to_ns(c.match.stamp) <= (t - 5) * S
+                and c.match.id < a.query.id - 1), (t, c.match)
+        assert {c.match.id for c in a.candidates} >= {0, 1, 2, 3}
+    top = answers[0].candidates[0]
+    assert answers[0].accepted and (top.match.id, top.match.session) == (2, 'mapping')
+    assert not answers[3].accepted  # place 10 again after 3 s: its first visit is excluded
+    for revisit, first in ((answers[4], answers[1]), (answers[5], answers[2])):
+        top = revisit.candidates[0]
+        assert revisit.accepted and top.status == LoopCandidate.STATUS_APPEARANCE_ONLY
+        assert (top.match.id, top.match.session) == (first.query.id, 'live')
+
+    saved = node.ros.call(SaveMap, '/vpr_node/save_map', SaveMap.Request(path='both_out'))
+    assert saved.success and saved.keyframes == 10, saved.message
+    stop(node)
+    grown, on_disk = KeyframeMap.load(maps / 'both_out'), KeyframeMap.load(maps / 'prebuilt')
+    for kmap in (grown, on_disk):  # the prebuilt keyframes, in memory and on disk, unchanged
+        assert _map_rows(kmap, range(4)) == _map_rows(prebuilt, range(4))
+        assert all(np.array_equal(kmap.descriptor(i), prebuilt.descriptor(i)) for i in range(4))
+    assert len(on_disk) == 4 and on_disk.map_id == prebuilt.map_id
+
+
+def _odometry(t: int, x: float) -> Odometry:
+    odom = Odometry()
+    odom.header.frame_id, odom.header.stamp.sec = 'odom', t
+    odom.pose.pose.position.x, odom.pose.pose.orientation.w = x, 1.0
+    return odom
+
+
+def test_distance_keyframes_follow_odometry(node):
+    assert all(r.successful for r in set_params(
+        node, mode='grow', map_path='', keyframe_mode='distance', keyframe_distance_m=1.0,
+        keyframe_angle_rad=1.0, odometry_topic='odom', pose_tolerance_s=0.1,
+        input_qos_depth=100, queue_size=10))  # the frames are sent in one burst
+    activate(node)
+    node.ros.wait_for_subscribers(node.odom)
+    node.ros.wait_for_publishers(node.candidates)
+    track = [(3000 + i, 0.4 * i) for i in range(8)]  # 0.4 m per second, straight ahead
+
+    # The odometry subscription is best effort: resend the track until one round arrived whole.
+    def odometry_round() -> bool:
+        before = int(node.diag()['odometry_total'])
+        for t, x in track:
+            node.odom.publish(_odometry(t, x))
+        try:
+            node.diag(lambda v: int(v['odometry_total']) >= before + len(track), timeout=3)
+        except AssertionError:
+            return False
+        return True
+
+    wait_until(odometry_round, 60, 'a complete round of odometry')
+    before = {k: int(v) for k, v in node.diag().items() if k.endswith('_total')}
+    for t, _ in track:
+        node.camera.publish(frame(t, seed=t))
+    node.camera.publish(frame(3100, seed=1))  # no odometry near this stamp
+    status = node.diag(lambda v: int(v['frames_total']) == before['frames_total'] + 9
+                       and int(v['keyframes_total']) == before['keyframes_total'] + 3)
+    # x = 0, 1.2, 2.4 m: the first frame, then one after each metre of travel
+    assert [m.query.stamp.sec for m in node.candidates.messages[-3:]] == [3000, 3003, 3006]
+    assert status['map_keyframes'] == '3'
+    assert int(status['input_errors_total']) == before['input_errors_total'] + 1
+    assert 'no odometry' in status['last_error']
     stop(node)
 
 

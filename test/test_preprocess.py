@@ -124,6 +124,18 @@ def test_bad_input_is_refused():
         preprocess([[1, 2]], 'mono8', config)
     with pytest.raises(ValueError, match='share an output size'):
         preprocess_batch([rgb(48, 64), rgb(48, 96)], 'rgb8', config)
+    with pytest.raises(ValueError, match=r"unsupported image encoding \['rgb8'\]"):
+        preprocess(rgb(), ['rgb8'], config)
+
+
+def test_height_policy_refuses_strips_that_would_become_huge():
+    config = PreprocessConfig('height', 384)
+    assert config.output_size(100, 1600) == (384, 6144)  # 16:1 still accepted
+    # A 4000x1 strip would be resized to 384 x 1,536,000 (a 7 GB float tensor).
+    with pytest.raises(ValueError, match=r'4000x1 is too wide.*1536000x384, more than 16 times'):
+        preprocess(np.zeros((1, 4000, 3), np.uint8), 'rgb8', config)
+    assert PreprocessConfig('square', 32).output_size(1, 4000) == (32, 32)
+    assert config.output_size(4000, 1) == (384, 1)  # tall: small, accepted
 
 
 def test_batch_equals_single_images_across_shapes_and_encodings():

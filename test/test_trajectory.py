@@ -163,6 +163,8 @@ def test_tum_round_trip_keeps_nanoseconds(tmp_path):
     ('1 0 0 0 0 0 0 1\n1 0 0 0 0 0 0 1\n', r'traj.txt:2: timestamp is not after'),
     ('abc 0 0 0 0 0 0 1\n', r"traj.txt:1: cannot parse timestamp 'abc'"),
     ('# nothing\n', 'holds no poses'),
+    ('1 0 0 0 0 0 0 1\n1e30 0 0 0 0 0 0 1\n', r"traj.txt:2: timestamp '1e30' is out of range"),
+    ('1e100000000 0 0 0 0 0 0 1\n', r"traj.txt:1: timestamp '1e100000000' is out of range"),
 ])
 def test_malformed_tum_files(tmp_path, text, message):
     path = tmp_path / 'traj.txt'

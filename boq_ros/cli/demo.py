@@ -114,11 +114,11 @@ def _run(args: argparse.Namespace) -> int:
     env = safe_dds_environment(domain_id, run_dir / 'ros_log')
     os.environ.update(env)  # this process's replay joins the node's domain, loopback only
     params = demo.write_params_file(run_dir / 'node_params.yaml', settings.parameters())
-    node = demo.NodeProcess(params, env, run_dir / 'node.log')
     live_path = run_dir / 'live_candidates.jsonl'
     write_records(live_path, [])
-    _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {node.log_path}')
-    node.start()
+    log_path = run_dir / 'node.log'
+    _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {log_path}')
+    node = demo.NodeProcess(demo.node_command(params), env, log_path)
     try:
         summary, records = _replay(bag, live_path, node, domain_id, args)
     finally:

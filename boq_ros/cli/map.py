@@ -339,7 +339,7 @@ def run_info(args: argparse.Namespace) -> int:
     from boq_ros.keyframe_map import MapError  # noqa: PLC0415
     try:
         info = map_info(args.map, verify=not args.no_verify)
-    except MapError as exc:
+    except (MapError, OSError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     if args.json:

@@ -79,12 +79,14 @@ class DescriptorCache:
                 frame_stamps = data['frame_stamps_ns']
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None
-        frame_ids = meta.get('frame_ids')
-        if (not isinstance(frame_ids, list) or descriptors.ndim != 2
-                or len(frame_ids) != len(descriptors) or stamps.shape != (len(descriptors),)):
+        if not isinstance(meta, dict):
             return None
-        return CachedDescriptors(descriptors, stamps, frame_ids, frame_stamps,
-                                 dict(meta.get('timings_s', {})))
+        frame_ids, timings = meta.get('frame_ids'), meta.get('timings_s', {})
+        if (not isinstance(frame_ids, list) or not isinstance(timings, dict)
+                or descriptors.ndim != 2 or len(frame_ids) != len(descriptors)
+                or stamps.shape != (len(descriptors),)):
+            return None
+        return CachedDescriptors(descriptors, stamps, frame_ids, frame_stamps, dict(timings))
 
     def store(self, key: str, entry: CachedDescriptors, parts: dict[str, Any]) -> None:
         """Write an entry atomically; `parts` (the key's inputs) is kept for inspection."""

@@ -103,7 +103,11 @@ def write_records(path: str | os.PathLike, records: Iterable[CandidateRecord],
 
 
 def read_records(path: str | os.PathLike) -> list[CandidateRecord]:
-    """Read a JSON-lines records file; errors name the file and line."""
+    """Read a JSON-lines records file; errors name the file and line.
+
+    An unterminated last line that is not valid JSON is what a recorder killed mid-write
+    leaves: it is skipped (every other malformed line is refused).
+    """
     path = Path(path)
     records = []
     with open(path, encoding='utf-8') as stream:
@@ -111,7 +115,12 @@ def read_records(path: str | os.PathLike) -> list[CandidateRecord]:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:
+                    if not line.endswith('\n'):  # only the last line can lack it
+                        break  # the cut-off last line of a crashed recorder
+                    raise
                 if not isinstance(data, dict):
                     raise RecordFormatError('a record must be a JSON object')
                 records.append(record_from_dict(data))

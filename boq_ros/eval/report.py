@@ -4,7 +4,8 @@ The JSON report is the complete record (settings, timings, metrics, curves); the
 is what `boq-ros eval` prints; the plots are for looking at failures (PR curve, similarity matrix,
 trajectory with the accepted loop edges coloured true / false positive).
 """
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+import datetime
 import json
 import os
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from boq_ros import __version__
 from boq_ros.eval.groundtruth import GroundTruth
-from boq_ros.eval.metrics import EvalResult
+from boq_ros.eval.metrics import EvalConfig, EvalResult
 
 MAX_MATRIX_SIDE = 800  # similarity matrices are subsampled to at most this many rows / columns
 
@@ -88,6 +90,48 @@ def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + '.tmp')
     tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + '\n', encoding='utf-8')
     os.replace(tmp, path)
+
+
+def write_report(out_dir: str | os.PathLike, *, task: str, inputs: Mapping[str, Any],
+                 detector: Mapping[str, Any], evaluation: EvalConfig,
+                 runs: Sequence[Mapping[str, Any]], plots: Sequence[str],
+                 files: Sequence[str] = (), extra: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Write report.json and summary.md with the skeleton every evaluation report shares.
+
+    `runs` are the per-configuration entries (label, frames, keyframes, cached, timings_s,
+    frames_per_s, metrics) that `markdown_summary` tabulates; `files` lists the outputs beyond
+    the two written here; `extra` adds top-level sections.  Returns the report.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        'boq_ros_version': __version__,
+        'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'),
+        'task': task,
+        'inputs': dict(inputs),
+        'detector': dict(detector),
+        'evaluation': {'radius_m': evaluation.radius_m,
+                       'recall_ks': list(evaluation.recall_ks)},
+        'runs': [dict(run) for run in runs],
+        'plots': list(plots),
+        'files': ['report.json', 'summary.md', *files],
+        **(extra or {}),
+    }
+    write_json(out / 'report.json', report)
+    (out / 'summary.md').write_text(markdown_summary(report), encoding='utf-8')
+    return report
+
+
+def plot_loop_closure(out_dir: str | os.PathLike, results: Sequence[tuple[str, EvalResult]],
+                      ground_truth: GroundTruth, title: str) -> list[str]:
+    """Write pr_curve.png (every result) and trajectory.png (the first); returns their names."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_pr_curves(out / 'pr_curve.png', results)
+    plot_trajectory(out / 'trajectory.png', ground_truth, results[0][1], title)
+    return ['pr_curve.png', 'trajectory.png']
 
 
 def _pyplot():

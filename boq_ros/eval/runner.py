@@ -9,7 +9,6 @@ or in a gap of it) take no part.
 """
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-import datetime
 import os
 from pathlib import Path
 import time
@@ -18,7 +17,6 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from boq_ros import __version__
 from boq_ros.bags import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, open_bag, stamp_to_ns
 from boq_ros.detector import Detection, DetectorConfig, LoopDetector
 from boq_ros.eval import report as report_mod
@@ -414,12 +412,9 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
         return {'path': str(source.path), 'image_topic': source.image_topic,
                 'session': source.session, 'ground_truth': source.ground_truth.describe()}
 
-    report = {
-        'boq_ros_version': __version__,
-        'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'),
-        'task': spec.task,
-        'inputs': {
+    return report_mod.write_report(
+        out, task=spec.task,
+        inputs={
             'bag': str(spec.map_input.path),
             'query_bag': None if spec.query_input is None else str(spec.query_input.path),
             'image_topic': spec.map_input.image_topic,
@@ -429,19 +424,11 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
             'device': str(extractor.device), 'precision': spec.precision,
             'keyframes': asdict(spec.keyframes), 'random_weights': spec.random_weights,
         },
-        'detector': {**asdict(spec.detector),
-                     'mode': 'grow' if spec.query_input is None else 'static'},
-        'evaluation': {'radius_m': spec.evaluation.radius_m,
-                       'recall_ks': list(spec.evaluation.recall_ks)},
-        'runs': [o.summary for o in outcomes],
-        'plots': plots,
-        'files': ['report.json', 'summary.md'] + [
-            f'records_{o.preprocess.size}.jsonl' if several else 'records.jsonl'
-            for o in outcomes],
-    }
-    report_mod.write_json(out / 'report.json', report)
-    (out / 'summary.md').write_text(report_mod.markdown_summary(report), encoding='utf-8')
-    return report
+        detector={**asdict(spec.detector),
+                  'mode': 'grow' if spec.query_input is None else 'static'},
+        evaluation=spec.evaluation, runs=[o.summary for o in outcomes], plots=plots,
+        files=[f'records_{o.preprocess.size}.jsonl' if several else 'records.jsonl'
+               for o in outcomes])
 
 
 def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
@@ -464,29 +451,18 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
     ground_truth, kept, dropped = ground_truth_for_records(
         records, dict.fromkeys(sessions, trajectory), exclusion_seconds, exclusion_keyframes)
     result = evaluate(kept, ground_truth, evaluation)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report_mod.plot_pr_curves(out / 'pr_curve.png', [('recorded', result)])
-    report_mod.plot_trajectory(out / 'trajectory.png', ground_truth, result,
-                               f'{Path(records_path).name}: accepted loops')
-    report = {
-        'boq_ros_version': __version__,
-        'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'),
-        'task': 'loop_closure',
-        'inputs': {'bag': str(source.path), 'query_bag': None, 'records': str(records_path),
-                   'image_topic': '-', 'ground_truth': source.ground_truth.describe(),
-                   'model_id': '(as recorded)'},
-        'detector': {'exclusion_seconds': exclusion_seconds,
-                     'exclusion_keyframes': exclusion_keyframes},
-        'evaluation': {'radius_m': evaluation.radius_m, 'recall_ks': list(evaluation.recall_ks)},
-        'runs': [{'label': 'recorded', 'frames': ground_truth.queries.stamps_ns.size,
-                  'keyframes': ground_truth.queries.stamps_ns.size,
-                  'records_without_ground_truth': dropped, 'cached': False, 'timings_s': {},
-                  'frames_per_s': None, 'metrics': result.to_dict()}],
-        'plots': ['pr_curve.png', 'trajectory.png'],
-        'files': ['report.json', 'summary.md'],
-    }
-    report_mod.write_json(out / 'report.json', report)
-    (out / 'summary.md').write_text(report_mod.markdown_summary(report), encoding='utf-8')
-    return report
+    plots = report_mod.plot_loop_closure(out_dir, [('recorded', result)], ground_truth,
+                                         f'{Path(records_path).name}: accepted loops')
+    return report_mod.write_report(
+        out_dir, task='loop_closure',
+        inputs={'bag': str(source.path), 'query_bag': None, 'records': str(records_path),
+                'image_topic': '-', 'ground_truth': source.ground_truth.describe(),
+                'model_id': '(as recorded)'},
+        detector={'exclusion_seconds': exclusion_seconds,
+                  'exclusion_keyframes': exclusion_keyframes},
+        evaluation=evaluation,
+        runs=[{'label': 'recorded', 'frames': ground_truth.queries.stamps_ns.size,
+               'keyframes': ground_truth.queries.stamps_ns.size,
+               'records_without_ground_truth': dropped, 'cached': False, 'timings_s': {},
+               'frames_per_s': None, 'metrics': result.to_dict()}],
+        plots=plots)

@@ -203,15 +203,32 @@ class KeyframeMap:
         with self._lock:
             ids = self._state.next_id + np.arange(len(x), dtype=np.int64)
             seqs = np.empty(len(x), np.int64)
+            next_seq = dict(self._next_seq)
             for i, meta in enumerate(metas):
-                seqs[i] = self._next_seq.get(meta.session, 0)
-                self._next_seq[meta.session] = int(seqs[i]) + 1
-            self._rows.append(x)
-            self._search.add(x, self._rows)
+                seqs[i] = next_seq.get(meta.session, 0)
+                next_seq[meta.session] = int(seqs[i]) + 1
+            # Nothing is committed until every part took the keyframes: a failure half way
+            # (memory, index training) leaves the map exactly as it was, rows and index aligned.
+            count = len(self._rows)
             self._table.append(metas, ids, seqs, self.map_id, ids)
+            try:
+                self._rows.append(x)
+                self._search.add(x, self._rows)
+            except BaseException:
+                self._rollback(count)
+                raise
+            self._next_seq = next_seq
             self._state.next_id += len(x)
             self._state.modified = utc_now()
             return ids
+
+    def _rollback(self, count: int) -> None:
+        """Forget the rows from `count` on and re-index the rest (after a failed append)."""
+        self._table.truncate(count)
+        self._rows.truncate(count)
+        search = SearchIndex(self._search.spec, self.dim)
+        search.rebuild(self._rows)
+        self._search = search
 
     def remove_session(self, session: str) -> int:
         """Hide every keyframe of `session` from search and lookup; returns how many."""
@@ -248,10 +265,15 @@ class KeyframeMap:
                                f'{overlap}; remove or rename them first')
             rows = np.flatnonzero(other._table.live_mask())
             ids = self._state.next_id + np.arange(len(rows), dtype=np.int64)
-            for block in other._rows.raw_blocks(rows):
-                self._rows.append(block)
-                self._search.add(np.asarray(block, np.float32), self._rows)
+            count = len(self._rows)
             self._table.append_rows(other._table, rows, ids)
+            try:
+                for block in other._rows.raw_blocks(rows):
+                    self._rows.append(block)
+                    self._search.add(np.asarray(block, np.float32), self._rows)
+            except BaseException:
+                self._rollback(count)
+                raise
             self._next_seq.update(other._next_seq)
             self._state.next_id += len(rows)
             self._state.modified = utc_now()
@@ -353,13 +375,16 @@ class KeyframeMap:
         `verify=False` skips hashing the descriptors (sizes are still checked) for huge maps.
         The index is the saved one on the CPU unless `index` asks for another (e.g. CUDA).
         """
-        stored = store.read_map(Path(path), mmap=mmap, verify=verify)
+        def expect(schema: MapSchema) -> None:
+            if expect_model_id is not None and schema.model_id != expect_model_id:
+                raise MapError(f'{path}: map was built with model {schema.model_id!r}, '
+                               f'expected {expect_model_id!r}')
+            if expect_dim is not None and schema.dim != expect_dim:
+                raise MapError(f'{path}: map descriptors are {schema.dim}-d, expected '
+                               f'{expect_dim}-d')
+
+        stored = store.read_map(Path(path), mmap=mmap, verify=verify, expect=expect)
         schema = stored.schema
-        if expect_model_id is not None and schema.model_id != expect_model_id:
-            raise MapError(f'{path}: map was built with model {schema.model_id!r}, '
-                           f'expected {expect_model_id!r}')
-        if expect_dim is not None and schema.dim != expect_dim:
-            raise MapError(f'{path}: map descriptors are {schema.dim}-d, expected {expect_dim}-d')
         saved_spec = replace(IndexSpec.from_dict(schema.index), device='cpu')
         spec = index if index is not None else saved_spec  # the device is a runtime choice
         self = cls(schema.dim, model_id=schema.model_id, preprocess=schema.preprocess,

@@ -55,9 +55,13 @@ def check_meta(meta: Any, where: str) -> None:
     if not 0 <= int(meta.stamp_ns) < 2 ** 63:
         raise MapError(f'{where}: stamp_ns {meta.stamp_ns} is outside [0, 2^63)')
     for name in (*CATEGORICAL[:-1], 'image_ref'):
-        if not isinstance(getattr(meta, name), str):
-            raise MapError(f'{where}: {name} must be a str, '
-                           f'got {type(getattr(meta, name)).__name__}')
+        value = getattr(meta, name)
+        if not isinstance(value, str):
+            raise MapError(f'{where}: {name} must be a str, got {type(value).__name__}')
+        try:
+            value.encode('utf-8')
+        except UnicodeEncodeError as exc:  # e.g. a surrogate-escaped file name
+            raise MapError(f'{where}: {name} is not valid UTF-8 text: {value!r}') from exc
     if meta.pose is not None:
         try:
             pose = [float(v) for v in meta.pose]
@@ -136,10 +140,11 @@ class MetaTable:
             block[name] = [vocab.code(getattr(m, name)) for m in metas]
         block['source_map'] = self.vocab['source_map'].code(source_map)
         block['pose'] = [m.pose if m.pose is not None else (math.nan,) * 7 for m in metas]
-        for i, meta in enumerate(metas):
-            start = len(self.blob)
-            self.blob += meta.image_ref.encode('utf-8')
-            block['image_ref'][i] = (start, len(self.blob))
+        refs = [meta.image_ref.encode('utf-8') for meta in metas]
+        ends = len(self.blob) + np.cumsum([len(r) for r in refs], dtype=np.int64)
+        block['image_ref'] = np.stack([ends - [len(r) for r in refs], ends], axis=1) \
+            if refs else np.zeros((0, 2), np.int64)
+        self.blob += b''.join(refs)
         self.rows[self.count:self.count + len(metas)] = block
         self.live[self.count:self.count + len(metas)] = True
         self.count += len(metas)
@@ -161,6 +166,12 @@ class MetaTable:
         self.rows[self.count:self.count + len(rows)] = block
         self.live[self.count:self.count + len(rows)] = True
         self.count += len(rows)
+
+    def truncate(self, count: int) -> None:
+        """Forget the rows from `count` on (undo of an add that failed half way)."""
+        del self.blob[int(self.rows['image_ref'][count - 1, 1]) if count else 0:]
+        self.live[count:self.count] = False
+        self.count = count
 
     def meta(self, row: int) -> KeyframeMeta:
         """Rebuild the KeyframeMeta of one row."""

@@ -46,6 +46,18 @@ class ChunkedRows:
             pos += take
         self._reindex()
 
+    def truncate(self, count: int) -> None:
+        """Drop the rows from `count` on (undo of an add that failed half way)."""
+        excess = len(self) - count
+        while excess > 0:
+            if self._fill[-1] <= excess:
+                excess -= self._fill.pop()
+                self._chunks.pop()
+            else:
+                self._fill[-1] -= excess
+                excess = 0
+        self._reindex()
+
     def take(self, rows: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
         """Gather rows as a [len(rows), dim] array of `dtype`."""
         rows = np.asarray(rows, np.int64)

@@ -16,7 +16,7 @@ then the old map is renamed to `.NAME.old-TOKEN`, the new one renamed in, and th
 removed.  A kill between the two renames leaves no MAP_DIR: `read_map` finishes the swap
 (a `.new-` directory holding schema.json is complete) before reading.  One writer per map.
 """
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 import hashlib
 import io
@@ -74,7 +74,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _siblings(target: Path, kind: str) -> list[Path]:
-    return sorted(target.parent.glob(f'.{target.name}.{kind}-*'), key=lambda p: p.stat().st_mtime)
+    """Leftovers of saves of `target`, oldest first (one may vanish while we look)."""
+    found = []
+    for path in target.parent.glob(f'.{target.name}.{kind}-*'):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    return [path for _, path in sorted(found)]
 
 
 def _descriptor_chunks(blocks: Iterable[np.ndarray], count: int, dim: int,
@@ -127,7 +134,13 @@ def write_map(target: Path, schema: MapSchema, blocks: Iterable[np.ndarray], cou
     old = target.parent / f'.{target.name}.old-{token}'
     if target.exists():
         os.rename(target, old)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except FileNotFoundError:
+        # A reader's recover() saw no target between the two renames and finished the swap
+        # itself with this (complete) directory: the map is saved.
+        if not (target / 'schema.json').is_file():
+            raise
     _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
     return target, files
@@ -139,12 +152,13 @@ def recover(target: Path) -> None:
         return
     complete = [p for p in _siblings(target, 'new') if (p / 'schema.json').is_file()]
     previous = _siblings(target, 'old')
-    if complete:
-        os.rename(complete[-1], target)
-    elif previous:
-        os.rename(previous[-1], target)
-    else:
+    if not complete and not previous:
         return
+    try:
+        os.rename((complete or previous)[-1], target)
+    except FileNotFoundError:
+        if not target.exists():  # else the writer (or another reader) got there first
+            raise
     _fsync_dir(target.parent)
 
 
@@ -183,8 +197,12 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
         raise MapError(f'{path.parent}: {path.name} is not a readable .npy file: {exc}') from exc
 
 
-def read_map(target: Path, *, mmap: bool, verify: bool) -> StoredMap:
-    """Read and validate a map directory; every inconsistency is a MapError naming it."""
+def read_map(target: Path, *, mmap: bool, verify: bool,
+             expect: Callable[[MapSchema], None] | None = None) -> StoredMap:
+    """Read and validate a map directory; every inconsistency is a MapError naming it.
+
+    `expect` checks the schema before any file is hashed (a wrong model fails at once).
+    """
     recover(target)
     if not target.is_dir():
         raise MapError(f'no keyframe map at {target}')
@@ -195,6 +213,8 @@ def read_map(target: Path, *, mmap: bool, verify: bool) -> StoredMap:
     except (ValueError, UnicodeDecodeError) as exc:
         raise MapError(f'{target}: schema.json is not valid JSON: {exc}') from exc
     schema = MapSchema.from_dict(raw)
+    if expect is not None:
+        expect(schema)
     paths = {name: _check_file(target, name, schema.files.get(name), verify)
              for name in REQUIRED_FILES}
     descriptors = _load_npy(paths['descriptors.npy'], mmap)

@@ -1,4 +1,4 @@
-"""Released BoQ checkpoints: strict validation, loading, the torch hub cache, test weights.
+"""Released BoQ checkpoints: strict validation and loading, the torch hub cache, test weights.
 
 Third-party wrappers have silently loaded only part of these files; here every key, shape and
 dtype is checked against the lists in ``data/`` and any difference is refused with a message that
@@ -11,11 +11,11 @@ import importlib.resources
 import os
 from pathlib import Path
 import pickle
-import zipfile
 
 import torch
 from torch import nn
 
+from boq_ros.model.boq import BoQModel
 from boq_ros.model.presets import BACKBONES, DEFAULT_PRESET, PRESETS, BoQConfig, get_preset
 
 _PREFIXES = {'resnet50': 'backbone.net.', 'dinov2': 'backbone.dino.'}
@@ -72,7 +72,8 @@ def detect_backbone(state: Mapping[str, object]) -> str:
     return found[0]
 
 
-def _check_flat(state: object) -> None:
+def check_flat(state: object) -> None:
+    """Refuse anything but a flat dict of str -> tensor (not a wrapper dict, not a module)."""
     if not isinstance(state, Mapping):
         raise CheckpointError(
             f'not a state dict: the file holds a {type(state).__name__}, expected the flat '
@@ -92,7 +93,7 @@ def _check_flat(state: object) -> None:
 
 def validate_state_dict(state: Mapping[str, torch.Tensor], config: BoQConfig) -> None:
     """Refuse anything but exactly the released keys, shapes and dtypes of `config`."""
-    _check_flat(state)
+    check_flat(state)
     backbone = detect_backbone(state)
     if backbone != config.backbone:
         raise CheckpointError(f'checkpoint is for {backbone}, not {config.backbone}')
@@ -127,13 +128,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f'{path} is not a plain state dict: it holds Python objects that safe '
-            f'(weights_only) loading refuses ({str(e).splitlines()[0]})') from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+            f'{path} is not a plain state dict: safe (weights_only) loading refuses it '
+            f'({_unpickler_detail(e)}); it holds Python objects other than tensors, or it is '
+            'corrupt') from e
+    except OSError:  # unreadable (permissions, I/O): not the file's content
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.load of a damaged file raises anything
+        # (RuntimeError, EOFError, KeyError, IndexError, struct.error, AssertionError, ...)
+        detail = ': '.join([type(e).__name__, *str(e).splitlines()[:1]])
         raise CheckpointError(
-            f'cannot read {path}: truncated or corrupt file ({str(e).splitlines()[0]})') from e
-    _check_flat(state)
+            f'cannot read {path}: truncated or corrupt file ({detail})') from e
+    check_flat(state)
     return dict(state)
+
+
+def _unpickler_detail(error: Exception) -> str:
+    """Return the informative line of torch's weights_only refusal (the rest is boilerplate)."""
+    text = str(error)
+    _, found, rest = text.partition('WeightsUnpickler error:')
+    lines = (rest if found else text).strip().splitlines() or ['']
+    return lines[0].partition('. Please')[0]
 
 
 def resolve_checkpoint(spec: str | os.PathLike, download: bool = False) -> Path:
@@ -202,8 +216,6 @@ def _randomise_(model: nn.Module, generator: torch.Generator) -> None:
 
 def write_random_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0) -> Path:
     """Write random weights in exactly the released format (for tests; never downloads)."""
-    from boq_ros.model.boq import BoQModel
-
     config = get_preset(preset)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -224,3 +236,29 @@ def default_preset(backbone: str) -> str:
     if backbone not in DEFAULT_PRESET:
         raise ValueError(f'unknown backbone {backbone!r}; expected one of {BACKBONES}')
     return DEFAULT_PRESET[backbone]
+
+
+def load_boq(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+             backbone: str | None = None, *, preset: str | None = None) -> BoQModel:
+    """Build the model a checkpoint was released for and load it strictly, in eval mode.
+
+    `checkpoint` is a file path, a preset name whose file is in the torch hub cache, or an
+    in-memory state dict. The preset follows from `preset`, else `backbone`, else the keys.
+    """
+    if isinstance(checkpoint, Mapping):
+        check_flat(checkpoint)  # before detect_backbone, whose message would mislead
+        state, checksum = dict(checkpoint), ''
+    else:
+        path = resolve_checkpoint(checkpoint)
+        state, checksum = read_state_dict(path), file_sha256(path)
+    if preset is None:
+        preset = default_preset(backbone or detect_backbone(state))
+    config = get_preset(preset)
+    if backbone is not None and backbone != config.backbone:
+        raise ValueError(f'preset {preset} uses backbone {config.backbone}, not {backbone}')
+    validate_state_dict(state, config)
+    with torch.device('meta'):
+        model = BoQModel(config, checksum)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model

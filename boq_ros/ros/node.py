@@ -11,6 +11,7 @@ searches the map and publishes. The map is guarded by one lock shared by the wor
 services. Every failure is caught, counted in /diagnostics, logged (throttled) and leaves the map
 as it was.
 """
+import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -144,7 +145,9 @@ class _Runtime:
     subscriptions: list[Any] = field(default_factory=list)
     latest: dict[str, tuple[np.ndarray, KeyframeMeta]] = field(default_factory=dict)
     thumbnails: dict[int, np.ndarray] = field(default_factory=dict)
-    poses: deque = field(default_factory=lambda: deque(maxlen=_POSES_KEPT))
+    pose_stamps: list[int] = field(default_factory=list)  # sorted; odometry may be out of order
+    poses: list[tuple[tuple[float, ...], str]] = field(default_factory=list)  # (pose, frame)
+    frames_without_pose: int = 0  # the selector's no_pose count already reported
 
 
 class VprNode(LifecycleNode):
@@ -372,10 +375,15 @@ class VprNode(LifecycleNode):
         self._stats.count('frames')
         if rt is None:
             return
-        if rt.selector.offer(convert.stamp_to_ns(msg.header.stamp), camera):
+        stamp = convert.stamp_to_ns(msg.header.stamp)
+        if rt.selector.offer(stamp, camera):
             self._enqueue(rt, frame)
         elif rt.values['keyframe_mode'] == 'external':
             rt.waiting[camera].append(frame)  # the SLAM system may name it later
+        elif rt.selector.stats['no_pose'] > rt.frames_without_pose:
+            rt.frames_without_pose += 1  # distance mode cannot judge the frame: lost
+            self._fail('input', f'{camera}: no odometry within pose_tolerance_s of the image '
+                                f'at {stamp} ns, frame skipped (distance keyframes)')
 
     def _enqueue(self, rt: _Runtime, frame: _Frame) -> None:
         with self._cond:
@@ -403,7 +411,11 @@ class VprNode(LifecycleNode):
         norm = math.sqrt(q.x ** 2 + q.y ** 2 + q.z ** 2 + q.w ** 2)
         pose = (p.x, p.y, p.z, q.x / norm, q.y / norm, q.z / norm, q.w / norm)
         with self._cond:
-            rt.poses.append((stamp, pose, msg.header.frame_id))
+            index = bisect.bisect_right(rt.pose_stamps, stamp)
+            rt.pose_stamps.insert(index, stamp)
+            rt.poses.insert(index, (pose, msg.header.frame_id))
+            if len(rt.pose_stamps) > _POSES_KEPT:
+                del rt.pose_stamps[0], rt.poses[0]
 
     def _on_keyframe_stamp(self, msg: Header) -> None:
         rt = self._rt
@@ -492,10 +504,12 @@ class VprNode(LifecycleNode):
         stamp = convert.stamp_to_ns(frame.msg.header.stamp)
         pose, pose_frame = None, ''
         tolerance = int(rt.values['pose_tolerance_s'] * 1e9)
-        with self._cond:
-            best = min(rt.poses, key=lambda p: abs(p[0] - stamp), default=None)
-        if best is not None and abs(best[0] - stamp) <= tolerance:
-            pose, pose_frame = best[1], best[2]
+        with self._cond:  # the nearest odometry stamp: one of the two around the image's
+            stamps, index = rt.pose_stamps, bisect.bisect_left(rt.pose_stamps, stamp)
+            best = min((i for i in (index - 1, index) if 0 <= i < len(stamps)),
+                       key=lambda i: abs(stamps[i] - stamp), default=None)
+            if best is not None and abs(stamps[best] - stamp) <= tolerance:
+                pose, pose_frame = rt.poses[best]
         return KeyframeMeta(stamp_ns=stamp, session=rt.session, robot_id=rt.values['robot_id'],
                             camera=frame.camera, frame_id=frame.msg.header.frame_id, pose=pose,
                             pose_frame=pose_frame,

@@ -9,6 +9,7 @@ so the offline metrics score what the live node published.
 ``lockstep`` publishes each image only after the node answered the previous one: no frame can
 be dropped by a slow node, which is what a comparison with the offline pipeline needs.
 """
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 import importlib
@@ -286,7 +287,10 @@ class NodeGone(ReplayError):
 
 
 class _Answers:
-    """Stamps the node answered, with a condition to wait on."""
+    """How often the node answered each query stamp, with a condition to wait on.
+
+    Counted, not a set: synchronised cameras publish images with the same stamp, one answer each.
+    """
 
     def __init__(self, recorder: CandidateRecorder,
                  sink: Callable[[list[CandidateRecord]], None] | None,
@@ -295,7 +299,7 @@ class _Answers:
         self._sink = sink
         self._peer_alive = peer_alive
         self._cond = threading.Condition()
-        self.stamps: set[int] = set()
+        self.stamps: Counter[int] = Counter()
         self.arrays = 0
         self.last_time = time.monotonic()
         self.error: BaseException | None = None
@@ -308,7 +312,7 @@ class _Answers:
         except Exception as exc:  # surfaced in the main thread, never lost in the executor
             self.error = exc
         with self._cond:
-            self.stamps.add(stamp_to_ns(msg.header.stamp))
+            self.stamps[stamp_to_ns(msg.header.stamp)] += 1
             self.arrays += 1
             self.last_time = time.monotonic()
             self._cond.notify_all()
@@ -332,10 +336,15 @@ class _Answers:
                 self._cond.wait(min(left, _POLL_S))
         return True
 
-    def wait_all(self, stamps: set[int], idle_timeout: float) -> None:
-        """Wait until every stamp is answered or no answer came for `idle_timeout` seconds."""
+    def answered(self, expected: Counter[int]) -> int:
+        """How many of the `expected` images (count per stamp) were answered."""
+        with self._cond:  # the executor may still be adding answers
+            return (expected & self.stamps).total()
+
+    def wait_all(self, expected: Counter[int], idle_timeout: float) -> None:
+        """Wait until every image is answered or no answer came for `idle_timeout` seconds."""
         with self._cond:
-            while not stamps <= self.stamps:
+            while expected - self.stamps:
                 self.check()
                 left = self.last_time + idle_timeout - time.monotonic()
                 if left <= 0.0:
@@ -407,7 +416,7 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
     from tqdm import tqdm
 
     first_ns = bag.start_ns + int(round(options.start_offset_s * 1e9))
-    expected: set[int] = set()
+    expected: Counter[int] = Counter()  # images published per stamp
     wall_start = time.monotonic()
     anchor_wall, anchor_ns = wall_start, first_ns
     waited = False
@@ -438,9 +447,9 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
                 summary.images += 1
                 if options.record_topic:
                     stamp = header_stamp_ns(message.raw)
-                    expected.add(stamp)
+                    expected[stamp] += 1
                     if options.lockstep:
-                        answers.wait_for(lambda s=stamp: s in answers.stamps,
+                        answers.wait_for(lambda s=stamp, n=expected[stamp]: answers.stamps[s] >= n,
                                          options.answer_timeout_s)
                         waited = True
                 bar.set_postfix(answered=answers.arrays, refresh=False)
@@ -450,4 +459,4 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
         bar.close()
         summary.wall_s = time.monotonic() - wall_start
         summary.bag_s = max(0.0, (last_ns - first_ns) / 1e9)
-        summary.answered = len(expected & answers.stamps)
+        summary.answered = answers.answered(expected)
