@@ -159,6 +159,23 @@ def _param_value(value: Any) -> str:
     return repr(value)
 
 
+def node_command(*, params: dict[str, Any] | None = None, params_file: Path | None = None,
+                 name: str = 'vpr_node', namespace: str | None = None,
+                 remaps: dict[str, str] | None = None, module: str = 'boq_ros.ros.node',
+                 args: list[str] | None = None) -> list[str]:
+    """Return the command that runs a package node with these ROS arguments."""
+    cmd = [sys.executable, '-m', module, *(args or []), '--ros-args', '-r', f'__node:={name}']
+    if namespace:
+        cmd += ['-r', f'__ns:={namespace}']
+    for old, new in (remaps or {}).items():
+        cmd += ['-r', f'{old}:={new}']
+    if params_file is not None:
+        cmd += ['--params-file', str(params_file)]
+    for key, value in (params or {}).items():
+        cmd += ['-p', f'{key}:={_param_value(value)}']
+    return cmd
+
+
 class NodeProcess(demo.NodeProcess):
     """A node subprocess (boq_ros.demo.NodeProcess) that a test can assert is still running."""
 
@@ -176,20 +193,9 @@ def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...
     """
     started: list[NodeProcess] = []
 
-    def start(*, params: dict[str, Any] | None = None, params_file: Path | None = None,
-              name: str = 'vpr_node', namespace: str | None = None,
-              remaps: dict[str, str] | None = None, module: str = 'boq_ros.ros.node',
-              args: list[str] | None = None) -> NodeProcess:
-        cmd = [sys.executable, '-m', module, *(args or []), '--ros-args',
-               '-r', f'__node:={name}']
-        if namespace:
-            cmd += ['-r', f'__ns:={namespace}']
-        for old, new in (remaps or {}).items():
-            cmd += ['-r', f'{old}:={new}']
-        if params_file is not None:
-            cmd += ['--params-file', str(params_file)]
-        for key, value in (params or {}).items():
-            cmd += ['-p', f'{key}:={_param_value(value)}']
+    def start(**options: Any) -> NodeProcess:
+        cmd = node_command(**options)
+        name = options.get('name', 'vpr_node')
         proc = NodeProcess(cmd, ros_env, tmp_path / f'{name}_{len(started)}.log')
         started.append(proc)
         return proc

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from boq_ros.msg import LoopCandidateArray
-from conftest import NodeProcess, TestNode, _next_domain, wait_until
+from conftest import NodeProcess, TestNode, _next_domain, node_command, wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import torch
@@ -61,17 +61,6 @@ def write_params(path: Path, values: dict[str, Any]) -> Path:
     """Write a --params-file for every node of the process."""
     path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
     return path
-
-
-def node_command(name: str, params_file: Path | None = None,
-                 params: dict[str, Any] | None = None) -> list[str]:
-    """The command conftest's start_node would run (for module-scoped nodes)."""
-    cmd = [sys.executable, '-m', 'boq_ros.ros.node', '--ros-args', '-r', f'__node:={name}']
-    if params_file is not None:
-        cmd += ['--params-file', str(params_file)]
-    for key, value in (params or {}).items():
-        cmd += ['-p', f'{key}:={value}']
-    return cmd
 
 
 def diagnostics(messages: list[Any], node: str = '/vpr_node') -> dict[str, str] | None:
@@ -132,7 +121,8 @@ class NodeUnderTest:
         (tmp / 'ros_log').mkdir(exist_ok=True)
         env = safe_dds_environment(domain, tmp / 'ros_log')
         self.name = name
-        self.proc = NodeProcess(node_command(name, params_file, params), env, tmp / 'node.log')
+        self.proc = NodeProcess(node_command(name=name, params_file=params_file, params=params),
+                                env, tmp / 'node.log')
         self.ros = TestNode(domain)
         self.candidates = self.ros.collect(LoopCandidateArray, '/loop_candidates', 100)
         self.diagnostics = self.ros.collect(DiagnosticArray, '/diagnostics', 100)

@@ -188,8 +188,13 @@ def test_both_mode_grows_a_new_session_over_the_prebuilt_map(node):
     maps = node.tmp / 'maps'
     prebuilt = KeyframeMap.load(maps / 'prebuilt')
     assert all(r.successful for r in set_params(
-        node, mode='both', map_path='prebuilt', keyframe_mode='every_frame', session='live',
+        node, mode='both', map_path='prebuilt', keyframe_mode='every_frame', session='mapping',
         exclusion_seconds=5.0, exclusion_keyframes=1, top_k=10))
+    # The new session must be new: refused at configure, not keyframe by keyframe.
+    assert not transition(node, Transition.TRANSITION_CONFIGURE)
+    assert state(node) == 'unconfigured'
+    node.diag(lambda v: "session 'mapping' is already in the map" in v['last_error'])
+    assert set_params(node, session='live')[0].successful
     activate(node)
     node.ros.wait_for_publishers(node.candidates)
 
@@ -237,8 +242,11 @@ def _odometry(t: int, x: float) -> Odometry:
 def test_distance_keyframes_follow_odometry(node):
     assert all(r.successful for r in set_params(
         node, mode='grow', map_path='', keyframe_mode='distance', keyframe_distance_m=1.0,
-        keyframe_angle_rad=1.0, odometry_topic='odom', pose_tolerance_s=0.1,
+        keyframe_angle_rad=1.0, odometry_topic='bad odom', pose_tolerance_s=0.1,
         input_qos_depth=100, queue_size=10))  # the frames are sent in one burst
+    assert not transition(node, Transition.TRANSITION_CONFIGURE)  # not at activate
+    node.diag(lambda v: "odometry_topic: 'bad odom' is not a valid topic" in v['last_error'])
+    assert set_params(node, odometry_topic='odom')[0].successful
     activate(node)
     node.ros.wait_for_subscribers(node.odom)
     node.ros.wait_for_publishers(node.candidates)

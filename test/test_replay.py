@@ -54,9 +54,10 @@ def _image_stamps(bag: Path) -> list[int]:
 
 
 class FakeNode:
-    """Answers images on /camera/image_raw like the node: one array per image, matching k-1."""
+    """Answers images on one camera topic like the node: one array per image, matching k-1."""
 
-    def __init__(self, ros_node, answer=lambda k: True, topic='/camera/image_raw') -> None:
+    def __init__(self, ros_node, answer=lambda k: True, topic='/camera/image_raw',
+                 msg_type=None) -> None:
         from boq_ros.msg import LoopCandidate, LoopCandidateArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -68,7 +69,8 @@ class FakeNode:
         self._lock = threading.Lock()
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = ros_node.node.create_publisher(LoopCandidateArray, '/loop_candidates', qos)
-        self.sub = ros_node.node.create_subscription(Image, topic, self._on_image, qos)
+        self.sub = ros_node.node.create_subscription(msg_type or Image, topic, self._on_image,
+                                                     qos)
 
     def _on_image(self, image) -> None:
         candidate_type, array_type = self._types
@@ -111,6 +113,22 @@ def test_lockstep_records_every_answer(bag, ros_node, ros_domain_id):
         assert r.rank == 0 and r.similarity == pytest.approx(0.5) and r.accepted == (k % 2 == 0)
     # The bag's bytes arrived unchanged: same stamps in the same order.
     assert [s.sec * 10**9 + s.nanosec for s in fake.received] == stamps
+
+
+def test_lockstep_synchronised_cameras(bag, ros_node, ros_domain_id):
+    """Two cameras with the same stamps: each image waits for, and counts, its own answer."""
+    from sensor_msgs.msg import CompressedImage
+
+    FakeNode(ros_node)
+    FakeNode(ros_node, topic=COMPRESSED_TOPIC, msg_type=CompressedImage)
+    options = ReplayOptions(topics=(IMAGE_TOPIC, COMPRESSED_TOPIC), rate=20.0,
+                            record_topic='/loop_candidates', lockstep=True)
+    summary, records = replay(bag, options, domain_id=ros_domain_id, progress=False)
+    with open_bag(bag) as b:
+        compressed = [m.decode().header.stamp for m in b.messages([COMPRESSED_TOPIC])]
+    assert [s.sec * 10**9 + s.nanosec for s in compressed] == _image_stamps(bag)
+    assert (summary.images, summary.answered, summary.dropped) == (2 * FRAMES, 2 * FRAMES, 0)
+    assert summary.recorded == len(records) == 2 * FRAMES
 
 
 def test_paced_by_bag_clock_with_clock_topic(bag, ros_node, ros_domain_id):

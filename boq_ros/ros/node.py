@@ -237,8 +237,12 @@ class VprNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self, values: dict[str, Any]) -> _Runtime:
-        cameras = [self.resolve_topic_name(t)
-                   for t in (*values['image_topics'], *values['compressed_topics'])]
+        cameras = [self._topic(t, key)
+                   for key in ('image_topics', 'compressed_topics') for t in values[key]]
+        if values['odometry_topic']:
+            self._topic(values['odometry_topic'], 'odometry_topic')
+        if values['keyframe_mode'] == 'external':
+            self._topic(values['keyframe_topic'], 'keyframe_topic')
         if not cameras:
             raise params.ParameterValueError(
                 'no camera: set image_topics and/or compressed_topics')
@@ -268,6 +272,12 @@ class VprNode(LifecycleNode):
                            device=values['index_device'])
             if spec != kmap.index_spec:
                 kmap.rebuild_index(spec)
+        session = values['session'] or datetime.now(timezone.utc).strftime(
+            'session-%Y%m%dT%H%M%SZ')
+        if values['mode'] == 'both' and kmap.session_size(session) > 0:
+            raise params.ParameterValueError(
+                f'mode both grows a new session, but session {session!r} is already in the '
+                f'map {map_file}: set session to a new name')
         preprocess = _preprocess(values, model.config.name, kmap)
         extractor = Extractor(model, device=values['device'], precision=values['precision'],
                               preprocess=preprocess, batch_size=max(1, len(cameras)))
@@ -276,8 +286,6 @@ class VprNode(LifecycleNode):
                                preprocess=preprocess.to_dict(),
                                index=IndexSpec(kind=values['index_kind'] or 'flat',
                                                device=values['index_device']))
-        session = values['session'] or datetime.now(timezone.utc).strftime(
-            'session-%Y%m%dT%H%M%SZ')
         reliable = QoSProfile(depth=10)
         publishers = {
             'candidates': self.create_publisher(LoopCandidateArray, CANDIDATE_TOPIC, reliable),
@@ -303,6 +311,14 @@ class VprNode(LifecycleNode):
             rt.queues[camera] = deque()
             rt.waiting[camera] = deque(maxlen=values['keyframe_wait_frames'])
         return rt
+
+    def _topic(self, name: str, param: str) -> str:
+        """Resolve a topic parameter now, so a bad name fails configure and not activate."""
+        try:
+            return self.resolve_topic_name(name)
+        except RuntimeError as err:  # rclpy's RCLError
+            raise params.ParameterValueError(
+                f'parameter {param}: {name!r} is not a valid topic name ({err})') from None
 
     def _stop_inputs(self) -> None:
         rt = self._rt
@@ -541,7 +557,9 @@ class VprNode(LifecycleNode):
         query = detection.query
         match = detection.candidates[0].meta if detection.accepted else None
         debug = values['publish_debug_image']
-        thumb = convert.thumbnail(kf.image, kf.encoding, _THUMBNAIL_HEIGHT) if debug else None
+        thumb = None  # needed for a debug view now, or to show this keyframe as a match later
+        if debug and (match is not None or query.id >= 0):
+            thumb = convert.thumbnail(kf.image, kf.encoding, _THUMBNAIL_HEIGHT)
         with self._map_lock:
             rt.latest[kf.frame.camera] = (descriptor, query)
             map_id = rt.kmap.map_id
@@ -582,9 +600,9 @@ class VprNode(LifecycleNode):
             with self._map_lock:
                 rt.kmap.save(path)
                 count = len(rt.kmap)
-        except (ValueError, OSError) as err:
-            self._fail('service', f'save_map: {err}')
-            response.success, response.message = False, str(err)
+        except Exception as err:  # noqa: BLE001 - a service must never take the node down
+            response.success, response.message = False, _reason(err)
+            self._fail('service', f'save_map: {response.message}')
             return response
         response.success, response.path, response.keyframes = True, str(path), count
         response.message = f'saved {count} keyframes to {path}'
@@ -608,9 +626,9 @@ class VprNode(LifecycleNode):
                 rt.kmap, rt.detector = kmap, detector
                 rt.latest.clear()
                 rt.thumbnails.clear()
-        except (ValueError, OSError) as err:
-            self._fail('service', f'load_map: {err}')
-            response.success, response.message = False, str(err)
+        except Exception as err:  # noqa: BLE001 - e.g. MemoryError for a map too large
+            response.success, response.message = False, _reason(err)
+            self._fail('service', f'load_map: {response.message}')
             with self._map_lock:
                 response.keyframes = len(rt.kmap)
             return response
@@ -637,9 +655,9 @@ class VprNode(LifecycleNode):
                              top_k=request.top_k or rt.detector.config.top_k)
             try:
                 detection = LoopDetector(rt.kmap, config).process(descriptor, query)
-            except ValueError as err:
-                self._fail('service', f'relocalize: {err}')
-                response.success, response.message = False, str(err)
+            except Exception as err:  # noqa: BLE001 - a service must never take the node down
+                response.success, response.message = False, _reason(err)
+                self._fail('service', f'relocalize: {response.message}')
                 return response
             map_id = rt.kmap.map_id
         response.success = True
@@ -699,6 +717,11 @@ class VprNode(LifecycleNode):
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
 
+def _reason(err: Exception) -> str:
+    """Say why a request failed: refusals name their cause, anything else its type too."""
+    return str(err) if isinstance(err, ValueError | OSError) else f'{type(err).__name__}: {err}'
+
+
 def _input_qos(values: dict[str, Any]) -> QoSProfile:
     base = {'sensor_data': qos_profile_sensor_data, 'reliable': QoSProfile(depth=10),
             'system_default': qos_profile_system_default}[values['input_qos']]
@@ -738,7 +761,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal('could not configure (see the error above); exiting')
                 return 1
-            node.trigger_activate()
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal('could not activate (see the error above); exiting')
+                return 1
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
