@@ -10,7 +10,6 @@ queries, the same candidates, the same similarities (to a float tolerance) and a
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-import datetime
 import hashlib
 import json
 import os
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from boq_ros import __version__
 from boq_ros.detector import DetectorConfig
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.metrics import EvalConfig, EvalResult
@@ -405,29 +403,12 @@ def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_tru
     """Write report.json, summary.md and the plots of the runs (the first one is the node)."""
     from boq_ros.eval import report as report_mod
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report_mod.plot_pr_curves(out / 'pr_curve.png', [(r.label, r.result) for r in runs])
-    report_mod.plot_trajectory(out / 'trajectory.png', ground_truth, runs[0].result,
-                               f'{runs[0].label}: accepted loops (threshold '
-                               f'{detector.threshold:g})')
-    report = {
-        'boq_ros_version': __version__,
-        'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'),
-        'task': 'loop_closure',
-        'inputs': dict(inputs),
-        'detector': asdict(detector),
-        'evaluation': {'radius_m': evaluation.radius_m,
-                       'recall_ks': list(evaluation.recall_ks)},
-        'runs': [r.summary() for r in runs],
-        'plots': ['pr_curve.png', 'trajectory.png'],
-        'files': ['report.json', 'summary.md'],
-        **extra,
-    }
-    report_mod.write_json(out / 'report.json', report)
-    (out / 'summary.md').write_text(report_mod.markdown_summary(report), encoding='utf-8')
-    return report
+    plots = report_mod.plot_loop_closure(
+        out_dir, [(r.label, r.result) for r in runs], ground_truth,
+        f'{runs[0].label}: accepted loops (threshold {detector.threshold:g})')
+    return report_mod.write_report(out_dir, task='loop_closure', inputs=inputs,
+                                   detector=asdict(detector), evaluation=evaluation,
+                                   runs=[r.summary() for r in runs], plots=plots, extra=extra)
 
 
 def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation: EvalConfig,
