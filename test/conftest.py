@@ -41,6 +41,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
         time.sleep(poll_s)
 
 
+@pytest.fixture(scope='session')
+def resnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-50 BoQ checkpoint in the released format, random weights (seed 0)."""
+    from boq_ros.model.checkpoint import write_random_checkpoint
+
+    path = tmp_path_factory.mktemp('checkpoints') / 'resnet50_16384.pth'
+    return write_random_checkpoint(path, 'resnet50-16384')
+
+
+@pytest.fixture(scope='session')
+def dinov2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DINOv2 BoQ checkpoint in the released format, random weights (seed 0)."""
+    from boq_ros.model.checkpoint import write_random_checkpoint
+
+    path = tmp_path_factory.mktemp('checkpoints') / 'dinov2_12288.pth'
+    return write_random_checkpoint(path, 'dinov2-12288')
+
+
 @pytest.fixture
 def ros_domain_id() -> int:
     return _next_domain()

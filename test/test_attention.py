@@ -12,18 +12,12 @@ from boq_ros.attention import attention_heatmaps, display_rgb, render_attention
 from boq_ros.cli import attention as attention_cli
 from boq_ros.cli import weights as weights_cli
 from boq_ros.extractor import Extractor
-from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.preprocess import PreprocessConfig
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'r.pth', 'resnet50-16384')
-
-
-@pytest.fixture(scope='module')
-def extractor(checkpoint):
-    return Extractor.from_checkpoint(checkpoint, device='cpu',
+def extractor(resnet_checkpoint):
+    return Extractor.from_checkpoint(resnet_checkpoint, device='cpu',
                                      preprocess=PreprocessConfig('height', 48))
 
 
@@ -74,13 +68,14 @@ def test_render_grid(extractor, tmp_path):
         render_attention([camera(), camera()], extractor, [1], tmp_path / 'x.png', labels=['a'])
 
 
-def test_attention_command(checkpoint, tmp_path, capsys):
+def test_attention_command(resnet_checkpoint, tmp_path, capsys):
     paths = [tmp_path / 'a.png', tmp_path / 'b.png']
     cv2.imwrite(str(paths[0]), camera(seed=3))
     cv2.imwrite(str(paths[1]), (camera(seed=4)[..., 0].astype(np.uint16) * 200))
     out = tmp_path / 'att.png'
-    argv = ['attention', *map(str, paths), '--checkpoint', str(checkpoint), '--queries', '0',
-            '5', '--block', '1', '--device', 'cpu', '--size', '48', '--out', str(out)]
+    argv = ['attention', *map(str, paths), '--checkpoint', str(resnet_checkpoint),
+            '--queries', '0', '5', '--block', '1', '--device', 'cpu', '--size', '48',
+            '--out', str(out)]
     assert run_cli(attention_cli, argv) == 0
     assert out.is_file() and f'wrote {out}' in capsys.readouterr().out
     assert run_cli(attention_cli, [*argv[:1], str(tmp_path / 'missing.png'), *argv[3:]]) == 1
@@ -91,13 +86,13 @@ def test_attention_command(checkpoint, tmp_path, capsys):
     assert 'queries [99] out of range' in capsys.readouterr().err
 
 
-def test_weights_command(tmp_path, monkeypatch, capsys, checkpoint):
+def test_weights_command(tmp_path, monkeypatch, capsys, resnet_checkpoint):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     hub = tmp_path / 'hub' / 'checkpoints'
     assert run_cli(weights_cli, ['weights', 'list']) == 0
     assert capsys.readouterr().out.count('not downloaded') == 2
     hub.mkdir(parents=True)
-    (hub / 'resnet50_16384.pth').write_bytes(checkpoint.read_bytes())
+    (hub / 'resnet50_16384.pth').write_bytes(resnet_checkpoint.read_bytes())
     assert run_cli(weights_cli, ['weights', 'list']) == 0
     listing = capsys.readouterr().out
     assert 'not downloaded' in listing.split('\n')[1] and ' MB ' in listing.split('\n')[0]

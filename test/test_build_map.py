@@ -8,7 +8,6 @@ import pytest
 
 from boq_ros.cli import map as map_cli
 from boq_ros.keyframe_map import KeyframeMap
-from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.synth import COMPRESSED_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, generate_recording
 
 
@@ -17,11 +16,6 @@ def run(*argv: str) -> int:
     map_cli.register(parser.add_subparsers(dest='command', required=True))
     args = parser.parse_args(['map', *argv])
     return args.func(args)
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'r50.pth', 'resnet50-16384')
 
 
 @pytest.fixture(scope='module')
@@ -44,15 +38,15 @@ def build_args(checkpoint, out, *extra, distance_m=1.0):
 
 
 def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
-        tmp_path, checkpoint, recordings, capsys):
+        tmp_path, resnet_checkpoint, recordings, capsys):
     sqlite_rec, mcap_rec = recordings
     out = tmp_path / 'site'
     distance = 2.5 * frame_step(sqlite_rec)
-    assert run(*build_args(checkpoint, out, '--bag', str(sqlite_rec.path), '--topic',
+    assert run(*build_args(resnet_checkpoint, out, '--bag', str(sqlite_rec.path), '--topic',
                            IMAGE_TOPIC, '--robot-id', 'r1', distance_m=distance)) == 0
     text = capsys.readouterr().out
     assert 'frames read: 20' in text and 'decode errors: 0' in text
-    assert run(*build_args(checkpoint, out, '--bag', str(mcap_rec.path), '--topic',
+    assert run(*build_args(resnet_checkpoint, out, '--bag', str(mcap_rec.path), '--topic',
                            COMPRESSED_TOPIC, '--session', 'second', '--append',
                            distance_m=distance)) == 0
     kmap = KeyframeMap.load(out, expect_dim=16384)
@@ -89,23 +83,24 @@ def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
     assert info['schema']['count'] == len(kmap) and info['schema']['dim'] == 16384
     assert run('info', str(out)) == 0
     assert 'index_state:' in capsys.readouterr().out
-    assert run(*build_args(checkpoint, out, '--bag', str(mcap_rec.path), '--topic', IMAGE_TOPIC,
-                           '--session', 'third', '--append', '--image-size', '48')) == 1
+    assert run(*build_args(resnet_checkpoint, out, '--bag', str(mcap_rec.path),
+                           '--topic', IMAGE_TOPIC, '--session', 'third', '--append',
+                           '--image-size', '48')) == 1
     assert 'was built with preprocessing' in capsys.readouterr().err
     assert len(KeyframeMap.load(out)) == len(kmap)
 
 
-def test_build_map_refusals_name_the_cause(tmp_path, checkpoint, recordings, capsys):
+def test_build_map_refusals_name_the_cause(tmp_path, resnet_checkpoint, recordings, capsys):
     bag = str(recordings[0].path)
     out = tmp_path / 'm'
-    assert run(*build_args(checkpoint, out, '--bag', bag)) == 1  # two image topics
+    assert run(*build_args(resnet_checkpoint, out, '--bag', bag)) == 1  # two image topics
     assert 'choose with --topic' in capsys.readouterr().err
-    assert run('build', '--checkpoint', str(checkpoint), '--bag', bag, '--keyframes',
+    assert run('build', '--checkpoint', str(resnet_checkpoint), '--bag', bag, '--keyframes',
                'distance', '--out', str(out)) == 1
     assert 'needs --pose-topic' in capsys.readouterr().err
     out.mkdir()
     (out / 'schema.json').write_text('{}')
-    assert run(*build_args(checkpoint, out, '--bag', bag, '--topic', IMAGE_TOPIC)) == 1
+    assert run(*build_args(resnet_checkpoint, out, '--bag', bag, '--topic', IMAGE_TOPIC)) == 1
     assert 'pass --append' in capsys.readouterr().err
     assert run('info', str(out)) == 1
     assert 'schema version None' in capsys.readouterr().err

@@ -14,13 +14,8 @@ SMALL = PreprocessConfig('height', 48)
 
 
 @pytest.fixture(scope='module')
-def resnet_path(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'r.pth', 'resnet50-16384')
-
-
-@pytest.fixture(scope='module')
-def model(resnet_path):
-    return load_boq(resnet_path)
+def model(resnet_checkpoint):
+    return load_boq(resnet_checkpoint)
 
 
 @pytest.fixture(scope='module')
@@ -89,8 +84,8 @@ def test_reduced_precision_on_cpu(model):
     assert bf16.dtype == np.float32 and float(bf16[0] @ fp32[0]) > 0.999
 
 
-def test_non_finite_output_raises(resnet_path):
-    state = read_state_dict(resnet_path)
+def test_non_finite_output_raises(resnet_checkpoint):
+    state = read_state_dict(resnet_checkpoint)
     state['aggregator.fc.bias'][0] = float('nan')
     extractor = Extractor(load_boq(state), device='cpu', preprocess=SMALL)
     with pytest.raises(DescriptorError, match='non-finite descriptors for 1 of 1 images'):

@@ -7,24 +7,18 @@ import torch
 
 import boq_ros.model
 from boq_ros.model import PRESETS, BoQModel, load_boq
-from boq_ros.model.checkpoint import file_sha256, read_state_dict, write_random_checkpoint
+from boq_ros.model.checkpoint import file_sha256, read_state_dict
 from boq_ros.model.presets import BoQConfig, get_preset
 
 
 @pytest.fixture(scope='module')
-def resnet_path(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'r.pth', 'resnet50-16384')
+def resnet(resnet_checkpoint):
+    return load_boq(resnet_checkpoint)
 
 
 @pytest.fixture(scope='module')
-def resnet(resnet_path):
-    return load_boq(resnet_path)
-
-
-@pytest.fixture(scope='module')
-def dinov2(tmp_path_factory):
-    path = write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'd.pth', 'dinov2-12288')
-    return load_boq(path)
+def dinov2(dinov2_checkpoint):
+    return load_boq(dinov2_checkpoint)
 
 
 def batch(b, h, w, seed=0):
@@ -116,16 +110,16 @@ def test_model_is_eval_only_and_frozen(resnet):
     assert not any(p.requires_grad for p in resnet.parameters())
 
 
-def test_identity_of_the_weights(resnet, resnet_path):
+def test_identity_of_the_weights(resnet, resnet_checkpoint):
     assert resnet.config is get_preset('resnet50-16384')
-    assert resnet.checksum == file_sha256(resnet_path)
+    assert resnet.checksum == file_sha256(resnet_checkpoint)
     assert resnet.model_id == f'resnet50-16384@{resnet.checksum[:8]}'
-    in_memory = load_boq(read_state_dict(resnet_path))
+    in_memory = load_boq(read_state_dict(resnet_checkpoint))
     assert in_memory.checksum == '' and in_memory.model_id == 'resnet50-16384@unsaved'
 
 
-def test_state_dict_round_trip_is_exact(resnet, resnet_path):
-    saved = read_state_dict(resnet_path)
+def test_state_dict_round_trip_is_exact(resnet, resnet_checkpoint):
+    saved = read_state_dict(resnet_checkpoint)
     ours = resnet.state_dict()
     assert list(ours) == list(saved)
     assert all(torch.equal(ours[k], saved[k]) for k in saved)

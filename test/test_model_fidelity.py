@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from boq_ros.model import load_boq
-from boq_ros.model.checkpoint import read_state_dict, write_random_checkpoint
+from boq_ros.model.checkpoint import read_state_dict
 from boq_ros.model.dinov2 import DinoViT
 
 DESCRIPTOR_ATOL = 1e-5  # the fidelity requirement (fp32, CPU)
@@ -126,15 +126,13 @@ def ref_dinov2(sd, x):
 # ----- fixtures ----------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def resnet(tmp_path_factory):
-    path = write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'r.pth', 'resnet50-16384')
-    return load_boq(path), read_state_dict(path)
+def resnet(resnet_checkpoint):
+    return load_boq(resnet_checkpoint), read_state_dict(resnet_checkpoint)
 
 
 @pytest.fixture(scope='module')
-def dinov2(tmp_path_factory):
-    path = write_random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'd.pth', 'dinov2-12288')
-    return load_boq(path), read_state_dict(path)
+def dinov2(dinov2_checkpoint):
+    return load_boq(dinov2_checkpoint), read_state_dict(dinov2_checkpoint)
 
 
 def images(b, h, w, seed):
