@@ -1,4 +1,5 @@
 """BoQModel behaviour: shapes, norms, determinism, batching, eval-only, identity."""
+import hashlib
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import torch
 
 import boq_ros.model
 from boq_ros.model import PRESETS, BoQModel, load_boq
-from boq_ros.model.checkpoint import file_sha256, read_state_dict
+from boq_ros.model.checkpoint import read_state_dict
 from boq_ros.model.presets import BoQConfig, get_preset
 
 
@@ -112,7 +113,7 @@ def test_model_is_eval_only_and_frozen(resnet):
 
 def test_identity_of_the_weights(resnet, resnet_checkpoint):
     assert resnet.config is get_preset('resnet50-16384')
-    assert resnet.checksum == file_sha256(resnet_checkpoint)
+    assert resnet.checksum == hashlib.sha256(resnet_checkpoint.read_bytes()).hexdigest()
     assert resnet.model_id == f'resnet50-16384@{resnet.checksum[:8]}'
     in_memory = load_boq(read_state_dict(resnet_checkpoint))
     assert in_memory.checksum == '' and in_memory.model_id == 'resnet50-16384@unsaved'

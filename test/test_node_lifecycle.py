@@ -27,10 +27,11 @@ from test_node_common import (
     place,
 )
 
+from boq_ros.bags import stamp_to_ns
 from boq_ros.extractor import Extractor
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 from boq_ros.preprocess import PreprocessConfig
-from boq_ros.ros.convert import NO_ID, image_msg, stamp_to_ns
+from boq_ros.ros.convert import NO_ID, image_msg
 
 S = 10**9
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from boq_ros.bags import stamp_to_ns
 from boq_ros.detector import Candidate, Detection, Status
 from boq_ros.keyframe_map import KeyframeMeta
 from boq_ros.ros.convert import (
@@ -11,7 +12,6 @@ from boq_ros.ros.convert import (
     ns_to_stamp,
     relocalization_pose,
     side_by_side,
-    stamp_to_ns,
     thumbnail,
 )
 from boq_ros.ros.map_paths import ForbiddenMapPath, map_root, resolve_map_path

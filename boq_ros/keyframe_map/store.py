@@ -29,12 +29,12 @@ import uuid
 
 import numpy as np
 
+from boq_ros.checksum import file_sha256
 from boq_ros.keyframe_map.meta import MetaTable
 from boq_ros.keyframe_map.schema import MapError, MapSchema
 
 CACHE_FILES = ('index.faiss', 'pca_mean.npy', 'pca_components.npy')
 REQUIRED_FILES = ('descriptors.npy', 'keyframes.npy', 'strings.json', 'image_refs.npy')
-_HASH_BLOCK = 16 << 20
 
 
 @dataclass
@@ -162,14 +162,6 @@ def recover(target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(_HASH_BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_file(root: Path, name: str, entry: Any, verify: bool) -> Path:
     path = root / name
     if not isinstance(entry, dict) or not isinstance(entry.get('bytes'), int) \
@@ -182,7 +174,7 @@ def _check_file(root: Path, name: str, entry: Any, verify: bool) -> Path:
         raise MapError(f'{root}: {name} has {size} bytes, schema.json says {entry["bytes"]} '
                        f'(truncated or replaced)')
     if verify or name != 'descriptors.npy':
-        found = _sha256(path)
+        found = file_sha256(path)
         if found != entry['sha256']:
             raise MapError(f'{root}: {name} fails its checksum (sha256 {found[:16]}..., '
                            f'schema.json says {entry["sha256"][:16]}...): the file is corrupt '

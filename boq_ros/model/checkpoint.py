@@ -6,7 +6,6 @@ names it.
 """
 from collections.abc import Mapping
 from functools import cache
-import hashlib
 import importlib.resources
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ import pickle
 import torch
 from torch import nn
 
+from boq_ros.checksum import file_sha256
 from boq_ros.model.boq import BoQModel
 from boq_ros.model.presets import BACKBONES, DEFAULT_PRESET, PRESETS, BoQConfig, get_preset
 
@@ -47,12 +47,6 @@ def expected_tensors(preset: str) -> dict[str, tuple[tuple[int, ...], str]]:
 def cache_path(preset: str) -> Path:
     """Where torch.hub keeps the released file of `preset` (the authors' hub uses it too)."""
     return Path(torch.hub.get_dir()) / 'checkpoints' / get_preset(preset).weights_file
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Checksum that identifies a weights file in map metadata."""
-    with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _quote(keys: list[str]) -> str:

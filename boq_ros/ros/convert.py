@@ -23,11 +23,6 @@ NO_ID = 2 ** 64 - 1
 """KeyframeRef.id of a query that did not join the map (mode static)."""
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    """Nanoseconds of a ROS time (the unit keyframes are stored with)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def ns_to_stamp(ns: int) -> Time:
     """ROS time of a nanosecond stamp."""
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))

@@ -44,6 +44,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
+from boq_ros.bags import stamp_to_ns
 from boq_ros.detector import Detection, DetectorConfig, LoopDetector
 from boq_ros.extractor import DescriptorError, Extractor
 from boq_ros.images import ImageDecodeError
@@ -391,7 +392,7 @@ class VprNode(LifecycleNode):
         self._stats.count('frames')
         if rt is None:
             return
-        stamp = convert.stamp_to_ns(msg.header.stamp)
+        stamp = stamp_to_ns(msg.header.stamp)
         if rt.selector.offer(stamp, camera):
             self._enqueue(rt, frame)
         elif rt.values['keyframe_mode'] == 'external':
@@ -418,7 +419,7 @@ class VprNode(LifecycleNode):
             return
         self._stats.count('odometry')
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        stamp = convert.stamp_to_ns(msg.header.stamp)
+        stamp = stamp_to_ns(msg.header.stamp)
         try:
             rt.selector.update_pose(stamp, (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
         except KeyframeError as err:
@@ -438,10 +439,10 @@ class VprNode(LifecycleNode):
         if rt is None:
             return
         self._stats.count('keyframe_stamps')
-        rt.selector.add_external(convert.stamp_to_ns(msg.stamp))
+        rt.selector.add_external(stamp_to_ns(msg.stamp))
         for camera, waiting in rt.waiting.items():
             for frame in list(waiting):
-                if rt.selector.offer(convert.stamp_to_ns(frame.msg.header.stamp), camera):
+                if rt.selector.offer(stamp_to_ns(frame.msg.header.stamp), camera):
                     waiting.remove(frame)
                     self._enqueue(rt, frame)
 
@@ -517,7 +518,7 @@ class VprNode(LifecycleNode):
         return described
 
     def _meta(self, rt: _Runtime, frame: _Frame) -> KeyframeMeta:
-        stamp = convert.stamp_to_ns(frame.msg.header.stamp)
+        stamp = stamp_to_ns(frame.msg.header.stamp)
         pose, pose_frame = None, ''
         tolerance = int(rt.values['pose_tolerance_s'] * 1e9)
         with self._cond:  # the nearest odometry stamp: one of the two around the image's
