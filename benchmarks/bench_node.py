@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 if TYPE_CHECKING:
     from boq_ros.extractor import Extractor
@@ -209,6 +206,7 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
     """Run phases 2 and 3 against a node subprocess, appending table rows."""
     from std_msgs.msg import Header
 
+    from boq_ros.demo import NodeProcess, node_command, write_params_file
     from boq_ros.ros.convert import image_msg
     from boq_ros.ros.dds import safe_dds_environment
 
@@ -219,12 +217,9 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
               'map_directory': str(tmp / 'maps'), 'map_path': 'prebuilt', 'mode': 'static',
               'image_topics': [f'cam{i}/image' for i in range(4)], 'threshold': 0.9,
               'diagnostics_period_s': 1.0}
-    params = tmp / 'bench.yaml'
-    params.write_text(yaml.safe_dump({'/**': {'ros__parameters': config}}))
-    log = open(tmp / 'node.log', 'w')  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, '-m', 'boq_ros.ros.node', '--ros-args',
-                             '--params-file', str(params)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    node = NodeProcess(node_command(write_params_file(tmp / 'bench.yaml', config), 'vpr_node'),
+                       env, tmp / 'node.log')
+    proc = node.process
     peer = Peer(domain, 4)
     try:
         wait_for(lambda: all(p.get_subscription_count() for p in peer.cameras), 300,
@@ -286,9 +281,7 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
             raise RuntimeError(f'the node died during the flood: see {tmp / "node.log"}')
     finally:
         peer.close()
-        proc.send_signal(2)
-        proc.wait(30)
-        log.close()
+        node.stop(30)
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from test_node_common import (
     base_params,
     checkpoint,
     place,
-    write_params,
 )
 from visualization_msgs.msg import MarkerArray
 
+from boq_ros.demo import write_params_file
 from boq_ros.images import encode_compressed
 from boq_ros.keyframe_map import KeyframeMap
 from boq_ros.ros.convert import image_msg
@@ -48,7 +48,7 @@ def node(tmp_path_factory):
         exclusion_keyframes=3, top_k=3, session=SESSION, robot_id='r2', publish_lio_sam=True,
         publish_markers=True, publish_debug_image=True, diagnostics_period_s=0.2,
         odometry_topic='odom', pose_tolerance_s=0.05)
-    n = NodeUnderTest(tmp, 'vpr_node', write_params(tmp / 'vpr.yaml', values))
+    n = NodeUnderTest(tmp, 'vpr_node', write_params_file(tmp / 'vpr.yaml', values))
     n.tmp = tmp
     ros = n.ros
     n.cams = {

@@ -17,7 +17,6 @@ from conftest import NodeProcess, TestNode, _next_domain, node_command, wait_unt
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import torch
-import yaml
 
 from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.ros.dds import safe_dds_environment
@@ -55,12 +54,6 @@ def base_params(ckpt: Path, map_dir: Path, **extra: Any) -> dict[str, Any]:
     """Parameters every test node uses: a small CPU model and a private map directory."""
     return {'checkpoint': str(ckpt), 'device': 'cpu', 'resize_policy': 'square',
             'input_size': 64, 'map_directory': str(map_dir), **extra}
-
-
-def write_params(path: Path, values: dict[str, Any]) -> Path:
-    """Write a --params-file for every node of the process."""
-    path.write_text(yaml.safe_dump({'/**': {'ros__parameters': values}}))
-    return path
 
 
 def diagnostics(messages: list[Any], node: str = '/vpr_node') -> dict[str, str] | None:
