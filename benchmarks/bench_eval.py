@@ -1,9 +1,10 @@
 """Evaluation throughput on this machine, split into bag reading, decoding, model and search.
 
 Generates a synthetic recording (raw rgb8 and JPEG topics), then times each stage of
-`boq-ros eval` on its own, with the code the evaluator runs: raw message reads
-(`Bag.messages`), CDR + image decoding, descriptor extraction (random ResNet-50 BoQ weights: the
-cost is the same as with the released ones) and the detector's search over a growing map.
+`boq-ros eval` on its own, with the code the evaluator runs (its frame pipeline): bag reading
+with CDR deserialisation (`sources.bag_frames`), image decoding (`pipeline.decode`), descriptor
+extraction (random ResNet-50 BoQ weights: the cost is the same as with the released ones) and
+the detector's search over a growing map.
 Prints one table; the end-to-end rate is 1 / (sum of the per-frame stage costs).
 
     .venv/bin/python benchmarks/bench_eval.py                  # about a minute on 2 cores
@@ -19,25 +20,26 @@ import torch
 
 from boq_ros.bags import open_bag
 from boq_ros.detector import DetectorConfig, LoopDetector
-from boq_ros.eval.runner import decode_message
 from boq_ros.extractor import Extractor
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 from boq_ros.model import load_boq
 from boq_ros.model.checkpoint import write_random_checkpoint
+from boq_ros.pipeline import decode
 from boq_ros.preprocess import PreprocessConfig
+from boq_ros.sources import bag_frames
 from boq_ros.synth import COMPRESSED_TOPIC, IMAGE_TOPIC, generate_recording
 
 
 def timed_read(bag_path: Path, topic: str) -> tuple[int, float, list]:
     start = time.perf_counter()
     with open_bag(bag_path) as bag:
-        messages = list(bag.messages([topic]))
-    return len(messages), time.perf_counter() - start, messages
+        frames = list(bag_frames(bag, [topic]))
+    return len(frames), time.perf_counter() - start, frames
 
 
-def timed_decode(messages: list) -> tuple[float, list]:
+def timed_decode(frames: list) -> tuple[float, list]:
     start = time.perf_counter()
-    images = [decode_message(m) for m in messages]
+    images = [decode(f.image) for f in frames]
     return time.perf_counter() - start, images
 
 
@@ -48,7 +50,8 @@ def main() -> None:
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
     parser.add_argument('--model-frames', type=int, default=16,
                         help='frames pushed through the model (the slow stage)')
-    parser.add_argument('--height', type=int, default=384, help='inference height')
+    parser.add_argument('--input-size', '--height', dest='input_size', type=int, default=384,
+                        help='model input size (image height, aspect ratio kept)')
     parser.add_argument('--map-size', type=int, default=2000,
                         help='keyframes run through the detector (grow mode, 16384-d)')
     args = parser.parse_args()
@@ -65,15 +68,16 @@ def main() -> None:
             decode_s, decoded = timed_decode(messages)
             rows.append((f'bag reading ({name}, {args.storage})', n, read_s))
             rows.append((f'decoding ({name})', n, decode_s))
-            images = images or [d[0] for d in decoded]
+            images = images or decoded  # (array, encoding) of the raw topic
         model = load_boq(write_random_checkpoint(tmp / 'random.pth', 'resnet50-16384'))
         extractor = Extractor(model, device='cpu', preprocess=PreprocessConfig(
-            'height', args.height), batch_size=8)
-        batch = images[:args.model_frames]
-        extractor.extract(batch[:2])  # warm-up
+            'height', args.input_size), batch_size=8)
+        arrays = [array for array, _ in images[:args.model_frames]]
+        encodings = [encoding for _, encoding in images[:args.model_frames]]
+        extractor.extract(arrays[:2], encodings[:2])  # warm-up
         start = time.perf_counter()
-        extractor.extract(batch)
-        rows.append((f'model (ResNet-50 BoQ, CPU, height {args.height})', len(batch),
+        extractor.extract(arrays, encodings)
+        rows.append((f'model (ResNet-50 BoQ, CPU, input size {args.input_size})', len(arrays),
                      time.perf_counter() - start))
         rng = np.random.default_rng(0)
         base = rng.normal(size=(64, extractor.dim)).astype(np.float32)

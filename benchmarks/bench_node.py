@@ -209,6 +209,9 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
     from boq_ros.demo import NodeProcess, node_command, write_params_file
     from boq_ros.ros.convert import image_msg
     from boq_ros.ros.dds import safe_dds_environment
+    from boq_ros.ros.node import STAGES
+
+    stage_names = [s for s in STAGES if s != 'total']  # /diagnostics latency_<stage>_ms_mean
 
     domain = args.domain_id if args.domain_id is not None else os.getpid() % 100 + 1
     env = safe_dds_environment(domain, tmp / 'ros_log')
@@ -232,21 +235,23 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
         time.sleep(3.0)
         peer.take_latency()
         first_status = len(peer.history)
+        answered0 = int(peer.diagnostics.get('answered_total', 0))
         # 1. one camera at 2 Hz
         for tick in paced(2.0, args.latency_frames / 2.0):
             peer.publish(0, msgs[0], (1000 + tick) * S)
         time.sleep(5.0)  # let the last answers arrive before counting
         latency = peer.take_latency()
-        rows.append(('2 Hz, 1 camera: frames sent / answered',
-                     f'{args.latency_frames} / {len(latency)}'))
+        answered = int(peer.diagnostics.get('answered_total', 0)) - answered0
+        rows.append(('2 Hz, 1 camera: frames sent / answered (received; node answered_total)',
+                     f'{args.latency_frames} / {len(latency)}; {answered}'))
         rows.append(('2 Hz, 1 camera: end-to-end p50 / p99',
                      f'{ms(percentile(latency, 50))} / {ms(percentile(latency, 99))}'))
         stages = {stage: np.nanmean([float(d[f'latency_{stage}_ms_mean'])
                                      for d in peer.history[first_status:]]) / 1e3
-                  for stage in ('queue', 'decode', 'inference', 'search', 'publish')}
-        rows.append(('2 Hz: node stages (mean) queue/decode/inference/search/publish',
+                  for stage in stage_names}
+        rows.append((f'2 Hz: node stages (mean) {"/".join(stage_names)}',
                      ' / '.join(ms(v) for v in stages.values())))
-        core = stages['inference'] + stages['search']
+        core = stages['describe'] + stages['search']
         rows.append(('2 Hz: node overhead over its forward + search (p50 e2e)',
                      f'{100 * (percentile(latency, 50) / core - 1):+.1f} %'))
         if args.flood_s <= 0:

@@ -2,9 +2,9 @@
 
 Map building, evaluation and replay all start from a recording, and tests need to write them;
 ``rosbags`` reads and writes every format in pure Python. This module gives the rest of the
-package one small interface over it: topics, raw CDR messages (publishable unchanged by rclpy),
-decoded camera images that never stop an iteration on a bad message, and message constructors
-for the few types this project writes.
+package one small interface over it: topics, raw CDR messages (publishable unchanged by rclpy)
+and message constructors for the few types this project writes. Camera frames are read through
+``boq_ros.sources.bag_frames`` and decoded by the frame pipeline, like every other frame.
 """
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ from rosbags.typesys.store import Typestore
 import yaml
 
 from boq_ros.images import (
-    DEFAULT_MAX_PIXELS,
-    decode_compressed,
-    decode_image,
     encode_compressed,
     encode_image,
 )
@@ -38,6 +35,10 @@ IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 
 class BagReadError(OSError):
     """Raised when a recording cannot be opened or a message in it cannot be read."""
+
+
+class BagTruncatedError(BagReadError):
+    """Raised for a storage file that ends early: still being written, or its recorder died."""
 
 
 class BagTopicError(ValueError):
@@ -82,27 +83,6 @@ class BagMessage:
             ) from err
 
 
-@dataclass(frozen=True)
-class BagImage:
-    """A decoded camera frame with the stamp it was taken at and the time it was recorded."""
-
-    topic: str
-    stamp_ns: int
-    log_time_ns: int
-    frame_id: str
-    array: np.ndarray
-    encoding: str
-
-
-@dataclass(frozen=True)
-class BagError:
-    """A message that could not be decoded; yielded, not raised, so callers count and go on."""
-
-    topic: str
-    log_time_ns: int
-    reason: str
-
-
 def stamp_to_ns(stamp: Any) -> int:
     """Convert a ``builtin_interfaces/Time`` (ROS 2) or ROS 1 time to integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -116,11 +96,18 @@ class Bag:
         if not self.path.exists():
             raise FileNotFoundError(f'bag {self.path} does not exist')
         self.storage = _storage_of(self.path)
+        if self.storage == 'mcap':
+            _check_mcap_complete(self.path)
         try:
             self._reader = AnyReader([self.path], default_typestore=typestore())
             self._reader.open()
         except (AnyReaderError, KeyError, yaml.YAMLError) as err:
-            raise BagReadError(f'cannot open bag {self.path}: {err}') from err
+            hint = ''
+            if self.storage == 'sqlite3' and 'malformed' in str(err):
+                hint = ('; the database looks truncated or damaged (e.g. the recorder was killed '
+                        'or a copy is incomplete): salvage it with `sqlite3 FILE.db3 .recover '
+                        '| sqlite3 fixed.db3`, then `ros2 bag reindex` the directory')
+            raise BagReadError(f'cannot open bag {self.path}: {err}{hint}') from err
         self._is_ros1 = not self._reader.is2
         self._store = self._reader.typestore
         # ROS 1 messages are handed out as ROS 2 CDR (the header loses its seq), so that they
@@ -193,37 +180,6 @@ class Bag:
         """Return the topics that carry ``sensor_msgs/Image`` or ``CompressedImage``."""
         return [name for name, info in self.topics.items() if info.msgtype in IMAGE_TYPES]
 
-    def images(self, topics: Sequence[str] | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[BagImage | BagError]:
-        """Iterate decoded frames of image topics (all image topics if None) in recording order.
-
-        A message that cannot be decoded yields a :class:`BagError` instead of raising.
-        """
-        if topics is None:
-            topics = self.image_topics()
-            if not topics:
-                raise BagTopicError(f'bag {self.path} has no image topics')
-        connections = self._connections(topics, IMAGE_TYPES)
-        return self._images(connections, max_pixels) if connections else iter(())
-
-    def _images(self, connections: list, max_pixels: int) -> Iterator[BagImage | BagError]:
-        deserialize = (self._store.deserialize_ros1 if self._is_ros1
-                       else self._store.deserialize_cdr)
-        for connection, log_time, raw in self._reader.messages(connections):
-            try:
-                msg = deserialize(raw, connection.msgtype)
-                if connection.msgtype == IMAGE_TYPE:
-                    array, encoding = decode_image(
-                        msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                        bool(msg.is_bigendian), max_pixels)
-                else:
-                    array, encoding = decode_compressed(msg.format, msg.data, max_pixels)
-            except (SerdeError, ValueError) as err:
-                yield BagError(connection.topic, log_time, f'{type(err).__name__}: {err}')
-                continue
-            yield BagImage(connection.topic, stamp_to_ns(msg.header.stamp), log_time,
-                           msg.header.frame_id, array, encoding)
-
 
 def _ros2_store_for(ros1_store: Typestore) -> Typestore:
     """Return a typestore with a bag's ROS 1 definitions but the ROS 2 ``std_msgs/Header``."""
@@ -235,10 +191,45 @@ def _ros2_store_for(ros1_store: Typestore) -> Typestore:
     return store
 
 
+_MCAP_MAGIC = b'\x89MCAP0\r\n'  # at both ends of a complete MCAP file
+
+
+def _check_mcap_complete(path: Path) -> None:
+    """Refuse MCAP files that end early, naming the file and how to recover it.
+
+    A recorder that is killed, or still running, leaves the file without its closing magic
+    bytes; rosbags then reports only 'File end magic is invalid'.
+    """
+    files = sorted(path.glob('*.mcap')) if path.is_dir() else [path]
+    for file in files:
+        size = file.stat().st_size
+        with open(file, 'rb') as f:
+            head = f.read(len(_MCAP_MAGIC))
+            f.seek(max(size - len(_MCAP_MAGIC), 0))
+            tail = f.read()
+        if size and head != _MCAP_MAGIC:
+            raise BagReadError(f'{file} is not an MCAP file (it does not start with the MCAP '
+                               'magic bytes)')
+        if size < 2 * len(_MCAP_MAGIC) or tail != _MCAP_MAGIC:
+            state = 'is empty' if size == 0 else f'ends without the MCAP end magic ({size} bytes)'
+            raise BagTruncatedError(
+                f'{file} {state}: it looks truncated or still being written (e.g. the recorder '
+                'was killed); wait for the recorder to finish, or recover the messages with '
+                f'`mcap recover {file} -o recovered.mcap` and open the recovered file')
+
+
 def _storage_of(path: Path) -> str:
     if path.is_dir():
         metadata = path / 'metadata.yaml'
         if not metadata.is_file():
+            storage_files = sorted(p.name for p in path.iterdir()
+                                   if p.suffix in ('.db3', '.mcap'))
+            if storage_files:
+                raise BagReadError(
+                    f'{path} has {", ".join(storage_files)} but no metadata.yaml: the recording '
+                    'looks unfinished or still being written (e.g. the recorder was killed); '
+                    f'`ros2 bag reindex {path}` recreates metadata.yaml (an MCAP file can '
+                    'also be opened on its own, after `mcap recover` if it is truncated)')
             raise BagReadError(f'{path} is a directory without metadata.yaml, not a rosbag2')
         try:
             info = yaml.safe_load(metadata.read_text(encoding='utf-8'))

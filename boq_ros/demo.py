@@ -9,7 +9,7 @@ own; the DDS side is `boq_ros.ros.replay`.
 queries, the same candidates, the same similarities (to a float tolerance) and acceptance.
 """
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 import hashlib
 import json
 import os
@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from boq_ros.detector import DetectorConfig
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.metrics import EvalConfig, EvalResult
 from boq_ros.eval.records import CandidateRecord
+from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings
 
 if TYPE_CHECKING:  # torch: imported only where the model runs (the tests' conftest uses this)
     from boq_ros.model import BoQModel
-    from boq_ros.preprocess import PreprocessConfig
 
 SESSION = 'demo'
 IMAGE_TOPIC = '/camera/image_raw'
@@ -125,15 +124,20 @@ class Weights:
     source: str  # one line for the user: where the weights come from
 
 
-def choose_weights(spec: str | None, backbone: str, scratch: str | os.PathLike) -> Weights:
+DEFAULT_PRESET = 'resnet50-16384'
+"""The preset whose released weights the demo looks up when neither checkpoint nor preset is
+given."""
+
+
+def choose_weights(spec: str | None, preset: str, scratch: str | os.PathLike) -> Weights:
     """Given or cached released weights; otherwise random ones, written into `scratch` once.
 
     `spec` is a checkpoint path or a preset name (looked up in the torch hub cache, never
-    downloaded); without it the `backbone`'s released preset is looked up.
+    downloaded); without it the released weights of `preset` ('' for DEFAULT_PRESET) are
+    looked up.
     """
     from boq_ros.model.checkpoint import (
         CheckpointNotFoundError,
-        default_preset,
         resolve_checkpoint,
         write_random_checkpoint,
     )
@@ -141,7 +145,7 @@ def choose_weights(spec: str | None, backbone: str, scratch: str | os.PathLike) 
     if spec:
         path = resolve_checkpoint(spec)
         return Weights(path, False, f'checkpoint {path}')
-    preset = default_preset(backbone)
+    preset = preset or DEFAULT_PRESET
     try:
         path = resolve_checkpoint(preset)
         return Weights(path, False, f'released {preset} weights ({path})')
@@ -160,41 +164,30 @@ def demo_detector(recording: DemoRecording) -> DetectorConfig:
                           threshold=0.6, mode='grow')
 
 
-def demo_preprocess(preset: str, height: int) -> 'PreprocessConfig':
-    """Resize to `height` (aspect kept), rounded to the preset's patch multiple (14 for DINOv2)."""
-    from boq_ros.preprocess import PreprocessConfig
-
-    base = PreprocessConfig.default_for(preset, 'height')
-    return PreprocessConfig('height', max(1, round(height / base.multiple)) * base.multiple,
-                            base.multiple)
-
-
 @dataclass(frozen=True)
 class NodeSettings:
-    """What the demo asks of the node; the offline comparison uses the very same values."""
+    """What the demo asks of the node; the offline run uses the very same settings objects.
 
-    checkpoint: Path
+    The model (checkpoint, device, resize policy and input size), keyframe and detector settings
+    become node parameters of the same names, so neither side can round or name one differently.
+    """
+
+    model: ModelSettings
     map_directory: Path
     detector: DetectorConfig
-    preprocess: 'PreprocessConfig'
-    device: str = 'cpu'
+    keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)  # every frame is a query
 
     def parameters(self) -> dict[str, Any]:
-        """Return the node's ROS parameters (names from boq_ros/ros/params.py)."""
+        """Return the node's ROS parameters: the settings objects' fields and the demo's wiring."""
         return {
             'autostart': True,
-            'checkpoint': str(self.checkpoint),
-            'device': self.device,
-            'resize_policy': self.preprocess.policy,
-            'input_size': self.preprocess.size,
             'image_topics': [IMAGE_TOPIC],
             'input_qos': 'reliable',  # replay publishes reliably: nothing is lost on the way
             'input_qos_depth': 10,
-            'keyframe_mode': 'every_frame',  # the offline pipeline selects the same frames
             'odometry_topic': ODOM_TOPIC,
-            **asdict(self.detector),
             'map_directory': str(self.map_directory),
             'session': SESSION,
+            **asdict(self.model), **asdict(self.keyframes), **asdict(self.detector),
         }
 
 
@@ -386,12 +379,14 @@ class DemoRun:
     result: EvalResult
     frames: int
     timings_s: dict[str, float]
+    skipped: dict[str, int] | None = None  # frames skipped by cause; None: not known (live)
 
     def summary(self) -> dict[str, Any]:
         """Return the report's entry for this run (the layout `boq-ros eval` writes)."""
         total = sum(self.timings_s.values())
         return {'label': self.label, 'frames': self.frames,
-                'keyframes': len({r.query_stamp_ns for r in self.records}), 'cached': False,
+                'keyframes': len({r.query_stamp_ns for r in self.records}),
+                'skipped': self.skipped, 'cached': False,
                 'timings_s': self.timings_s,
                 'frames_per_s': self.frames / total if total > 0 else None,
                 'metrics': self.result.to_dict()}
@@ -413,22 +408,21 @@ def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_tru
 
 def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation: EvalConfig,
                 progress: bool = True) -> tuple[DemoRun, Any]:
-    """Run the offline pipeline (`boq-ros eval`'s) with the node's model and settings.
+    """Run `boq-ros eval`'s runner on the recording with the node's model and settings objects.
 
-    One image per forward pass, as the node with one camera computes them.
+    Both sides run the frame pipeline (boq_ros.pipeline) and the detector with the same
+    settings; one image per forward pass, as the node with one camera computes them.
     """
     from boq_ros.eval.runner import BagInput, EvalSpec, GroundTruthSource, run_once
-    from boq_ros.extractor import Extractor
-    from boq_ros.keyframes import KeyframePolicy
+    from boq_ros.settings import PipelineConfig
 
-    extractor = Extractor(model, device=settings.device, preprocess=settings.preprocess,
-                          batch_size=1)
     spec = EvalSpec(
         map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=ODOM_TOPIC), SESSION),
-        checkpoint=str(settings.checkpoint), device=settings.device,
-        keyframes=KeyframePolicy('every_frame'), detector=settings.detector,
-        evaluation=evaluation, use_cache=False, progress=progress)
-    outcome = run_once(spec, extractor, None)
+        model=settings.model, pipeline=PipelineConfig(batch_size=1),
+        keyframes=settings.keyframes, detector=settings.detector, evaluation=evaluation,
+        use_cache=False, progress=progress)
+    outcome = run_once(spec, settings.model.extractor(model, batch_size=1), None)
     run = DemoRun('offline pipeline', outcome.records, outcome.result,
-                  outcome.summary['frames'], dict(outcome.summary['timings_s']))
+                  outcome.summary['frames'], dict(outcome.summary['timings_s']),
+                  dict(outcome.summary['skipped']))
     return run, outcome

@@ -1,8 +1,8 @@
 """Loop-closure candidate logic, shared by the live node and the offline evaluation.
 
 For every query keyframe the detector searches the keyframe map (never the query session's own
-recent past), ranks the top-k map keyframes by cosine similarity and decides whether the best one
-is a loop closure. The tests, in order (docs/detector.md has the rationale):
+recent past), ranks the top-k map keyframes by cosine similarity and runs the best one through
+an ordered list of named tests (``TESTS``; docs/detector.md has the rationale):
 
 1. threshold: best similarity >= the query's threshold. ``fixed`` uses ``threshold``;
    ``adaptive`` uses ``max(threshold, min_j sim(query, r_j) - adaptive_offset)`` over the
@@ -15,86 +15,37 @@ is a loop closure. The tests, in order (docs/detector.md has the rationale):
 3. consistency: ``consistency`` consecutive queries of the session whose best passed 1 and 2
    matched the same region (same map session, seq within ``consistency_keyframes`` of the
    previous match).
+4. verification: the :class:`Verifier` given to the detector confirms the loop (geometric
+   verification); without one the test passes and candidates stay appearance-only.
+
+Only after the decision does the query join the map (modes grow and both), as the last step.
+A batch is decided and added all or nothing: when anything fails, neither the map nor the
+detector's state (streaks, adaptive window) changed, so a retry is exact and adds nothing twice.
 
 Exclusion: a map keyframe of the query's own session is a candidate only when
 ``seq < n - exclusion_keyframes`` and ``stamp <= query_stamp - exclusion_seconds``, with n the
 seq the query gets in the map (its session's size before it); other sessions are never excluded.
 """
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
-import math
-from typing import Literal
+from typing import Any, Protocol
 
 import numpy as np
 
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, RecentWindow, SearchFilter
+from boq_ros.settings import DetectorConfig
+from boq_ros.settings import DetectorConfigError as DetectorConfigError  # re-exported
 
-_CHUNK = 64  # queries per batched search in process_batch
+_CHUNK = 64  # queries per batched search
 
-
-class DetectorConfigError(ValueError):
-    """Raised for an invalid detector setting; the message names the field."""
+TESTS = ('threshold', 'margin', 'consistency', 'verification')
+"""The tests a best candidate must pass, in order; each is the method ``_test_<name>``."""
 
 
 class DetectorInputError(ValueError):
     """Raised for a descriptor or keyframe the detector cannot process."""
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """How candidates are searched, tested and whether queries join the map."""
-
-    top_k: int = 5
-    exclusion_seconds: float = 30.0
-    exclusion_keyframes: int = 50
-    threshold_mode: Literal['fixed', 'adaptive'] = 'fixed'
-    threshold: float = 0.6
-    adaptive_window: int = 5
-    adaptive_offset: float = 0.0
-    min_margin: float = 0.0
-    consistency: int = 1
-    consistency_keyframes: int = 10
-    mode: Literal['grow', 'static', 'both'] = 'grow'
-
-    def validate(self) -> None:
-        """Raise DetectorConfigError naming the first invalid field."""
-        def bad(name: str, why: str) -> DetectorConfigError:
-            return DetectorConfigError(f'{name} {why}, got {getattr(self, name)!r}')
-
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ('int', int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise bad(f.name, 'must be an integer')
-            if f.type in ('float', float) and not (
-                    isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value)):
-                raise bad(f.name, 'must be a finite number')
-        if self.top_k < 1:
-            raise bad('top_k', 'must be >= 1')
-        for name in ('exclusion_seconds', 'exclusion_keyframes', 'adaptive_offset',
-                     'min_margin', 'consistency_keyframes'):
-            if getattr(self, name) < 0:
-                raise bad(name, 'must be >= 0')
-        if not -1.0 <= self.threshold <= 1.0:
-            raise bad('threshold', 'must be a cosine similarity in [-1, 1]')
-        if self.adaptive_window < 1:
-            raise bad('adaptive_window', 'must be >= 1')
-        if self.consistency < 1:
-            raise bad('consistency', 'must be >= 1')
-        if self.threshold_mode not in ('fixed', 'adaptive'):
-            raise bad('threshold_mode', "must be 'fixed' or 'adaptive'")
-        if self.mode not in ('grow', 'static', 'both'):
-            raise bad('mode', "must be 'grow', 'static' or 'both'")
-
-    @property
-    def search_depth(self) -> int:
-        """Map keyframes fetched per query: enough to always find the best's rival for the margin.
-
-        The best's region holds at most 2 * consistency_keyframes + 1 keyframes.
-        """
-        return self.top_k + 2 * self.consistency_keyframes + 1
 
 
 class Status(IntEnum):
@@ -129,20 +80,57 @@ class Detection:
     added: bool = False
 
 
-@dataclass
+class Verifier(Protocol):
+    """The verification test: confirms a loop with geometry the descriptors do not see."""
+
+    def verify(self, query: KeyframeMeta, candidate: Candidate, context: Any) -> str:
+        """Return '' when the loop is confirmed, else the reason it is not.
+
+        `context` is what the caller passed with the query (e.g. its image), or None.
+        """
+
+
+@dataclass(frozen=True)
 class _Streak:
     session: str
     seq: int
     count: int
 
 
+@dataclass
+class _State:
+    """What the detector remembers between queries; copied per batch, kept only on success."""
+
+    recent: dict[str, deque] = field(default_factory=dict)  # session -> last descriptors
+    streaks: dict[str, _Streak] = field(default_factory=dict)  # query session -> streak
+
+    def copy(self) -> '_State':
+        return _State({s: deque(d, maxlen=d.maxlen) for s, d in self.recent.items()},
+                      dict(self.streaks))
+
+
+@dataclass
+class _Query:
+    """One query on its way through the tests."""
+
+    descriptor: np.ndarray
+    meta: KeyframeMeta
+    seq: int  # the seq it gets (or would get) in the map
+    context: Any
+    hits: list[tuple[KeyframeMeta, float]]
+    threshold: float = 0.0
+    margins: list[float] = field(default_factory=list)
+    why_not_verified: str = ''
+
+
 class LoopDetector:
     """Turn query descriptors into loop-closure decisions against a keyframe map."""
 
-    def __init__(self, keyframe_map: KeyframeMap, config: DetectorConfig) -> None:
+    def __init__(self, keyframe_map: KeyframeMap, config: DetectorConfig,
+                 verifier: Verifier | None = None) -> None:
         self.map = keyframe_map
-        self._recent: dict[str, deque[np.ndarray]] = {}
-        self._streaks: dict[str, _Streak] = {}
+        self.verifier = verifier
+        self._state = _State()
         self._sessions_seen: set[str] = set()
         self.config = config
 
@@ -155,36 +143,76 @@ class LoopDetector:
     def config(self, config: DetectorConfig) -> None:
         config.validate()
         self._config = config
-        for session, recent in self._recent.items():
-            if recent.maxlen != config.adaptive_window:
-                self._recent[session] = deque(recent, maxlen=config.adaptive_window)
+        recent = self._state.recent
+        for session, window in recent.items():
+            if window.maxlen != config.adaptive_window:
+                recent[session] = deque(window, maxlen=config.adaptive_window)
 
     @property
     def adds(self) -> bool:
         """Whether query keyframes join the map (modes grow and both)."""
         return self.config.mode != 'static'
 
-    def process(self, descriptor: np.ndarray, meta: KeyframeMeta) -> Detection:
+    def process(self, descriptor: np.ndarray, meta: KeyframeMeta,
+                context: Any = None) -> Detection:
         """Search, decide, then add the query to the map per the mode."""
+        return self.process_batch(self._one(descriptor), [meta], [context])[0]
+
+    def process_batch(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta],
+                      contexts: Sequence[Any] | None = None) -> list[Detection]:
+        """Process queries in order exactly as `process` would one by one, searching in batches.
+
+        All or nothing: on an exception the map and the detector's state are as before the call.
+        """
+        descs = self._check_input(descriptors, metas)
+        metas = list(metas)
+        contexts = list(contexts) if contexts is not None else [None] * len(metas)
+        if contexts and len(contexts) != len(metas):
+            raise DetectorInputError(f'{len(contexts)} contexts for {len(metas)} queries')
+        state = self._state.copy()
+        savepoint = self.map.savepoint()
+        detections: list[Detection] = []
+        try:
+            for start, stop in self._runs(metas):
+                run = [self._decide(q, state) for q in self._search(
+                    descs[start:stop], metas[start:stop], contexts[start:stop])]
+                if self.adds:  # the last step, after the decision; the next run must see it
+                    self._add_run(run, descs[start:stop], metas[start:stop])
+                detections += run
+        except BaseException:
+            self.map.rollback(savepoint)
+            raise
+        self._state = state
+        self._sessions_seen.update(meta.session for meta in metas)
+        return detections
+
+    def query(self, descriptor: np.ndarray, meta: KeyframeMeta, top_k: int | None = None,
+              context: Any = None) -> Detection:
+        """Decide for one query without side effects: no map insertion, no state change.
+
+        Threshold, margin and verification apply; consistency, which needs a stream, does not.
+        This is what a relocalisation request asks.
+        """
+        cfg = self.config
+        descs = self._check_input(self._one(descriptor), [meta], register=False)
+        probe = LoopDetector(self.map, DetectorConfig(**{
+            **{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+            'mode': 'static', 'consistency': 1, 'top_k': top_k or cfg.top_k}), self.verifier)
+        probe._state = self._state.copy()
+        return probe._decide(probe._search(descs, [meta], [context])[0], probe._state,
+                             remember=False)
+
+    # -- input and runs -------------------------------------------------------------------
+    @staticmethod
+    def _one(descriptor: np.ndarray) -> np.ndarray:
         descriptor = np.asarray(descriptor)
         if descriptor.ndim != 1:
             raise DetectorInputError(
                 f'descriptor must be one vector, got shape {list(descriptor.shape)}')
-        return self.process_batch(descriptor[None, :], [meta])[0]
+        return descriptor[None, :]
 
-    def process_batch(self, descriptors: np.ndarray,
-                      metas: Sequence[KeyframeMeta]) -> list[Detection]:
-        """Process queries in order as `process` would, with one batched search per chunk."""
-        descs = self._check_input(descriptors, metas)
-        detections: list[Detection] = []
-        for start in range(0, len(metas), _CHUNK):
-            stop = min(start + _CHUNK, len(metas))
-            detections.extend(self._process_chunk(descs[start:stop], list(metas[start:stop])))
-        return detections
-
-    # -- internals ------------------------------------------------------------------------
-    def _check_input(self, descriptors: np.ndarray,
-                     metas: Sequence[KeyframeMeta]) -> np.ndarray:
+    def _check_input(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta],
+                     register: bool = True) -> np.ndarray:
         descs = np.asarray(descriptors)
         if descs.ndim != 2 or descs.shape[1] != self.map.dim:
             raise DetectorInputError(
@@ -195,60 +223,79 @@ class LoopDetector:
         descs = descs.astype(np.float32, copy=False)
         if not np.isfinite(descs).all():
             raise DetectorInputError('descriptors contain NaN or infinite values')
-        if self.config.mode == 'both':
+        if register and self.config.mode == 'both':
             for meta in metas:
                 if meta.session not in self._sessions_seen and self.map.session_size(
                         meta.session) > 0:
                     raise DetectorInputError(
                         f'mode both grows a new session, but session {meta.session!r} is '
                         'already in the prebuilt map')
-        for meta in metas:
-            self._sessions_seen.add(meta.session)
         return descs
 
-    def _process_chunk(self, descs: np.ndarray, metas: list[KeyframeMeta]) -> list[Detection]:
+    def _runs(self, metas: list[KeyframeMeta]) -> Iterator[tuple[int, int]]:
+        """Split a batch into runs whose queries cannot see each other.
+
+        Then one search before the run joins the map gives exactly what one query at a time
+        would. When queries never join the map, any chunk is such a run; when they do, a run
+        holds one session and at most exclusion_keyframes + 1 queries (a query never sees its
+        session's last exclusion_keyframes keyframes, and always sees other sessions).
+        """
+        limit = min(_CHUNK, self.config.exclusion_keyframes + 1) if self.adds else _CHUNK
+        start = 0
+        for i in range(1, len(metas) + 1):
+            if i == len(metas) or i - start >= limit or (
+                    self.adds and metas[i].session != metas[start].session):
+                yield start, i
+                start = i
+
+    def _add_run(self, detections: list[Detection], descs: np.ndarray,
+                 metas: list[KeyframeMeta]) -> None:
+        for detection, kf_id in zip(detections, self.map.add(descs, metas)):
+            detection.query = self.map.meta(int(kf_id))
+            detection.added = True
+
+    # -- search ---------------------------------------------------------------------------
+    def _search(self, descs: np.ndarray, metas: list[KeyframeMeta],
+                contexts: list[Any]) -> list[_Query]:
+        """Eligible hits of each query of a run, best first, against the map as it is."""
         cfg = self.config
-        if self.adds:
-            new_ids = [int(i) for i in self.map.add(descs, metas)]
-            queries = [self.map.meta(i) for i in new_ids]
-            query_seqs = [q.seq for q in queries]
-        else:
-            new_ids = []
-            queries = list(metas)
-            query_seqs = [self.map.session_size(m.session) for m in metas]
-        position_of_new = {kf_id: pos for pos, kf_id in enumerate(new_ids)}
+        next_seq: dict[str, int] = {}
+        seqs = []
+        for meta in metas:
+            seq = next_seq.get(meta.session, self.map.session_size(meta.session))
+            seqs.append(seq)
+            if self.adds:
+                next_seq[meta.session] = seq + 1
         window_ns = int(round(cfg.exclusion_seconds * 1e9))
 
         def eligible(pos: int, kf: KeyframeMeta) -> bool:
-            if kf.id in position_of_new and position_of_new[kf.id] >= pos:
-                return False  # the query itself or a later query of this chunk
-            if kf.session != queries[pos].session:
+            if kf.session != metas[pos].session:
                 return True
-            return (kf.seq < query_seqs[pos] - cfg.exclusion_keyframes
-                    and kf.stamp_ns <= queries[pos].stamp_ns - window_ns)
+            return (kf.seq < seqs[pos] - cfg.exclusion_keyframes
+                    and kf.stamp_ns <= metas[pos].stamp_ns - window_ns)
 
-        # One search per session of the chunk, with the least exclusive window of its queries
-        # (that of its latest query); each query then drops what its own window and the chunk
-        # order exclude, and searches alone in the rare case that left too few hits.
+        # One search per session, with the least exclusive window of its queries (that of its
+        # latest query); each query then drops what its own window excludes, and searches
+        # alone in the rare case that left too few hits.
         by_session: dict[str, list[int]] = {}
-        for pos, query in enumerate(queries):
-            by_session.setdefault(query.session, []).append(pos)
+        for pos, meta in enumerate(metas):
+            by_session.setdefault(meta.session, []).append(pos)
         depth = cfg.search_depth
-        hits_of: dict[int, list[tuple[KeyframeMeta, float]] | None] = {}
-        known: dict[int, KeyframeMeta] = {}  # metadata looked up in this chunk
+        hits_of: dict[int, list[tuple[KeyframeMeta, float]]] = {}
+        known: dict[int, KeyframeMeta] = {}  # metadata looked up in this run
         for session, positions in by_session.items():
             fetch = depth + 2 * len(positions)
             window = SearchFilter(recent=(RecentWindow(
-                session, max(queries[p].stamp_ns for p in positions) - window_ns + 1,
-                max(query_seqs[p] for p in positions) - cfg.exclusion_keyframes),))
+                session, max(metas[p].stamp_ns for p in positions) - window_ns + 1,
+                max(seqs[p] for p in positions) - cfg.exclusion_keyframes),))
             result = self.map.search(descs[positions], fetch, window)
             for row, pos in enumerate(positions):
                 hits = self._eligible_hits(result.ids[row], result.similarities[row], fetch,
                                            depth, lambda kf, p=pos: eligible(p, kf), known)
                 if hits is None:
                     own = SearchFilter(recent=(RecentWindow(
-                        session, queries[pos].stamp_ns - window_ns + 1,
-                        query_seqs[pos] - cfg.exclusion_keyframes),))
+                        session, metas[pos].stamp_ns - window_ns + 1,
+                        seqs[pos] - cfg.exclusion_keyframes),))
                     single = fetch
                     while hits is None:
                         single *= 2
@@ -257,8 +304,8 @@ class LoopDetector:
                                                    depth, lambda kf, p=pos: eligible(p, kf),
                                                    known)
                 hits_of[pos] = hits
-        return [self._decide(descs[pos], query, hits_of[pos])
-                for pos, query in enumerate(queries)]
+        return [_Query(descs[pos], meta, seqs[pos], contexts[pos], hits_of[pos])
+                for pos, meta in enumerate(metas)]
 
     def _eligible_hits(self, ids: np.ndarray, sims: np.ndarray, fetched: int, depth: int,
                        eligible: Callable[[KeyframeMeta], bool],
@@ -281,14 +328,19 @@ class LoopDetector:
         hits.sort(key=lambda h: (-h[1], h[0].id))
         return hits[:depth]
 
-    def _threshold(self, descriptor: np.ndarray, session: str) -> float:
+    # -- decision -------------------------------------------------------------------------
+    def _threshold(self, query: _Query, state: _State, remember: bool) -> float:
         cfg = self.config
-        recent = self._recent.setdefault(session, deque(maxlen=cfg.adaptive_window))
+        session = query.meta.session
+        recent = state.recent.get(session)
+        if recent is None:
+            recent = state.recent[session] = deque(maxlen=cfg.adaptive_window)
         threshold = cfg.threshold
         if cfg.threshold_mode == 'adaptive' and recent:
-            own = float(np.min(np.stack(recent) @ descriptor))
+            own = float(np.min(np.stack(recent) @ query.descriptor))
             threshold = max(threshold, own - cfg.adaptive_offset)
-        recent.append(descriptor.copy())
+        if remember:
+            recent.append(query.descriptor.copy())
         return threshold
 
     def _same_region(self, a: KeyframeMeta, b: KeyframeMeta) -> bool:
@@ -310,39 +362,54 @@ class LoopDetector:
             margins.append(sim - rival)
         return margins
 
-    def _decide(self, descriptor: np.ndarray, query: KeyframeMeta,
-                hits: list[tuple[KeyframeMeta, float]]) -> Detection:
-        cfg = self.config
-        threshold = self._threshold(descriptor, query.session)
-        detection = Detection(query=query, threshold=threshold, added=self.adds)
-        if not hits:
-            self._streaks.pop(query.session, None)
-            return detection
-        margins = self._margins(hits)
-        best, best_sim = hits[0]
-        reason = ''
-        if best_sim < threshold:
-            reason = 'threshold'
-        elif margins[0] < cfg.min_margin:
-            reason = 'margin'
-        if reason:
-            self._streaks.pop(query.session, None)
-        else:
-            streak = self._streaks.get(query.session)
-            if streak is not None and streak.session == best.session and abs(
-                    streak.seq - best.seq) <= cfg.consistency_keyframes:
-                streak = _Streak(best.session, best.seq, streak.count + 1)
-            else:
-                streak = _Streak(best.session, best.seq, 1)
-            self._streaks[query.session] = streak
-            if streak.count < cfg.consistency:
-                reason = 'consistency'
-        detection.accepted = not reason
-        for rank, ((kf, sim), margin) in enumerate(zip(hits[:cfg.top_k], margins)):
-            own_reason = 'threshold' if sim < threshold else reason
-            detection.candidates.append(Candidate(
-                keyframe_id=kf.id, meta=kf, similarity=sim, rank=rank, margin=margin,
-                status=Status.REJECTED if own_reason else Status.APPEARANCE_ONLY,
-                reason=own_reason))
-        return detection
+    def _test_threshold(self, query: _Query, best: Candidate, state: _State) -> bool:
+        return best.similarity >= query.threshold
 
+    def _test_margin(self, query: _Query, best: Candidate, state: _State) -> bool:
+        return best.margin >= self.config.min_margin
+
+    def _test_consistency(self, query: _Query, best: Candidate, state: _State) -> bool:
+        session, match = query.meta.session, best.meta
+        streak = state.streaks.get(session)
+        if streak is not None and streak.session == match.session and abs(
+                streak.seq - match.seq) <= self.config.consistency_keyframes:
+            streak = _Streak(match.session, match.seq, streak.count + 1)
+        else:
+            streak = _Streak(match.session, match.seq, 1)
+        state.streaks[session] = streak
+        return streak.count >= self.config.consistency
+
+    def _test_verification(self, query: _Query, best: Candidate, state: _State) -> bool:
+        if self.verifier is None:
+            return True
+        query.why_not_verified = self.verifier.verify(query.meta, best, query.context)
+        return not query.why_not_verified
+
+    def _decide(self, query: _Query, state: _State, remember: bool = True) -> Detection:
+        cfg = self.config
+        query.threshold = self._threshold(query, state, remember)
+        detection = Detection(query=query.meta, threshold=query.threshold)
+        if not query.hits:
+            state.streaks.pop(query.meta.session, None)
+            return detection
+        query.margins = self._margins(query.hits)
+        detection.candidates = [
+            Candidate(keyframe_id=kf.id, meta=kf, similarity=sim, rank=rank, margin=margin,
+                      status=Status.APPEARANCE_ONLY)
+            for rank, ((kf, sim), margin) in enumerate(zip(query.hits[:cfg.top_k],
+                                                           query.margins))]
+        best = detection.candidates[0]
+        failed = next((name for name in TESTS
+                       if not getattr(self, f'_test_{name}')(query, best, state)), '')
+        if failed in ('threshold', 'margin'):
+            state.streaks.pop(query.meta.session, None)  # a streak counts passing queries only
+        detection.accepted = not failed
+        for c in detection.candidates:
+            c.reason = 'threshold' if c.similarity < query.threshold else failed
+            if c.reason == 'verification' and c is best:
+                c.reason = f'verification: {query.why_not_verified}'
+            if c.reason:
+                c.status = Status.REJECTED
+            elif c is best and self.verifier is not None:
+                c.status = Status.VERIFIED
+        return detection

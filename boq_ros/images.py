@@ -15,8 +15,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-DEFAULT_MAX_PIXELS = 8192 * 8192
-"""Largest image (width x height) decoded unless the caller allows more."""
+from boq_ros.settings import DEFAULT_MAX_PIXELS
 
 CANONICAL_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
 """Encodings of the arrays this module returns."""

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boq_ros.settings import RESIZE_POLICIES
+
 Policy = Literal['height', 'square']
-POLICIES: tuple[str, ...] = ('height', 'square')
+POLICIES = RESIZE_POLICIES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,6 +91,13 @@ class PreprocessConfig:
                 f'image of {width}x{height} is too wide for the height policy: it would be '
                 f'resized to {out_width}x{self.size}, more than {MAX_ASPECT} times its height')
         return self.size, out_width
+
+    def resized(self, size: int) -> 'PreprocessConfig':
+        """Return this policy at another size (0 keeps it), rounded to the allowed multiple."""
+        if not size:
+            return self
+        return PreprocessConfig(self.policy, max(1, round(size / self.multiple)) * self.multiple,
+                                self.multiple)
 
     def to_dict(self) -> dict:
         """Plain values for the keyframe map schema."""

@@ -24,6 +24,26 @@ class TrajectoryError(ValueError):
     """Raised for trajectories that cannot be built: empty, unsorted, malformed files, ..."""
 
 
+# Message types that carry a pose (NavSatFix: a position only), as Trajectory.from_bag reads them.
+POSE_TYPES = ('nav_msgs/msg/Odometry', 'geometry_msgs/msg/PoseStamped',
+              'geometry_msgs/msg/PoseWithCovarianceStamped', 'tf2_msgs/msg/TFMessage',
+              'sensor_msgs/msg/NavSatFix')
+
+
+def pose_topics(bag: Bag) -> dict[str, str]:
+    """Return topic -> message type of the topics :meth:`Trajectory.from_bag` can read."""
+    return {name: info.msgtype for name, info in sorted(bag.topics.items())
+            if info.msgtype in POSE_TYPES}
+
+
+def _pose_topic_list(bag: Bag) -> str:
+    """Describe a bag's pose-capable topics for an error message, so the fix is one look away."""
+    found = pose_topics(bag)
+    if not found:
+        return f'the bag has no pose topics (it needs one of {", ".join(POSE_TYPES)})'
+    return 'pose topics: ' + ', '.join(f'{name} ({msgtype})' for name, msgtype in found.items())
+
+
 _WGS84_A = 6378137.0
 _WGS84_E2 = 6.69437999014e-3
 
@@ -239,17 +259,16 @@ class Trajectory:
                 return cls.from_bag(opened, topic, child_frame)
         info = bag.topics.get(topic)
         if info is None:
-            raise TrajectoryError(f'topic {topic!r} is not in bag {bag.path}')
+            raise TrajectoryError(
+                f'topic {topic!r} is not in bag {bag.path}; {_pose_topic_list(bag)}')
         msgtype = info.msgtype
         child = child_frame.lstrip('/') if child_frame else None
+        if msgtype not in POSE_TYPES:
+            raise TrajectoryError(
+                f'topic {topic!r} has type {msgtype}; poses come from {", ".join(POSE_TYPES)}; '
+                f'in bag {bag.path}: {_pose_topic_list(bag)}')
         if msgtype == 'tf2_msgs/msg/TFMessage' and child is None:
             raise TrajectoryError(f'topic {topic!r} carries TF: pass child_frame')
-        known = ('nav_msgs/msg/Odometry', 'geometry_msgs/msg/PoseStamped',
-                 'geometry_msgs/msg/PoseWithCovarianceStamped', 'tf2_msgs/msg/TFMessage',
-                 'sensor_msgs/msg/NavSatFix')
-        if msgtype not in known:
-            raise TrajectoryError(
-                f'topic {topic!r} has type {msgtype}; poses come from {", ".join(known)}')
 
         stamps: list[int] = []
         rows: list[tuple[float, ...]] = []

@@ -10,6 +10,7 @@ import torch
 
 from boq_ros.attention import attention_heatmaps, display_rgb, render_attention
 from boq_ros.cli import attention as attention_cli
+from boq_ros.cli import command_name, run_command
 from boq_ros.cli import weights as weights_cli
 from boq_ros.extractor import Extractor
 from boq_ros.preprocess import PreprocessConfig
@@ -29,7 +30,7 @@ def run_cli(module, argv):
     parser = argparse.ArgumentParser(prog='boq-ros')
     module.register(parser.add_subparsers(dest='command', required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(args, command_name(parser, args))
 
 
 def test_heatmaps_are_the_upsampled_query_maps(extractor):
@@ -74,7 +75,7 @@ def test_attention_command(resnet_checkpoint, tmp_path, capsys):
     cv2.imwrite(str(paths[1]), (camera(seed=4)[..., 0].astype(np.uint16) * 200))
     out = tmp_path / 'att.png'
     argv = ['attention', *map(str, paths), '--checkpoint', str(resnet_checkpoint),
-            '--queries', '0', '5', '--block', '1', '--device', 'cpu', '--size', '48',
+            '--queries', '0', '5', '--block', '1', '--device', 'cpu', '--input-size', '48',
             '--out', str(out)]
     assert run_cli(attention_cli, argv) == 0
     assert out.is_file() and f'wrote {out}' in capsys.readouterr().out

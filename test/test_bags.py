@@ -1,12 +1,14 @@
+import re
+
 import numpy as np
 import pytest
 from rosbags.rosbag1 import Writer as Ros1Writer
 from rosbags.typesys import Stores, get_typestore
 
 from boq_ros.bags import (
-    BagError,
-    BagImage,
+    BagReadError,
     BagTopicError,
+    BagTruncatedError,
     BagWriteError,
     make_compressed_msg,
     make_image_msg,
@@ -18,6 +20,9 @@ from boq_ros.bags import (
     typestore,
     write_bag,
 )
+from boq_ros.pipeline import SkippedFrame, decode
+from boq_ros.sources import SourceError, bag_frames
+from boq_ros.synth import generate_recording
 
 T0 = 1_700_000_000_000_000_000
 
@@ -71,16 +76,17 @@ def test_write_then_read_back(tmp_path, storage):
         assert [o.pose.pose.position.x for o in odom] == [0.0, 1.0, 2.0]
         assert odom[0].child_frame_id == 'base_link'
 
-        images = list(bag.images())
-        assert len(images) == 6 and all(isinstance(i, BagImage) for i in images)
-        raw = [i for i in images if i.topic == '/cam/image_raw']
-        packed = [i for i in images if i.topic == '/cam/image_raw/compressed']
+        frames = list(bag_frames(bag, bag.image_topics()))
+        assert len(frames) == 6
+        raw = [f for f in frames if f.camera == '/cam/image_raw']
+        packed = [f for f in frames if f.camera == '/cam/image_raw/compressed']
         for k, (a, b) in enumerate(zip(raw, packed)):
-            assert a.stamp_ns == T0 + k * 100_000_000
-            assert a.log_time_ns == a.stamp_ns + 5_000_000
-            assert a.frame_id == 'cam' and a.encoding == 'rgb8' and b.encoding == 'bgr8'
-            np.testing.assert_array_equal(a.array, frame(k))
-            np.testing.assert_array_equal(b.array[..., ::-1], frame(k))
+            assert a.stamp_ns == b.stamp_ns == T0 + k * 100_000_000
+            assert a.frame_id == 'cam' and a.image_ref == f'bag#/cam/image_raw@{a.stamp_ns}'
+            (array_a, encoding_a), (array_b, encoding_b) = decode(a.image), decode(b.image)
+            assert (encoding_a, encoding_b) == ('rgb8', 'bgr8')
+            np.testing.assert_array_equal(array_a, frame(k))
+            np.testing.assert_array_equal(array_b[..., ::-1], frame(k))
 
 
 def test_single_mcap_file_opens(tmp_path):
@@ -91,7 +97,7 @@ def test_single_mcap_file_opens(tmp_path):
         assert bag.topics['/odom'].count == 3
 
 
-def test_corrupt_messages_yield_errors_and_iteration_continues(tmp_path):
+def test_corrupt_messages_are_skipped_by_cause_and_iteration_continues(tmp_path):
     path = tmp_path / 'bag'
     with write_bag(path) as bag:
         bag.write('/cam', 'sensor_msgs/msg/Image', make_image_msg(frame(0), 'rgb8', T0, 'c'), T0)
@@ -105,13 +111,18 @@ def test_corrupt_messages_yield_errors_and_iteration_continues(tmp_path):
         squashed.data = squashed.data[:40]
         bag.write('/cam/compressed', 'sensor_msgs/msg/CompressedImage', squashed, T0 + 4)
     with open_bag(path) as bag:
-        items = list(bag.images())
-    kinds = [type(i).__name__ for i in items]
-    assert kinds == ['BagImage', 'BagError', 'BagError', 'BagImage', 'BagError']
-    assert items[1] == BagError('/cam', T0 + 1, items[1].reason)
-    assert 'SerdeError' in items[1].reason
-    assert "unsupported image encoding 'xyz16'" in items[2].reason
-    assert 'JPEG data is truncated' in items[4].reason
+        frames = list(bag_frames(bag, ['/cam', '/cam/compressed']))
+    outcomes = []
+    for f in frames:
+        try:
+            outcomes.append(decode(f.image)[1])
+        except SkippedFrame as err:
+            outcomes.append(f'{err.cause}: {err}')
+    assert outcomes[0] == outcomes[3] == 'rgb8' and len(outcomes) == 5
+    assert frames[1].stamp_ns == T0 + 1  # undeserialisable: its log time stands in
+    assert outcomes[1].startswith('decode: cannot decode sensor_msgs/msg/Image on /cam')
+    assert outcomes[2].startswith("decode: unsupported image encoding 'xyz16'")
+    assert outcomes[4].startswith('decode: JPEG data is truncated')
 
 
 def test_ros1_bag_is_read_as_cdr(tmp_path):
@@ -138,9 +149,9 @@ def test_ros1_bag_is_read_as_cdr(tmp_path):
         decoded_msg = message.decode()
         assert not hasattr(decoded_msg.header, 'seq')
         assert decoded_msg.header.frame_id == 'cam'
-        (decoded,) = bag.images(['/cam'])
-    assert decoded.stamp_ns == T0 + 5 and decoded.log_time_ns == T0 + 9
-    np.testing.assert_array_equal(decoded.array, image)
+        (decoded,) = bag_frames(bag, ['/cam'])
+    assert decoded.stamp_ns == T0 + 5
+    np.testing.assert_array_equal(decode(decoded.image)[0], image)
 
 
 def test_reader_refusals(tmp_path):
@@ -154,8 +165,8 @@ def test_reader_refusals(tmp_path):
     with open_bag(path) as bag:
         with pytest.raises(BagTopicError, match="topic '/nope' is not in bag"):
             bag.messages(['/nope'])
-        with pytest.raises(BagTopicError, match="'/odom' has type nav_msgs/msg/Odometry"):
-            bag.images(['/odom'])
+        with pytest.raises(SourceError, match="'/odom' of .* carries nav_msgs/msg/Odometry"):
+            list(bag_frames(bag, ['/odom']))
         with pytest.raises(BagTopicError, match='sequence of names'):
             bag.messages('/odom')
 
@@ -179,3 +190,56 @@ def test_writer_refusals(tmp_path):
         write_bag(path)
     with pytest.raises(BagWriteError, match="unknown storage 'zip'"):
         write_bag(tmp_path / 'other', 'zip')
+
+
+@pytest.fixture
+def mcap_recording(tmp_path):
+    path = tmp_path / 'rec'
+    generate_recording(path, storage='mcap', laps=1, frames_per_lap=4, image_size=(32, 24))
+    (storage_file,) = path.glob('*.mcap')
+    return path, storage_file
+
+
+@pytest.mark.parametrize('cut', [300, 8, 1])
+def test_truncated_mcap_is_named_and_recovery_explained(mcap_recording, cut):
+    path, storage_file = mcap_recording
+    data = storage_file.read_bytes()
+    storage_file.write_bytes(data[:-cut])  # as left by a recorder killed while writing
+    for opened in (path, storage_file):  # the rosbag2 directory, or the file on its own
+        with pytest.raises(BagTruncatedError) as raised:
+            open_bag(opened)
+        message = str(raised.value)
+        assert message.startswith(f'{storage_file} ends without the MCAP end magic')
+        assert 'looks truncated or still being written' in message
+        assert 'recorder was killed' in message
+        assert f'mcap recover {storage_file} -o recovered.mcap' in message
+        assert isinstance(raised.value, BagReadError) and isinstance(raised.value, OSError)
+    storage_file.write_bytes(b'')
+    with pytest.raises(BagTruncatedError, match=re.escape(f'{storage_file} is empty: it looks')):
+        open_bag(storage_file)
+    storage_file.write_bytes(b'not an mcap at all, but long enough')
+    with pytest.raises(BagReadError, match='is not an MCAP file'):
+        open_bag(storage_file)
+
+
+def test_unfinished_rosbag2_directory_suggests_reindex(mcap_recording, tmp_path):
+    path, storage_file = mcap_recording
+    (path / 'metadata.yaml').unlink()  # the recorder writes it last
+    with pytest.raises(BagReadError, match=re.escape(
+            f'{path} has {storage_file.name} but no metadata.yaml: the recording looks '
+            'unfinished')) as raised:
+        open_bag(path)
+    assert f'ros2 bag reindex {path}' in str(raised.value)
+    with open_bag(storage_file) as bag:  # the complete MCAP file still opens on its own
+        assert bag.message_count > 0
+
+
+def test_damaged_sqlite3_bag_suggests_recovery(tmp_path):
+    path = tmp_path / 'rec'
+    generate_recording(path, storage='sqlite3', laps=1, frames_per_lap=4, image_size=(32, 24))
+    (storage_file,) = path.glob('*.db3')
+    data = storage_file.read_bytes()
+    storage_file.write_bytes(data[:len(data) // 2])
+    with pytest.raises(BagReadError, match='looks truncated or damaged') as raised:
+        open_bag(path)
+    assert str(storage_file) in str(raised.value) and 'ros2 bag reindex' in str(raised.value)

@@ -1,21 +1,22 @@
-"""`boq-ros map build` and `map info` on generated sqlite3 and MCAP bags, odometry keyframes."""
-import argparse
+"""`boq-ros map build` and `map info` on generated bags and image folders, and build_map.
+
+Refusals and empty results are part of the interface: a build that adds nothing exits 1 with
+the cause and writes nothing; usage errors exit 2.
+"""
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 
-from boq_ros.cli import map as map_cli
+from boq_ros.cli import main
 from boq_ros.keyframe_map import KeyframeMap
 from boq_ros.synth import COMPRESSED_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, generate_recording
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog='boq-ros')
-    map_cli.register(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(['map', *argv])
-    return args.func(args)
+    return main(['map', *argv])
 
 
 @pytest.fixture(scope='module')
@@ -32,9 +33,10 @@ def frame_step(rec) -> float:
 
 
 def build_args(checkpoint, out, *extra, distance_m=1.0):
-    return ('build', '--checkpoint', str(checkpoint), '--image-size', '64', '--device', 'cpu',
-            '--keyframes', 'distance', '--distance-m', str(distance_m), '--angle-rad', '10',
-            '--pose-topic', ODOM_TOPIC, '--out', str(out), '--no-progress', *extra)
+    return ('build', '--checkpoint', str(checkpoint), '--input-size', '64', '--device', 'cpu',
+            '--keyframe-mode', 'distance', '--keyframe-distance-m', str(distance_m),
+            '--keyframe-angle-rad', '6', '--pose-topic', ODOM_TOPIC, '--out', str(out),
+            '--no-progress', *extra)
 
 
 def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
@@ -42,13 +44,16 @@ def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
     sqlite_rec, mcap_rec = recordings
     out = tmp_path / 'site'
     distance = 2.5 * frame_step(sqlite_rec)
-    assert run(*build_args(resnet_checkpoint, out, '--bag', str(sqlite_rec.path), '--topic',
-                           IMAGE_TOPIC, '--robot-id', 'r1', distance_m=distance)) == 0
+    assert run(*build_args(resnet_checkpoint, out, '--bag', str(sqlite_rec.path),
+                           '--image-topic', IMAGE_TOPIC, '--robot-id', 'r1',
+                           distance_m=distance)) == 0
     text = capsys.readouterr().out
-    assert 'frames read: 20' in text and 'decode errors: 0' in text
+    assert 'frames read: 20' in text
+    assert 'frames skipped: 0 (decode 0, depth 0, no_pose 0, descriptor 0)' in text
     assert run(*build_args(resnet_checkpoint, out, '--bag', str(mcap_rec.path), '--topic',
                            COMPRESSED_TOPIC, '--session', 'second', '--append',
                            distance_m=distance)) == 0
+    assert '--topic is deprecated, use --image-topic' in capsys.readouterr().err
     kmap = KeyframeMap.load(out, expect_dim=16384)
     assert kmap.model_id.startswith('resnet50-16384@')
     assert kmap.preprocess == {'policy': 'height', 'size': 64, 'multiple': 1}
@@ -84,9 +89,9 @@ def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
     assert run('info', str(out)) == 0
     assert 'index_state:' in capsys.readouterr().out
     assert run(*build_args(resnet_checkpoint, out, '--bag', str(mcap_rec.path),
-                           '--topic', IMAGE_TOPIC, '--session', 'third', '--append',
-                           '--image-size', '48')) == 1
-    assert 'was built with preprocessing' in capsys.readouterr().err
+                           '--image-topic', IMAGE_TOPIC, '--session', 'third', '--append',
+                           '--input-size', '48')) == 1
+    assert 'the map was built with resize_policy' in capsys.readouterr().err
     assert len(KeyframeMap.load(out)) == len(kmap)
 
 
@@ -94,17 +99,162 @@ def test_build_map_refusals_name_the_cause(tmp_path, resnet_checkpoint, recordin
     bag = str(recordings[0].path)
     out = tmp_path / 'm'
     assert run(*build_args(resnet_checkpoint, out, '--bag', bag)) == 1  # two image topics
-    assert 'choose with --topic' in capsys.readouterr().err
-    assert run('build', '--checkpoint', str(resnet_checkpoint), '--bag', bag, '--keyframes',
-               'distance', '--out', str(out)) == 1
+    assert 'boq-ros map build: error: ' in (err := capsys.readouterr().err)
+    assert 'choose with --image-topic' in err
+    assert run('build', '--checkpoint', str(resnet_checkpoint), '--bag', bag,
+               '--keyframe-mode', 'distance', '--out', str(out)) == 2  # usage
     assert 'needs --pose-topic' in capsys.readouterr().err
+    assert run(*build_args(resnet_checkpoint, out, '--bag', bag, '--input-size', '8')) == 2
+    assert 'input_size must be 0 (the default) or >= 16' in capsys.readouterr().err
+    assert not out.exists()
     out.mkdir()
     (out / 'schema.json').write_text('{}')
-    assert run(*build_args(resnet_checkpoint, out, '--bag', bag, '--topic', IMAGE_TOPIC)) == 1
-    assert 'pass --append' in capsys.readouterr().err
+    assert run(*build_args(resnet_checkpoint, out, '--bag', bag, '--image-topic',
+                           IMAGE_TOPIC)) == 1
+    assert 'pass append (--append)' in capsys.readouterr().err
     assert run('info', str(out)) == 1
     assert 'schema version None' in capsys.readouterr().err
     (out / 'schema.json').unlink()
     (out / 'schema.json').mkdir()  # unreadable: an OSError, reported like any refusal
     assert run('info', str(out)) == 1
     assert 'schema.json' in capsys.readouterr().err
+
+
+def folder_args(checkpoint, out, *extra):
+    return ('build', '--checkpoint', str(checkpoint), '--input-size', '64', '--device', 'cpu',
+            '--out', str(out), '--no-progress', *extra)
+
+
+def test_a_build_that_adds_nothing_fails_and_writes_nothing(tmp_path, resnet_checkpoint,
+                                                            capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    out = tmp_path / 'out'
+    assert run(*folder_args(resnet_checkpoint, out, '--images', str(empty))) == 1
+    assert f'no usable frame in {empty}: 0 files' in capsys.readouterr().err
+    texts = tmp_path / 'texts'
+    texts.mkdir()
+    for i in range(3):
+        (texts / f'{i}.txt').write_text('not an image')
+    assert run(*folder_args(resnet_checkpoint, out, '--images', str(texts))) == 1
+    assert f'no usable frame in {texts}: 3 files, none of them JPEG or PNG' in (
+        capsys.readouterr().err)
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    for i in range(3):
+        (broken / f'{i}.jpg').write_bytes(b'\xff\xd8 truncated')
+    assert run(*folder_args(resnet_checkpoint, out, '--images', str(broken))) == 1
+    err = capsys.readouterr().err
+    assert 'no keyframe to add' in err and '3 frames read, skipped: 3 decode' in err
+    assert not out.exists()
+
+
+def test_a_bag_whose_frames_all_fail_writes_no_map(tmp_path, resnet_checkpoint, capsys):
+    from boq_ros.bags import BagWriter, make_header
+    from boq_ros.bags import typestore as store
+
+    bag = tmp_path / 'bad.mcap'
+    Image = store().types['sensor_msgs/msg/Image']
+    with BagWriter(bag, storage='mcap') as writer:
+        for i in range(4):  # the step says 3 bytes per pixel, the data holds 1
+            msg = Image(header=make_header(i * 10**9, 'cam'), height=8, width=8,
+                        encoding='rgb8', is_bigendian=0, step=24,
+                        data=np.zeros(64, np.uint8))
+            writer.write('/cam', 'sensor_msgs/msg/Image', msg, i * 10**9)
+    out = tmp_path / 'out'
+    assert run(*folder_args(resnet_checkpoint, out, '--bag', str(bag))) == 1
+    assert '4 frames read, skipped: 4 decode' in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_append_skips_keyframes_already_in_the_map(tmp_path, resnet_checkpoint, recordings,
+                                                   capsys):
+    bag = str(recordings[0].path)
+    out = tmp_path / 'site'
+    args = folder_args(resnet_checkpoint, out, '--bag', bag, '--image-topic', IMAGE_TOPIC,
+                       '--keyframe-mode', 'interval', '--keyframe-interval-s', '0.5')
+    assert run(*args) == 0
+    before = KeyframeMap.load(out)
+    capsys.readouterr()
+    assert run(*args, '--append') == 1  # the same recording again: nothing new
+    assert 'already in the map' in capsys.readouterr().err
+    again = KeyframeMap.load(out)
+    assert len(again) == len(before) and again.schema.modified == before.schema.modified
+    # Every frame now: the interval keyframes are skipped and counted, the others join.
+    assert run(*folder_args(resnet_checkpoint, out, '--bag', bag, '--image-topic', IMAGE_TOPIC,
+                            '--append')) == 0
+    text = capsys.readouterr().out
+    assert f'keyframes already in the map (skipped): {len(before)}' in text
+    after = KeyframeMap.load(out)
+    assert len(after) == recordings[0].n_frames
+    assert len({after.meta(i).stamp_ns for i in range(len(after))}) == len(after)
+
+
+def test_image_folder_glob_depth_and_stamps(tmp_path, resnet_checkpoint, capsys):
+    scenes = tmp_path / 'seq-01'  # 7-Scenes: colour JPEG and 16-bit depth PNG side by side
+    scenes.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(scenes / f'frame-{i:06d}.color.jpg'),
+                    rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        cv2.imwrite(str(scenes / f'frame-{i:06d}.depth.png'),
+                    rng.integers(0, 5000, (48, 64), dtype=np.uint16))
+    out = tmp_path / 'all'
+    assert run(*folder_args(resnet_checkpoint, out, '--images', str(scenes))) == 0
+    captured = capsys.readouterr()
+    assert 'stamps from file order, 1 s apart' in captured.err
+    assert 'keyframes added: 3' in captured.out and 'depth 3' in captured.out
+    kmap = KeyframeMap.load(out)
+    assert [kmap.meta(i).image_ref for i in range(3)] == [
+        f'seq-01/frame-{i:06d}.color.jpg' for i in range(3)]
+    assert [kmap.meta(i).stamp_ns for i in range(3)] == [0, 2 * 10**9, 4 * 10**9]  # file order
+    glob_out = tmp_path / 'glob'
+    assert run(*folder_args(resnet_checkpoint, glob_out, '--images',
+                            str(scenes / '*.color.jpg'))) == 0
+    assert 'depth 0' in capsys.readouterr().out
+    assert len(KeyframeMap.load(glob_out)) == 3
+    depth_out = tmp_path / 'depth'
+    assert run(*folder_args(resnet_checkpoint, depth_out, '--images', str(scenes / '*.png'),
+                            '--include-depth')) == 0
+    assert len(KeyframeMap.load(depth_out)) == 3
+
+    stamped = tmp_path / 'stamped'  # EuRoC-style nanosecond names
+    stamped.mkdir()
+    for ns in (1403636579763555584, 1403636579813555456):
+        cv2.imwrite(str(stamped / f'{ns}.png'), rng.integers(0, 256, (48, 64, 3), np.uint8))
+    ns_out = tmp_path / 'ns'
+    assert run(*folder_args(resnet_checkpoint, ns_out, '--images', str(stamped))) == 0
+    assert 'stamps from file names, as nanoseconds' in capsys.readouterr().err
+    assert KeyframeMap.load(ns_out).meta(1).stamp_ns == 1403636579813555456
+
+
+def test_build_map_python_api(tmp_path, resnet_checkpoint, recordings):
+    from boq_ros.mapping import Recording, build_map
+    from boq_ros.settings import KeyframePolicy, MapSettings, ModelSettings
+
+    rec = recordings[1]
+    summary = build_map(
+        [Recording(rec.path, image_topics=(IMAGE_TOPIC,), pose_topic=ODOM_TOPIC)],
+        tmp_path / 'api', model=ModelSettings(str(resnet_checkpoint), device='cpu',
+                                              input_size=64),
+        keyframes=KeyframePolicy('interval', keyframe_interval_s=1.0),
+        map_settings=MapSettings(session='walk', robot_id='r2'))
+    kmap = KeyframeMap.load(summary.out)
+    assert summary.keyframes == len(kmap) == summary.total_keyframes > 0
+    assert summary.frames == rec.n_frames and sum(summary.skipped.values()) == 0
+    assert kmap.sessions() == {'walk': len(kmap)}
+    assert all(kmap.meta(i).pose is not None for i in range(len(kmap)))
+
+
+def test_help_names_existing_docs():
+    import contextlib
+    import io
+    from pathlib import Path
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        main(['map', 'build', '--help'])
+    root = Path(__file__).resolve().parents[1]
+    for doc in {w.strip('().,;') for w in text.getvalue().split() if w.startswith(('docs/',
+                                                                                  '(docs/'))}:
+        assert (root / doc).is_file(), doc

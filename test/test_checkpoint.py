@@ -1,5 +1,7 @@
 """Strict checkpoint handling: the released format loads, everything else is refused clearly."""
 import collections
+import json
+import shutil
 import urllib.error
 
 import pytest
@@ -11,7 +13,9 @@ from boq_ros.model.checkpoint import (
     cache_path,
     download_checkpoint,
     expected_tensors,
+    is_released,
     read_state_dict,
+    release_record_path,
     resolve_checkpoint,
     validate_state_dict,
     write_random_checkpoint,
@@ -215,3 +219,77 @@ def test_downloaded_file_is_validated(hub, monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match='missing keys'):
         download_checkpoint('resnet50-16384', progress=False)
     assert not cache_path('resnet50-16384').exists()
+
+
+def fake_release(source):
+    """Stand in for torch.hub's URL fetch: 'download' a local file, remembering the URLs."""
+    urls = []
+
+    def download(url, dst, progress=True):
+        urls.append(url)
+        shutil.copyfile(source, dst)
+
+    return download, urls
+
+
+def test_only_downloaded_files_are_released(hub, monkeypatch, resnet_file, tmp_path):
+    download, urls = fake_release(resnet_file)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    assert not is_released(resnet_file)  # nothing downloaded yet: no record
+    path = download_checkpoint('resnet50-16384', progress=False)
+    assert urls == [get_preset('resnet50-16384').url]
+    record = json.loads(release_record_path().read_text())
+    assert release_record_path().parent == path.parent == hub
+    assert record == {'resnet50_16384.pth': {'sha256': load_boq(path).checksum,
+                                             'url': get_preset('resnet50-16384').url}}
+    assert is_released(path) and is_released('resnet50-16384')
+    assert is_released(load_boq(path))
+    assert is_released(resnet_file)  # the same bytes elsewhere are the same release
+
+    other = write_random_checkpoint(tmp_path / 'other.pth', 'resnet50-16384', seed=1)
+    assert not is_released(other) and not is_released(load_boq(other))
+    modified = tmp_path / 'modified.pth'
+    data = bytearray(resnet_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte of a tensor: still a loadable checkpoint
+    modified.write_bytes(bytes(data))
+    assert load_boq(modified).config.name == 'resnet50-16384'
+    assert not is_released(modified)
+    assert not is_released(load_boq(read_state_dict(resnet_file)))  # in memory: no file
+    assert not is_released(tmp_path / 'missing.pth')
+    assert not is_released('dinov2-12288')
+
+
+def test_random_checkpoints_never_count_as_released(hub, monkeypatch, resnet_file):
+    # Written under the released name in the cache, a random file still has no record.
+    path = write_random_checkpoint(cache_path('resnet50-16384'), 'resnet50-16384', seed=2)
+    assert not release_record_path().exists() and not is_released(path)
+    download, _ = fake_release(resnet_file)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    download_checkpoint('resnet50-16384', progress=False)
+    write_random_checkpoint(cache_path('resnet50-16384'), 'resnet50-16384', seed=2)
+    assert not is_released('resnet50-16384')  # overwritten after the download
+
+
+def test_release_record_is_checked_not_trusted(hub, resnet_file):
+    hub.mkdir(parents=True)
+    checksum = load_boq(resnet_file).checksum
+    cases = [
+        {'resnet50_16384.pth': {'sha256': checksum, 'url': 'https://example.com/x.pth'}},
+        {'mine.pth': {'sha256': checksum, 'url': get_preset('resnet50-16384').url}},
+        [checksum],
+    ]
+    for record in cases:
+        release_record_path().write_text(json.dumps(record))
+        assert not is_released(resnet_file), record
+    release_record_path().write_text('{"truncated')
+    assert not is_released(resnet_file)
+
+
+def test_failed_download_records_nothing(hub, monkeypatch):
+    def broken(url, dst, progress=True):
+        torch.save({'backbone.net.0.weight': torch.zeros(1)}, dst)
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', broken)
+    with pytest.raises(CheckpointError, match='missing keys'):
+        download_checkpoint('resnet50-16384', progress=False)
+    assert not release_record_path().exists()

@@ -21,7 +21,6 @@ from boq_ros.demo import (
     NodeSettings,
     compare_records,
     demo_detector,
-    demo_preprocess,
     ensure_recording,
     metric_differences,
     write_params_file,
@@ -30,7 +29,7 @@ from boq_ros.eval.groundtruth import GroundTruth, KeyframePositions
 from boq_ros.eval.metrics import EvalConfig, evaluate
 from boq_ros.eval.records import CandidateRecord, no_match_record, read_records
 
-TINY = ['--frames', '16', '--image-size', '96', '72', '--height', '64', '--device', 'cpu',
+TINY = ['--frames', '16', '--camera-size', '96', '72', '--input-size', '64', '--device', 'cpu',
         '--no-progress']
 
 
@@ -58,6 +57,9 @@ def test_demo_runs_the_main_job(demo_env, tmp_path, ros_domain_id):
     report = json.loads((out / 'report' / 'report.json').read_text())
     assert [r['label'] for r in report['runs']] == ['live node', 'offline pipeline']
     assert report['inputs']['random_weights'] is True
+    assert report['runs'][1]['skipped'] == {'decode': 0, 'depth': 0, 'no_pose': 0,
+                                            'descriptor': 0}
+    assert report['inputs']['node_parameters']['input_size'] == 64
     assert report['replay']['images'] == report['replay']['answered'] == 16
     assert report['agreement']['records_agree'] and report['agreement']['metric_differences'] == []
     live = report['runs'][0]['metrics']
@@ -71,15 +73,18 @@ def test_demo_runs_the_main_job(demo_env, tmp_path, ros_domain_id):
 
 
 def _demo_in_process(args: list[str], ros_env: dict[str, str], monkeypatch) -> int:
-    """Run `boq-ros demo` here (no interpreter start-up); the environment is restored after."""
+    """Run `boq-ros demo` here (no interpreter start-up); the environment is restored after.
+
+    Errors go through boq_ros.cli's one handler, as on the command line.
+    """
     from boq_ros.cli import demo as demo_cli
+    from boq_ros.cli import run_command
 
     for key, value in ros_env.items():
         monkeypatch.setenv(key, value)  # the demo sets these for its DDS; undone at teardown
     parser = argparse.ArgumentParser(prog='boq-ros')
     demo_cli.register(parser.add_subparsers(dest='command', required=True))
-    parsed = parser.parse_args(['demo', *args])
-    return parsed.func(parsed)
+    return run_command(parser.parse_args(['demo', *args]), 'demo')
 
 
 def test_demo_reports_a_node_that_cannot_start(ros_env, tmp_path, ros_domain_id, monkeypatch,
@@ -103,14 +108,29 @@ def test_demo_refuses_bad_arguments(ros_env, tmp_path, monkeypatch, capsys):
     assert _demo_in_process(['--out', out, '--checkpoint', str(tmp_path / 'missing.pth')],
                             ros_env, monkeypatch) == 1
     assert 'no checkpoint file' in capsys.readouterr().err
-    assert _demo_in_process(['--out', out, '--radius', '0'], ros_env, monkeypatch) == 1
-    assert 'radius_m must be a positive number' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a flag out of its range: a usage error
+        _demo_in_process(['--out', out, '--radius-m', '0'], ros_env, monkeypatch)
+    assert exited.value.code == 2
+    assert 'radius_m must be in (0, 1e+06], got 0.0' in capsys.readouterr().err
     broken = tmp_path / 'broken.pth'
     broken.write_bytes(b'not a checkpoint')
     assert _demo_in_process(['--out', out, '--checkpoint', str(broken)], ros_env,
                             monkeypatch) == 1
     err = capsys.readouterr().err
     assert err.startswith('boq-ros demo: error:') and 'broken.pth' in err
+
+
+def test_demo_deprecated_flag_names_still_work_and_say_so(capsys):
+    from boq_ros.cli import build_parser
+
+    args = build_parser().parse_args(['demo', '--image-size', '96', '72', '--height', '64',
+                                      '--radius', '3', '--backbone', 'dinov2'])
+    assert (args.camera_size, args.input_size, args.radius_m, args.preset) == (
+        [96, 72], 64, 3.0, 'dinov2-12288')
+    err = capsys.readouterr().err
+    for old, new in (('--image-size', '--camera-size'), ('--height', '--input-size'),
+                     ('--radius', '--radius-m'), ('--backbone', '--preset')):
+        assert f'boq-ros demo: note: {old} is deprecated, use {new}' in err, old
 
 
 def test_recording_is_generated_once_per_parameters(tmp_path):
@@ -136,35 +156,38 @@ def test_weights_choice(tmp_path, monkeypatch):
     released = cache_path('resnet50-16384')
     released.parent.mkdir(parents=True)
     released.write_bytes(b'stand-in: choose_weights only locates the file')
-    weights = choose_weights(None, 'resnet50', tmp_path / 'scratch')
+    weights = choose_weights(None, '', tmp_path / 'scratch')  # '': the default preset
     assert (weights.path, weights.random) == (released, False)
-    assert choose_weights('resnet50-16384', 'dinov2', tmp_path).path == released
+    assert choose_weights('resnet50-16384', 'dinov2-12288', tmp_path).path == released
     given = tmp_path / 'mine.pth'
     given.write_bytes(b'x')
-    assert choose_weights(str(given), 'resnet50', tmp_path).path == given
+    assert choose_weights(str(given), '', tmp_path).path == given
     with pytest.raises(CheckpointNotFoundError, match='no checkpoint file'):
-        choose_weights(str(tmp_path / 'nope.pth'), 'resnet50', tmp_path)
+        choose_weights(str(tmp_path / 'nope.pth'), '', tmp_path)
     with pytest.raises(CheckpointNotFoundError, match='weights download'):
-        choose_weights('dinov2-12288', 'dinov2', tmp_path)
+        choose_weights('dinov2-12288', 'dinov2-12288', tmp_path)
 
 
 def test_node_parameters_match_the_node(tmp_path):
     import yaml
 
+    from boq_ros.extractor import ModelSettings
     from boq_ros.ros.params import PARAMS
 
-    settings = NodeSettings(tmp_path / 'w.pth', tmp_path / 'maps',
-                            demo_detector(DemoRecording()), demo_preprocess('dinov2-12288', 240))
+    model = ModelSettings(checkpoint=str(tmp_path / 'w.pth'), resize_policy='height',
+                          input_size=240)
+    settings = NodeSettings(model, tmp_path / 'maps', demo_detector(DemoRecording()))
     params = settings.parameters()
     for name, value in params.items():
         assert name in PARAMS, f'the node has no parameter {name}'
         assert type(value) is type(PARAMS[name].default), name
-        if PARAMS[name].choices:
-            assert value in PARAMS[name].choices, name
+        PARAMS[name].check(value)  # type, range and choices of the node's own parameter
     path = write_params_file(tmp_path / 'p.yaml', params)
     assert yaml.safe_load(path.read_text()) == {'/**': {'ros__parameters': params}}
     assert params['exclusion_seconds'] == pytest.approx(DemoRecording().lap_s / 2)
-    assert params['input_size'] == 238  # DINOv2 sizes are multiples of its 14-pixel patch
+    assert params['keyframe_mode'] == 'every_frame' and params['input_size'] == 240
+    # Node and offline run round the size in one place: DINOv2 takes multiples of 14.
+    assert model.preprocess_for('dinov2-12288').size == 238
 
 
 def _rec(query: int, rank: int, match: int, sim: float, accepted: bool = False

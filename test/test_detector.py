@@ -226,3 +226,89 @@ def test_exclusion_boundaries_are_inclusive_in_seconds_and_exclusive_in_keyframe
                    else [det.process(Q, m) for m in metas])
         for n, r in enumerate(results):
             assert sorted(c.meta.seq for c in r.candidates) == list(range(max(n - gap + 1, 0)))
+
+
+# -- the ordered tests, decision before insertion, retries, side-effect-free queries ----------
+def test_tests_run_in_order_and_the_verification_slot_decides_last():
+    from boq_ros.detector import TESTS
+
+    assert TESTS == ('threshold', 'margin', 'consistency', 'verification')
+    calls = []
+
+    class Verifier:
+        def __init__(self, answer: str) -> None:
+            self.answer = answer
+
+        def verify(self, query, candidate, context):
+            calls.append((query.stamp_ns, candidate.keyframe_id, context))
+            return self.answer
+
+    kmap = prebuilt([0.9, 0.4])
+    ok = LoopDetector(kmap, config(), Verifier('')).process(Q, meta(100, 'q'), context='img')
+    assert ok.accepted and ok.candidates[0].status == Status.VERIFIED
+    assert calls == [(100 * 10**9, 0, 'img')]
+    no = LoopDetector(kmap, config(), Verifier('12 inliers < 20')).process(Q, meta(101, 'q'))
+    assert not no.accepted
+    assert no.candidates[0].status == Status.REJECTED
+    assert no.candidates[0].reason == 'verification: 12 inliers < 20'
+    low = LoopDetector(kmap, config(threshold=0.95), Verifier('')).process(Q, meta(102, 'q'))
+    assert low.candidates[0].reason == 'threshold' and len(calls) == 2  # cheap tests first
+    plain = LoopDetector(kmap, config()).process(Q, meta(103, 'q'))
+    assert plain.accepted and plain.candidates[0].status == Status.APPEARANCE_ONLY
+
+
+def test_the_query_joins_the_map_after_the_decision():
+    kmap = new_map()
+    seen = []
+    search = kmap.search
+
+    def spy(queries, k, flt=None):
+        seen.append(len(kmap))
+        return search(queries, k, flt)
+
+    kmap.search = spy
+    detector = LoopDetector(kmap, config(mode='grow'))
+    first = detector.process(Q, meta(0))
+    assert seen == [0] and len(kmap) == 1 and first.added and first.query.id == 0
+    assert first.candidates == []  # it never met itself
+
+
+def test_a_failed_batch_changes_nothing_and_a_retry_adds_each_keyframe_once(monkeypatch):
+    kmap = new_map()
+    detector = LoopDetector(kmap, config(mode='grow', consistency=2, exclusion_keyframes=1))
+    detector.process(toward(0.99, 5), meta(0))
+    state = detector._state.copy()
+    add, calls = kmap.add, []
+
+    def add_once(*args):  # the first run joins the map, the second fails
+        calls.append(len(args[1]))
+        if len(calls) > 1:
+            raise MemoryError('full')
+        return add(*args)
+
+    monkeypatch.setattr(kmap, 'add', add_once)
+    descs = np.stack([toward(0.9, 6), toward(0.9, 7), toward(0.9, 8)])
+    metas = [meta(1), meta(2), meta(3, 'other')]  # two runs: the session changes
+    with pytest.raises(MemoryError):
+        detector.process_batch(descs, metas)
+    assert calls == [2, 1]
+    assert len(kmap) == 1 and kmap.session_size('run') == 1 and kmap.schema.next_id == 1
+    assert detector._state.streaks == state.streaks
+    monkeypatch.setattr(kmap, 'add', add)
+    again = [detector.process(d, m) for d, m in zip(descs, metas)]
+    assert [d.query.id for d in again] == [1, 2, 3] and len(kmap) == 4
+    assert [kmap.meta(i).seq for i in range(4)] == [0, 1, 2, 0]
+
+
+def test_relocalisation_queries_have_no_side_effects():
+    kmap = prebuilt([0.9, 0.3])
+    detector = LoopDetector(kmap, config(consistency=3, mode='grow'))
+    state = dataclasses.replace(detector._state)
+    before = (len(kmap), kmap.schema.next_id)
+    for _ in range(3):
+        answer = detector.query(Q, meta(50, 'q'), top_k=1)
+        assert answer.accepted and len(answer.candidates) == 1  # no consistency streak needed
+        assert not answer.added and answer.query.id == -1
+    assert (len(kmap), kmap.schema.next_id) == before
+    assert detector._state.streaks == state.streaks == {}
+    assert detector._state.recent == {}

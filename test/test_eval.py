@@ -5,7 +5,6 @@ image: on the synthetic loop the true revisit ranks high far more often than cha
 claim exactly that (recall well above the chance level computed from the ground truth), plus the
 report's structure, the cache, and that recorded candidates evaluate to the same numbers.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -14,7 +13,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from boq_ros.cli import eval as eval_cli
+from boq_ros.cli import main
 from boq_ros.eval.records import read_records
 from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.synth import (
@@ -26,8 +25,9 @@ from boq_ros.synth import (
 )
 
 SMALL = dict(laps=2, frames_per_lap=20, image_size=(160, 120))
-COMMON = ['--gt-topic', ODOM_TOPIC, '--radius', '3', '--exclusion-seconds', '2',
+COMMON = ['--pose-topic', ODOM_TOPIC, '--radius-m', '3', '--exclusion-seconds', '2',
           '--exclusion-keyframes', '5', '--device', 'cpu', '--no-progress']
+NO_SKIPS = {'decode': 0, 'depth': 0, 'no_pose': 0, 'descriptor': 0}
 
 
 @pytest.fixture(scope='module')
@@ -41,10 +41,8 @@ def data(tmp_path_factory):
 
 
 def boq_eval(argv):
-    parser = argparse.ArgumentParser(prog='boq-ros')
-    eval_cli.register(parser.add_subparsers())
-    args = parser.parse_args(['eval', *argv])
-    return args.func(args)
+    """Run `boq-ros eval` as the command line does (its error handling and exit statuses)."""
+    return main(['eval', *argv])
 
 
 def chance_recall(eligible: np.ndarray, near: np.ndarray, k: int) -> float:
@@ -63,11 +61,11 @@ def loop_argv(data, out, *extra):
 
 @pytest.fixture(scope='module')
 def loop_run(data):
-    """The loop-closure evaluation at two inference heights, and what it printed."""
+    """The loop-closure evaluation at two model input sizes, and what it printed."""
     out = data[0] / 'loop'
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert boq_eval(loop_argv(data, out, '--heights', '96', '128')) == 0
+        assert boq_eval(loop_argv(data, out, '--input-size', '96', '128')) == 0
     return out, printed.getvalue()
 
 
@@ -82,7 +80,10 @@ def test_loop_closure_report_on_sqlite3(loop_run):
     assert (out / 'summary.md').read_text() in printed
     run = report['runs'][1]
     assert run['frames'] == run['keyframes'] == 40 and not run['cached']
-    assert set(run['timings_s']) == {'read', 'decode', 'model', 'search'}
+    assert run['skipped'] == NO_SKIPS
+    assert list(run['timings_s']) == ['read', 'decode', 'describe', 'search']
+    assert report['inputs']['random_weights'] is True  # a random checkpoint is no release
+    assert report['detector']['top_k'] == 5 and report['detector']['candidates_per_query'] == 20
     metrics = run['metrics']
     assert metrics['num_queries'] == 40
     assert metrics['num_positive_queries'] == 20  # every keyframe of the second lap
@@ -112,7 +113,7 @@ def test_rerun_with_another_radius_uses_the_cache(loop_run, data):
     out, _ = loop_run
     again = data[0] / 'loop_radius_6'
     with contextlib.redirect_stdout(io.StringIO()):
-        assert boq_eval(loop_argv(data, again, '--heights', '128', '--radius', '6')) == 0
+        assert boq_eval(loop_argv(data, again, '--input-size', '128', '--radius-m', '6')) == 0
     report = json.loads((again / 'report.json').read_text())
     assert report['runs'][0]['cached']
     assert read_records(again / 'records.jsonl') == read_records(out / 'records_128.jsonl')
@@ -129,9 +130,9 @@ def test_tum_and_kitti_ground_truth_files_match_the_odometry_topic(loop_run, dat
             f.write(f'{c} {-s} 0 {x} {s} {c} 0 {y} 0 0 1 {z}\n')
     expected = json.loads((out / 'report.json').read_text())['runs'][1]['metrics']
     for name, fmt in (('gt.tum', 'tum'), ('gt.kitti', 'kitti')):
-        argv = loop_argv(data, root / f'with_{fmt}', '--heights', '128')
-        at = argv.index('--gt-topic')
-        argv[at:at + 2] = ['--gt-file', str(root / name), '--gt-format', fmt]
+        argv = loop_argv(data, root / f'with_{fmt}', '--input-size', '128')
+        at = argv.index('--pose-topic')
+        argv[at:at + 2] = ['--pose-file', str(root / name), '--pose-format', fmt]
         with contextlib.redirect_stdout(io.StringIO()):
             assert boq_eval(argv) == 0
         got = json.loads((root / f'with_{fmt}' / 'report.json').read_text())['runs'][0]
@@ -157,7 +158,7 @@ def test_place_recognition_map_sqlite3_query_mcap_compressed(data, capsys):
     out = root / 'pr'
     argv = [str(root / 'run_sqlite'), '--query-bag', str(root / 'query_mcap'),
             '--image-topic', IMAGE_TOPIC, '--query-image-topic', COMPRESSED_TOPIC,
-            '--checkpoint', str(root / 'random.pth'), '--heights', '128', '--out', str(out),
+            '--checkpoint', str(root / 'random.pth'), '--input-size', '128', '--out', str(out),
             '--cache-dir', str(root / 'cache'), *COMMON]
     assert boq_eval(argv) == 0
     assert 'place recognition' in capsys.readouterr().out
@@ -180,12 +181,112 @@ def test_errors_name_the_cause(data, capsys):
     root = data[0]
     base = [str(root / 'run_sqlite'), '--checkpoint', str(root / 'random.pth'),
             '--out', str(root / 'err'), *COMMON]
-    assert boq_eval([*base, '--image-topic', '/nope']) == 2
+    assert boq_eval([*base, '--image-topic', '/nope']) == 1  # failed work
     assert "'/nope'" in capsys.readouterr().err
-    assert boq_eval([*base, '--image-topic', IMAGE_TOPIC, '--gt-file', 'x.tum']) == 2
-    assert 'exactly one ground truth' in capsys.readouterr().err
-    assert boq_eval([*base, '--image-topic', ODOM_TOPIC]) == 2
+    assert boq_eval([*base, '--image-topic', IMAGE_TOPIC, '--pose-file', 'x.tum']) == 2  # usage
+    assert capsys.readouterr().err == (
+        'boq-ros eval: error: give exactly one ground truth: --pose-topic or --pose-file\n')
+    assert boq_eval([*base, '--image-topic', ODOM_TOPIC]) == 1
     assert 'not camera images' in capsys.readouterr().err
+    assert boq_eval([*base, '--image-topic', IMAGE_TOPIC, '--input-size', '8']) == 2
+    assert 'input_size must be 0 (the default) or >= 16' in capsys.readouterr().err
+    assert not (root / 'err').exists()
+
+
+def write_broken_bag(path, frames=12):
+    """A bag whose camera frames all fail to decode (the step says 3 bytes a pixel, data 1)."""
+    from boq_ros.bags import BagWriter, make_header
+    from boq_ros.bags import typestore as store
+
+    image = store().types['sensor_msgs/msg/Image']
+    with BagWriter(path, storage='mcap') as writer:
+        for i in range(frames):
+            msg = image(header=make_header(i * 10**9, 'cam'), height=8, width=8,
+                        encoding='rgb8', is_bigendian=0, step=24, data=np.zeros(64, np.uint8))
+            writer.write('/cam', 'sensor_msgs/msg/Image', msg, i * 10**9)
+    tum = path.with_suffix('.tum')
+    tum.write_text(''.join(f'{i} {i} 0 0 0 0 0 1\n' for i in range(frames)))
+    return tum
+
+
+def test_a_topic_whose_frames_all_fail_exits_1_naming_the_cause(data, tmp_path, capsys):
+    bag = tmp_path / 'run1.mcap'
+    tum = write_broken_bag(bag)
+    out = tmp_path / 'out'
+    status = boq_eval([str(bag), '--image-topic', '/cam', '--pose-file', str(tum),
+                       '--checkpoint', str(data[0] / 'random.pth'), '--out', str(out),
+                       '--no-cache', '--device', 'cpu', '--no-progress'])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err.startswith('boq-ros eval: error: no usable frame on /cam in run1.mcap: '
+                                   '12 frames, 12 decode errors (first: /cam: ')
+    assert captured.err.count('\n') == 1 and 'Warning' not in captured.err
+    assert '0 frames' not in captured.out and not out.exists()
+    assert not list(tmp_path.glob('.out.tmp-*'))  # no staging folder left behind either
+
+
+def test_a_failed_eval_keeps_an_existing_out_directory_as_it_was(data, tmp_path):
+    bag = tmp_path / 'run1.mcap'
+    tum = write_broken_bag(bag, frames=3)
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    assert boq_eval([str(bag), '--image-topic', '/cam', '--pose-file', str(tum),
+                     '--checkpoint', str(data[0] / 'random.pth'), '--out', str(out),
+                     '--no-cache', '--device', 'cpu', '--no-progress']) == 1
+    assert [p.name for p in out.iterdir()] == ['notes.txt']
+
+
+def test_skipped_frames_by_cause_are_reported(data, tmp_path, capsys):
+    """Bad frames among good ones are skipped, counted by cause in report.json and summary.md."""
+    from boq_ros.bags import BagWriter, open_bag
+    from boq_ros.bags import typestore as store
+
+    root = data[0]
+    bag = tmp_path / 'mixed.mcap'
+    image = store().types['sensor_msgs/msg/Image']
+    with open_bag(root / 'run_sqlite') as source, BagWriter(bag, storage='mcap') as writer:
+        for topic in (IMAGE_TOPIC, ODOM_TOPIC):
+            msgtype = source.topics[topic].msgtype
+            for i, message in enumerate(source.messages([topic])):
+                msg = message.decode()
+                if topic == IMAGE_TOPIC and i % 10 == 3:  # 4 frames of 40: data too short
+                    msg = image(header=msg.header, height=msg.height, width=msg.width,
+                                encoding=msg.encoding, is_bigendian=0, step=msg.step,
+                                data=np.zeros(10, np.uint8))
+                writer.write(topic, msgtype, msg, message.log_time_ns)
+    out = tmp_path / 'out'
+    assert boq_eval([str(bag), '--image-topic', IMAGE_TOPIC, '--checkpoint',
+                     str(root / 'random.pth'), '--input-size', '64', '--out', str(out),
+                     '--no-cache', *COMMON]) == 0
+    run = json.loads((out / 'report.json').read_text())['runs'][0]
+    assert run['frames'] == 40 and run['keyframes'] == 36
+    assert run['skipped'] == {**NO_SKIPS, 'decode': 4}
+    assert '| 40 | 36 | decode 4 |' in (out / 'summary.md').read_text()
+    assert '| 40 | 36 | decode 4 |' in capsys.readouterr().out
+
+
+def test_deprecated_flag_names_still_work_and_say_so(loop_run, data, capsys):
+    out, _ = loop_run
+    again = data[0] / 'old_names'
+    argv = [str(data[0] / 'run_sqlite'), '--topic', IMAGE_TOPIC, '--checkpoint',
+            str(data[0] / 'random.pth'), '--out', str(again), '--cache-dir',
+            str(data[0] / 'cache'), '--gt-topic', ODOM_TOPIC, '--radius', '3',
+            '--heights', '128', '--policy', 'height', '--backbone', 'resnet50',
+            '--keyframes', 'every_frame', '--keyframe-interval', '1',
+            '--exclusion-seconds', '2', '--exclusion-keyframes', '5', '--device', 'cpu',
+            '--no-progress']
+    assert boq_eval(argv) == 0
+    err = capsys.readouterr().err
+    for old, new in (('--topic', '--image-topic'), ('--gt-topic', '--pose-topic'),
+                     ('--radius', '--radius-m'), ('--heights', '--input-size'),
+                     ('--policy', '--resize-policy'), ('--backbone', '--preset'),
+                     ('--keyframes', '--keyframe-mode'),
+                     ('--keyframe-interval', '--keyframe-interval-s')):
+        assert f'boq-ros eval: note: {old} is deprecated, use {new}' in err, old
+    report = json.loads((again / 'report.json').read_text())
+    assert report['runs'][0]['cached']  # the very same settings as --input-size 128
+    assert read_records(again / 'records.jsonl') == read_records(out / 'records_128.jsonl')
 
 
 def test_write_report_skeleton_shared_by_eval_and_demo(tmp_path):
@@ -216,3 +317,16 @@ def test_write_report_skeleton_shared_by_eval_and_demo(tmp_path):
     assert report['replay'] == {'published': 6} and report['boq_ros_version']
     summary = (tmp_path / 'summary.md').read_text()
     assert '| node | 100.0 |' in summary and '100.0 (0.700)' in summary
+
+
+def test_distance_keyframes_take_their_poses_from_the_pose_topic(data, tmp_path):
+    out = tmp_path / 'distance'
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert boq_eval(loop_argv(data, out, '--input-size', '64', '--no-cache',
+                                  '--keyframe-mode', 'distance', '--keyframe-distance-m', '15',
+                                  '--keyframe-angle-rad', '6')) == 0
+    report = json.loads((out / 'report.json').read_text())
+    run = report['runs'][0]
+    assert run['frames'] == 40 and 0 < run['keyframes'] < 40  # the ring is 6 m a frame
+    assert run['skipped'] == NO_SKIPS  # every frame had a pose from /odom
+    assert report['inputs']['keyframes']['keyframe_mode'] == 'distance'

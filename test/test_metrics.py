@@ -144,8 +144,10 @@ def test_evaluate_refuses_unknown_keyframes_and_bad_config():
                           False)
     with pytest.raises(GroundTruthError, match='stamp 123'):
         evaluate([bad], gt)
-    with pytest.raises(EvalConfigError, match='radius_m'):
+    with pytest.raises(EvalConfigError, match=r'radius_m must be in \(0, 1e\+06\]'):
         evaluate([], gt, EvalConfig(radius_m=0.0))
+    with pytest.raises(EvalConfigError, match='recall_ks'):
+        EvalConfig(recall_ks=(0,))
     with pytest.raises(GroundTruthError, match='exclusion_keyframes'):
         GroundTruth(pos, pos, exclusion_keyframes=-1)
     with pytest.raises(GroundTruthError, match='duplicate'):
@@ -294,12 +296,14 @@ def test_descriptor_cache_round_trip_and_corrupt_entries(tmp_path):
     assert key != cache_key({**parts, 'topic': '/other'})
     cache = DescriptorCache(tmp_path / 'cache')
     assert cache.load(key) is None
+    skipped = {'decode': 2, 'depth': 0, 'no_pose': 0, 'descriptor': 0}
     entry = CachedDescriptors(np.eye(3, dtype=np.float32), np.array([1, 2, 3]),
-                              ['a', 'b', 'c'], np.arange(5), {'model': 1.5})
+                              ['a', 'b', 'c'], np.arange(5), {'describe': 1.5}, skipped)
     cache.store(key, entry, parts)
     back = cache.load(key)
     np.testing.assert_array_equal(back.descriptors, entry.descriptors)
-    assert (back.frame_ids, back.frames, back.timings_s) == (['a', 'b', 'c'], 5, {'model': 1.5})
+    assert (back.frame_ids, back.frames, back.timings_s, back.skipped) == (
+        ['a', 'b', 'c'], 5, {'describe': 1.5}, skipped)  # skips are kept with descriptors
     (tmp_path / 'cache' / f'{key}.json').write_text('["not", "an", "object"]')
     assert cache.load(key) is None
     cache.store(key, entry, parts)
@@ -307,3 +311,12 @@ def test_descriptor_cache_round_trip_and_corrupt_entries(tmp_path):
     assert cache.load(key) is None
     (bag / 'metadata.yaml').write_text('changed!')
     assert cache_key({'bag': bag_identity(bag), 'topic': '/cam'}) != key
+
+
+def test_radius_is_a_setting():
+    from boq_ros.settings import settings_of
+
+    (radius,) = settings_of(EvalConfig)
+    assert (radius.name, radius.section, radius.range_text()) == (
+        'radius_m', 'Evaluation', '(0, 1e+06]')
+    assert radius.default == EvalConfig().radius_m == 25.0

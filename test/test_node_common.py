@@ -10,6 +10,7 @@ check: the plumbing (ids, stamps, exclusion, encodings, cameras), not recognitio
 from collections.abc import Callable
 from pathlib import Path
 import sys
+import time
 from typing import Any
 
 from boq_ros.msg import LoopCandidateArray
@@ -65,16 +66,35 @@ def diagnostics(messages: list[Any], node: str = '/vpr_node') -> dict[str, str] 
     return None
 
 
+def computed_after(messages: list[Any], after_ns: int, node: str = '/vpr_node') -> list[Any]:
+    """The node's /diagnostics messages whose counters were read after `after_ns` (wall clock).
+
+    The node reads its counters, then stamps the message: a message stamped at or after
+    `after_ns` may hold counters read just before it. The timer publishes one message at a
+    time, so every message of the node after that one was read after `after_ns`.
+    """
+    ours = [m for m in messages if any(s.name.startswith(f'{node}:') for s in m.status)]
+    first = next((i for i, m in enumerate(ours)
+                  if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec >= after_ns), None)
+    return [] if first is None else ours[first + 1:]
+
+
 def wait_diag(collector: Any, predicate: Callable[[dict[str, str]], bool],
-              proc: NodeProcess | None = None, timeout: float = ANSWER_TIMEOUT_S
-              ) -> dict[str, str]:
-    """Wait for a diagnostics status that satisfies `predicate` (the node publishes every s)."""
+              proc: NodeProcess | None = None, timeout: float = ANSWER_TIMEOUT_S,
+              after_ns: int | None = None) -> dict[str, str]:
+    """Wait for a diagnostics status that satisfies `predicate` (the node publishes every s).
+
+    With `after_ns`, only statuses whose counters the node read after that wall-clock time.
+    """
     found: list[dict[str, str]] = []
 
     def ok() -> bool:
         if proc is not None:
             proc.assert_alive()
-        values = diagnostics(collector.messages)
+        messages = list(collector.messages)
+        if after_ns is not None:
+            messages = computed_after(messages, after_ns)
+        values = diagnostics(messages)
         if values is not None and predicate(values):
             found.append(values)
             return True
@@ -122,7 +142,17 @@ class NodeUnderTest:
 
     def diag(self, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
              timeout: float = ANSWER_TIMEOUT_S) -> dict[str, str]:
+        """The latest /diagnostics status once one satisfies `predicate`."""
         return wait_diag(self.diagnostics, predicate, self.proc, timeout)
+
+    def snapshot(self, timeout: float = ANSWER_TIMEOUT_S) -> dict[str, str]:
+        """A /diagnostics status whose counters the node read after this call.
+
+        The baseline for counting what comes next: the latest status received may have been
+        read before events the test has already seen answered (an answer or an error).
+        """
+        return wait_diag(self.diagnostics, lambda v: True, self.proc, timeout,
+                         after_ns=time.time_ns())
 
     def close(self) -> int:
         self.ros.close()

@@ -18,6 +18,7 @@ from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_node_common import (
+    ANSWER_TIMEOUT_S,
     START_TIMEOUT_S,
     THRESHOLD,
     NodeUnderTest,
@@ -101,19 +102,39 @@ def frame(t: float, seed: int) -> Image:
 
 
 def activate(node) -> None:
+    """Configure and activate; return once the test's endpoints matched the node's new ones.
+
+    Configure creates the answer publishers anew, and a reliable, volatile message published
+    before the test's subscription matched its publisher is lost: wait for each of them.
+    """
     assert transition(node, Transition.TRANSITION_CONFIGURE), node.proc.log_text()[-2000:]
     assert state(node) == 'inactive'
     assert transition(node, Transition.TRANSITION_ACTIVATE)
     assert state(node) == 'active'
     node.ros.wait_for_subscribers(node.camera)
+    for collector in (node.candidates, node.pose):
+        node.ros.wait_for_publishers(collector)
+
+
+def cleanup(node) -> None:
+    """Clean up an inactive node; return once the test no longer matches its publishers.
+
+    Until then a count of one publisher could still be the old one, not the next configure's.
+    """
+    assert transition(node, Transition.TRANSITION_CLEANUP) and state(node) == 'unconfigured'
+    for collector, what in ((node.candidates, 'candidate'), (node.pose, 'pose')):
+        wait_until(lambda c=collector: c.subscription.get_publisher_count() == 0, 20,
+                   f'the {what} publisher to go')
 
 
 def stop(node) -> None:
     assert transition(node, Transition.TRANSITION_DEACTIVATE) and state(node) == 'inactive'
     wait_until(lambda: node.camera.get_subscription_count() == 0, 20, 'unsubscribing')
-    assert transition(node, Transition.TRANSITION_CLEANUP) and state(node) == 'unconfigured'
-    wait_until(lambda: node.candidates.subscription.get_publisher_count() == 0, 20,
-               'the candidate publisher to go')
+    cleanup(node)
+
+
+def totals(status: dict[str, str]) -> dict[str, int]:
+    return {k: int(v) for k, v in status.items() if k.endswith('_total')}
 
 
 def test_failed_configure_leaves_node_unconfigured(node):
@@ -134,7 +155,6 @@ def test_static_map_relocalises_without_growing(node):
     assert all(r.successful for r in set_params(node, checkpoint=node.good, mode='static',
                                                 map_path='prebuilt'))
     activate(node)
-    node.ros.wait_for_publishers(node.candidates)
     node.camera.publish(frame(1000, seed=2))
     msg = answer_for(node.candidates, 1000 * S)
     assert msg.query.id == NO_ID and msg.accepted  # static: the query never joins the map
@@ -155,9 +175,7 @@ def test_deactivate_and_cleanup(node):
     wait_until(lambda: node.camera.get_subscription_count() == 0, 20, 'unsubscribing')
     saved = node.ros.call(SaveMap, '/vpr_node/save_map', SaveMap.Request(path='copy'))
     assert saved.success and saved.keyframes == 4  # services stay up while inactive
-    assert transition(node, Transition.TRANSITION_CLEANUP) and state(node) == 'unconfigured'
-    wait_until(lambda: node.candidates.subscription.get_publisher_count() == 0, 20,
-               'the candidate publisher to go')
+    cleanup(node)
 
 
 def test_external_keyframes_select_named_frames(node):
@@ -165,7 +183,7 @@ def test_external_keyframes_select_named_frames(node):
                                                 keyframe_mode='external'))
     activate(node)
     node.ros.wait_for_subscribers(node.keyframes)
-    before = {k: int(v) for k, v in node.diag().items() if k.endswith('_total')}
+    before = totals(node.snapshot())
     for t in (1, 2, 3):
         node.camera.publish(frame(t, seed=t))
     node.diag(lambda v: int(v['frames_total']) == before['frames_total'] + 3)
@@ -197,7 +215,6 @@ def test_both_mode_grows_a_new_session_over_the_prebuilt_map(node):
     node.diag(lambda v: "session 'mapping' is already in the map" in v['last_error'])
     assert set_params(node, session='live')[0].successful
     activate(node)
-    node.ros.wait_for_publishers(node.candidates)
 
     def visit(t: int, seed: int):
         node.camera.publish(frame(t, seed))
@@ -250,12 +267,11 @@ def test_distance_keyframes_follow_odometry(node):
     assert set_params(node, odometry_topic='odom')[0].successful
     activate(node)
     node.ros.wait_for_subscribers(node.odom)
-    node.ros.wait_for_publishers(node.candidates)
     track = [(3000 + i, 0.4 * i) for i in range(8)]  # 0.4 m per second, straight ahead
 
     # The odometry subscription is best effort: resend the track until one round arrived whole.
     def odometry_round() -> bool:
-        before = int(node.diag()['odometry_total'])
+        before = int(node.snapshot()['odometry_total'])
         for t, x in track:
             node.odom.publish(_odometry(t, x))
         try:
@@ -265,17 +281,21 @@ def test_distance_keyframes_follow_odometry(node):
         return True
 
     wait_until(odometry_round, 60, 'a complete round of odometry')
-    before = {k: int(v) for k, v in node.diag().items() if k.endswith('_total')}
+    before = totals(node.snapshot())
+    answered_before = len(node.candidates.messages)  # every earlier answer was waited for
     for t, _ in track:
         node.camera.publish(frame(t, seed=t))
     node.camera.publish(frame(3100, seed=1))  # no odometry near this stamp
+    # The node counts a frame before judging it and a keyframe before publishing its answer:
+    # wait for the error, and for the answers themselves on their own topic.
     status = node.diag(lambda v: int(v['frames_total']) == before['frames_total'] + 9
-                       and int(v['keyframes_total']) == before['keyframes_total'] + 3)
+                       and int(v['keyframes_total']) == before['keyframes_total'] + 3
+                       and int(v['input_errors_total']) == before['input_errors_total'] + 1)
+    answers = node.candidates.wait_for(answered_before + 3, timeout=ANSWER_TIMEOUT_S)
     # x = 0, 1.2, 2.4 m: the first frame, then one after each metre of travel
-    assert [m.query.stamp.sec for m in node.candidates.messages[-3:]] == [3000, 3003, 3006]
+    assert [m.query.stamp.sec for m in answers[answered_before:]] == [3000, 3003, 3006]
     assert status['map_keyframes'] == '3'
-    assert int(status['input_errors_total']) == before['input_errors_total'] + 1
-    assert 'no odometry' in status['last_error']
+    assert 'no pose within pose_tolerance_s' in status['last_error']
     stop(node)
 
 
@@ -283,7 +303,7 @@ def test_nan_descriptors_are_counted_and_harmless(node):
     assert all(r.successful for r in set_params(node, checkpoint=node.nan,
                                                 keyframe_mode='every_frame'))
     activate(node)
-    assert node.diag()['descriptor_errors_total'] == '0'
+    assert node.snapshot()['descriptor_errors_total'] == '0'
     node.camera.publish(frame(5, seed=5))
     status = node.diag(lambda v: v['descriptor_errors_total'] == '1')
     assert status['map_keyframes'] == '0' and 'non-finite' in status['last_error']

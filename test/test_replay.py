@@ -229,7 +229,6 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
         NodeSettings,
         compare_records,
         demo_detector,
-        demo_preprocess,
         ensure_recording,
         metric_differences,
         offline_run,
@@ -237,16 +236,17 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
     )
     from boq_ros.eval.groundtruth import ground_truth_for_records
     from boq_ros.eval.metrics import EvalConfig, evaluate
-    from boq_ros.model import load_boq
+    from boq_ros.extractor import ModelSettings
     from boq_ros.model.checkpoint import write_random_checkpoint
     from boq_ros.trajectory import Trajectory
 
     recording = DemoRecording(frames=16, image_size=(96, 72))
     bag, _ = ensure_recording(tmp_path / 'recordings', recording)
     checkpoint = write_random_checkpoint(tmp_path / 'random.pth', 'resnet50-16384')
-    model = load_boq(checkpoint)
-    settings = NodeSettings(checkpoint, tmp_path / 'maps', demo_detector(recording),
-                            demo_preprocess(model.config.name, 64), device='cpu')
+    model_settings = ModelSettings(checkpoint=str(checkpoint), device='cpu',
+                                   resize_policy='height', input_size=64)
+    model = model_settings.load()
+    settings = NodeSettings(model_settings, tmp_path / 'maps', demo_detector(recording))
     node = start_node(params_file=write_params_file(tmp_path / 'params.yaml',
                                                     settings.parameters()))
     options = ReplayOptions(topics=(IMAGE_TOPIC, ODOM_TOPIC), rate=5.0,

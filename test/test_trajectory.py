@@ -12,7 +12,7 @@ from boq_ros.bags import (
     open_bag,
     write_bag,
 )
-from boq_ros.trajectory import Trajectory, TrajectoryError, slerp
+from boq_ros.trajectory import POSE_TYPES, Trajectory, TrajectoryError, pose_topics, slerp
 
 S = 1_000_000_000
 
@@ -193,3 +193,48 @@ def test_kitti_poses_with_times_file_or_stamps(tmp_path):
     poses.write_text('1 0 0 0 0 1 0 0 0 0 1\n')
     with pytest.raises(TrajectoryError, match='poses.txt:1: expected 12 values'):
         Trajectory.from_kitti(poses, times)
+
+
+def test_missing_or_poseless_topic_lists_the_pose_topics(tmp_path):
+    path = tmp_path / 'bag'
+    with write_bag(path) as bag:
+        bag.write('/cam', 'sensor_msgs/msg/Image',
+                  make_image_msg(np.zeros((2, 2), np.uint8), 'mono8', T0, 'c'), T0)
+        bag.write('/odom', 'nav_msgs/msg/Odometry',
+                  make_odometry_msg(T0, (0, 0, 0), yaw_q(0)), T0)
+        bag.write('/tf', 'tf2_msgs/msg/TFMessage',
+                  make_tf_msg(T0, 'odom', 'base_link', (0, 0, 0), yaw_q(0)), T0)
+        bag.write('/fix', 'sensor_msgs/msg/NavSatFix',
+                  make_navsatfix_msg(T0, 48.0, 11.0, 500.0), T0)
+        bag.write('/pose', 'geometry_msgs/msg/PoseStamped',
+                  make_pose_msg(T0, (0, 0, 0), yaw_q(0)), T0)
+        bag.write('/pose_cov', 'geometry_msgs/msg/PoseWithCovarianceStamped',
+                  make_pose_msg(T0, (0, 0, 0), yaw_q(0), covariance=np.zeros(36)), T0)
+    listed = ('pose topics: /fix (sensor_msgs/msg/NavSatFix), /odom (nav_msgs/msg/Odometry), '
+              '/pose (geometry_msgs/msg/PoseStamped), '
+              '/pose_cov (geometry_msgs/msg/PoseWithCovarianceStamped), '
+              '/tf (tf2_msgs/msg/TFMessage)')
+    with open_bag(path) as bag:
+        assert pose_topics(bag) == {
+            '/odom': 'nav_msgs/msg/Odometry', '/tf': 'tf2_msgs/msg/TFMessage',
+            '/fix': 'sensor_msgs/msg/NavSatFix', '/pose': 'geometry_msgs/msg/PoseStamped',
+            '/pose_cov': 'geometry_msgs/msg/PoseWithCovarianceStamped'}
+        assert set(pose_topics(bag).values()) == set(POSE_TYPES)
+        with pytest.raises(TrajectoryError) as missing:
+            Trajectory.from_bag(bag, '/ground_truth')
+        with pytest.raises(TrajectoryError) as poseless:
+            Trajectory.from_bag(bag, '/cam')
+    assert str(missing.value) == f"topic '/ground_truth' is not in bag {path}; {listed}"
+    assert str(poseless.value).startswith(
+        "topic '/cam' has type sensor_msgs/msg/Image; poses come from nav_msgs/msg/Odometry, ")
+    assert str(poseless.value).endswith(f'in bag {path}: {listed}')
+
+
+def test_bag_without_pose_topics_says_so(tmp_path):
+    path = tmp_path / 'bag'
+    with write_bag(path) as bag:
+        bag.write('/cam', 'sensor_msgs/msg/Image',
+                  make_image_msg(np.zeros((2, 2), np.uint8), 'mono8', T0, 'c'), T0)
+    with pytest.raises(TrajectoryError, match=r"'/odom' is not in bag .*; the bag has no pose "
+                                              r'topics \(it needs one of nav_msgs/msg/Odometry'):
+        Trajectory.from_bag(path, '/odom')

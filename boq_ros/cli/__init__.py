@@ -2,6 +2,11 @@
 
 Every module listed in SUBCOMMANDS exposes ``register(subparsers)``, which adds its parser and
 sets ``func`` (called with the parsed arguments, returns an exit status).
+
+Errors are reported here, once, for every command: a command raises and :func:`main` prints
+``boq-ros <command>: error: <message>`` on stderr (the format argparse uses for its own usage
+errors) and exits with 2 for usage errors (:class:`UsageError`, or argparse's), 1 for work that
+failed (any other ``ValueError`` or ``OSError``) and 130 when interrupted (Ctrl-C).
 """
 import argparse
 import importlib
@@ -17,6 +22,14 @@ SUBCOMMANDS = {
     'weights': 'download the released BoQ checkpoints into the torch hub cache',
 }
 
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # what argparse exits with for its own errors
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class UsageError(ValueError):
+    """A combination of arguments that cannot work together; exits 2 like argparse's errors."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -29,9 +42,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Name the (nested) subcommand that was parsed, e.g. 'map build', from the parsers' dests."""
+    words = []
+    while True:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subparsers[0].dest, None) if subparsers else None
+        if chosen is None:
+            return ' '.join(words)
+        words.append(chosen)
+        parser = subparsers[0].choices[chosen]
+
+
+def report_error(command: str, message: str) -> None:
+    """Print one error line in the format argparse uses: 'boq-ros <command>: error: ...'."""
+    prog = f'boq-ros {command}' if command else 'boq-ros'
+    print(f'{prog}: error: {message}', file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace, command: str) -> int:
+    """Call the parsed command and turn what it raises into one error line and an exit status.
+
+    Other exceptions are bugs and keep their traceback.
+    """
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        report_error(command, str(exc))
+        return EXIT_USAGE
+    except (ValueError, OSError) as exc:
+        report_error(command, str(exc) or type(exc).__name__)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        report_error(command, 'interrupted')
+        return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run `boq-ros` with `argv` (default: the process arguments) and return the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
+    except KeyboardInterrupt:
+        report_error('', 'interrupted')
+        return EXIT_INTERRUPTED
+    return run_command(args, command_name(parser, args))
 
 
 if __name__ == '__main__':

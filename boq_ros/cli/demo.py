@@ -9,9 +9,10 @@ import argparse
 import os
 from pathlib import Path
 import shutil
-import sys
 import time
 from typing import TYPE_CHECKING
+
+from boq_ros.cli import options
 
 if TYPE_CHECKING:
     from boq_ros.demo import NodeProcess
@@ -22,10 +23,16 @@ EPILOG = """\
 The first run writes random weights when no released checkpoint is available (say so loudly) and
 generates the recording; later runs with the same parameters reuse both. Everything lands in
 --out: report/ (report.json, summary.md, plots), run/ (node log, parameters, live records).
+Without --checkpoint, the released weights of --preset (default resnet50-16384) are looked up
+in the torch hub cache. Old flag names (--image-size, --height, --radius, --backbone) still work
+and print a deprecation note.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from boq_ros.eval.metrics import EvalConfig  # numpy only
+    from boq_ros.settings import ModelSettings
+
     parser = subparsers.add_parser(
         'demo', help='the main job: generate a recording, run the node on it, evaluate what it '
                      'published',
@@ -35,25 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('demo_output'),
                         help='output directory (default demo_output)')
-    parser.add_argument('--checkpoint', metavar='PATH_OR_PRESET',
-                        help='BoQ checkpoint file or preset name in the torch hub cache '
-                             "(default: the backbone's released preset if cached, else "
-                             'random weights)')
-    parser.add_argument('--backbone', choices=('resnet50', 'dinov2'), default='resnet50',
-                        help='backbone whose released preset is looked up (default resnet50)')
+    # The camera's size first: the demo's old --image-size meant it, not the model input size.
+    options.add_aliases(parser, parser.add_argument(
+        '--camera-size', type=int, nargs=2, default=(320, 240), metavar=('W', 'H'),
+        help='camera image size of the generated recording (default 320 240)'),
+        old=('--image-size',))
+    options.add(parser, ModelSettings, 'checkpoint', 'preset', 'device', 'input_size',
+                defaults={'input_size': 192})
     parser.add_argument('--frames', type=int, default=60,
                         help='frames in the recording, over 2 laps (default 60)')
-    parser.add_argument('--image-size', type=int, nargs=2, default=(320, 240),
-                        metavar=('W', 'H'), help='camera image size (default 320 240)')
-    parser.add_argument('--height', type=int, default=192,
-                        help='image height fed to the model (default 192)')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='replay speed: bag seconds per wall second (default 1.0); the '
                              "replay also waits for the node's answer to each image")
-    parser.add_argument('--radius', type=float, default=5.0,
-                        help='a candidate is a true revisit within this many metres (default 5; '
-                             'the demo street is a 20 m radius ring)')
-    parser.add_argument('--device', default='auto', help='inference device (default auto)')
+    options.add(parser, EvalConfig, 'radius_m', defaults={'radius_m': 5.0})
     parser.add_argument('--domain-id', type=int,
                         help='ROS_DOMAIN_ID of the node and the replay (default: from the pid)')
     parser.add_argument('--no-offline', action='store_true',
@@ -67,38 +68,30 @@ def _say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print('boq-ros demo: interrupted', file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:
-        print(f'boq-ros demo: error: {exc}', file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run the demo; what fails raises ValueError / OSError, reported by boq_ros.cli (exit 1)."""
     from boq_ros import demo
     from boq_ros.eval.groundtruth import ground_truth_for_records
     from boq_ros.eval.metrics import EvalConfig, evaluate
     from boq_ros.eval.records import write_records
-    from boq_ros.model import load_boq
+    from boq_ros.model.checkpoint import is_released
     from boq_ros.ros.dds import MAX_DOMAIN_ID, safe_dds_environment
+    from boq_ros.settings import ModelSettings
     from boq_ros.trajectory import Trajectory
 
     started = time.monotonic()
     out = args.out.resolve()
-    recording = demo.DemoRecording(frames=args.frames, image_size=tuple(args.image_size))
+    recording = demo.DemoRecording(frames=args.frames, image_size=tuple(args.camera_size))
     recording.validate()
-    evaluation = EvalConfig(radius_m=args.radius)
-    evaluation.validate()
+    evaluation = options.build(EvalConfig, args)
     domain_id = (os.getpid() % MAX_DOMAIN_ID) + 1 if args.domain_id is None else args.domain_id
     run_dir = out / 'run'
     shutil.rmtree(run_dir, ignore_errors=True)  # results of an earlier run would mislead
     run_dir.mkdir(parents=True)
 
-    weights = demo.choose_weights(args.checkpoint, args.backbone, out / 'checkpoints')
-    model = load_boq(weights.path)  # refuses a bad checkpoint before anything starts
+    weights = demo.choose_weights(args.checkpoint, args.preset, out / 'checkpoints')
+    model_settings = options.build(ModelSettings, args, checkpoint=str(weights.path),
+                                   resize_policy='height')
+    model = model_settings.load()  # refuses a bad checkpoint before anything starts
     _say(f'weights: {weights.source}, model {model.model_id}')
     if weights.random:
         _say('\n' + demo.RANDOM_WEIGHTS_NOTE.format(preset=model.config.name) + '\n')
@@ -107,10 +100,8 @@ def _run(args: argparse.Namespace) -> int:
          f'of {recording.image_size[0]}x{recording.image_size[1]} over {recording.laps} laps '
          f'at {recording.rate_hz:g} Hz)')
 
-    settings = demo.NodeSettings(checkpoint=weights.path, map_directory=run_dir / 'maps',
-                                 detector=demo.demo_detector(recording),
-                                 preprocess=demo.demo_preprocess(model.config.name, args.height),
-                                 device=args.device)
+    settings = demo.NodeSettings(model=model_settings, map_directory=run_dir / 'maps',
+                                 detector=demo.demo_detector(recording))
     env = safe_dds_environment(domain_id, run_dir / 'ros_log')
     os.environ.update(env)  # this process's replay joins the node's domain, loopback only
     params = demo.write_params_file(run_dir / 'node_params.yaml', settings.parameters())
@@ -160,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
                               'metric_differences': differences}
     inputs = {'bag': str(bag), 'query_bag': None, 'image_topic': demo.IMAGE_TOPIC,
               'ground_truth': f'topic {demo.ODOM_TOPIC}', 'checkpoint': str(weights.path),
-              'model_id': ', '.join(summary.model_ids), 'random_weights': weights.random,
+              'model_id': ', '.join(summary.model_ids), 'random_weights': not is_released(model),
               'node_parameters': settings.parameters()}
     report = demo.write_report(out / 'report', runs, ground_truth, inputs, settings.detector,
                                evaluation, extra)
@@ -176,9 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     _say(f'report: {out / "report"} ({", ".join(report["files"] + report["plots"])}); '
          f'total {time.monotonic() - started:.0f} s')
     if agreement is not None and not (agreement.agree and not differences):
-        print('boq-ros demo: error: the live node and the offline pipeline disagree (see '
-              'above)', file=sys.stderr)
-        return 1
+        raise demo.DemoError('the live node and the offline pipeline disagree (see above)')
     return 0
 
 

@@ -2,33 +2,35 @@
 
 One bag: loop closure within the run (the detector's exclusion window applies). A map bag and a
 query bag: place recognition across runs. `--records` evaluates recorded candidates instead (what
-the live node published during `boq-ros replay`), with the same metrics.
+the live node published during `boq-ros replay`), with the same metrics. The model, pipeline,
+keyframe and detector flags are generated from the settings (``boq_ros/cli/options.py``), so
+they have the node parameters' names, defaults and ranges.
 """
 import argparse
 from pathlib import Path
-import sys
+
+from boq_ros.cli import options
 
 EPILOG = """\
 examples:
-  boq-ros eval run1.mcap --image-topic /camera/image_raw --gt-topic /odom \\
-      --checkpoint resnet50-16384 --radius 5 --out eval_run1
+  boq-ros eval run1.mcap --image-topic /camera/image_raw --pose-topic /odom \\
+      --checkpoint resnet50-16384 --radius-m 5 --out eval_run1
   boq-ros eval map_run --query-bag query_run --image-topic /cam/compressed \\
-      --gt-file map.tum --query-gt-file query.tum --checkpoint boq.pth --out eval_pr
-  boq-ros eval run1.mcap ... --heights 288 320 384 432 480   # the resolution study
-  boq-ros eval run1.mcap --gt-topic /odom --records live.jsonl --out eval_live
+      --pose-file map.tum --query-pose-file query.tum --checkpoint boq.pth --out eval_pr
+  boq-ros eval run1.mcap ... --input-size 288 320 384 432 480   # the resolution study
+  boq-ros eval run1.mcap --pose-topic /odom --records live.jsonl --out eval_live
+
+--top-k is the number of candidates the node would publish; eval proposes at least 20 (the
+deepest Recall@K) whatever it is, and only the best candidate's acceptance uses the threshold.
+Old flag names (--gt-topic, --heights, --radius, --keyframes, --backbone, ...) still work and
+print a deprecation note.
 """
 
 
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
-        return value
-    return parse
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from boq_ros.eval.metrics import EvalConfig  # numpy only
+    from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
+
     parser = subparsers.add_parser(
         'eval', help='evaluate loop closure / place recognition on rosbags',
         description='Evaluate BoQ loop closure (one bag) or place recognition (map bag + query '
@@ -38,48 +40,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('bag', type=Path, help='rosbag2 directory or file (sqlite3, MCAP) or '
                                                'ROS 1 bag; the map in place-recognition mode')
     parser.add_argument('--query-bag', type=Path, help='query recording (place recognition)')
-    parser.add_argument('--image-topic', help='camera topic (Image or CompressedImage)')
+    options.add_aliases(parser, parser.add_argument(
+        '--image-topic', help='camera topic (Image or CompressedImage)'))
     parser.add_argument('--query-image-topic', help='camera topic of the query bag '
                                                     '(default: --image-topic)')
-    parser.add_argument('--out', type=Path, required=True, help='output directory')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='output directory (written only once the results exist)')
     gt = parser.add_argument_group('ground truth (one source)')
-    gt.add_argument('--gt-topic', help='Odometry, PoseStamped, PoseWithCovarianceStamped, TF or '
-                                       'NavSatFix topic of the bag(s)')
-    gt.add_argument('--gt-child-frame', help='child frame to follow on a TF topic')
-    gt.add_argument('--gt-file', type=Path, help='TUM or KITTI trajectory file of the bag')
-    gt.add_argument('--query-gt-file', type=Path, help='trajectory file of the query bag')
-    gt.add_argument('--gt-format', choices=('tum', 'kitti'), default='tum')
-    gt.add_argument('--gt-times', type=Path, help='KITTI times file (default: one pose per '
-                                                  'image frame of the bag)')
-    model = parser.add_argument_group('model')
-    model.add_argument('--checkpoint', help='checkpoint file or preset name in the torch hub '
-                                            'cache (resnet50-16384, dinov2-12288)')
-    model.add_argument('--backbone', choices=('resnet50', 'dinov2'))
-    model.add_argument('--heights', type=int, nargs='+', default=[], metavar='H',
-                       help='evaluate at each inference height (aspect kept); default: the '
-                            "preset's size")
-    model.add_argument('--policy', choices=('height', 'square'), default='height',
-                       help='resize policy (default height: aspect preserved)')
-    model.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1 ...')
-    model.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32')
-    model.add_argument('--batch-size', type=_positive(int), default=16)
-    det = parser.add_argument_group('detector and metrics')
-    det.add_argument('--radius', type=_positive(float), default=25.0,
-                     help='a match within this many metres is correct (default 25)')
-    det.add_argument('--exclusion-seconds', type=float, default=30.0)
-    det.add_argument('--exclusion-keyframes', type=int, default=50)
-    det.add_argument('--top-k', type=_positive(int), default=20,
-                     help='candidates per query (default 20, the deepest Recall@K)')
-    det.add_argument('--threshold', type=float, default=None,
-                     help="similarity threshold of the accepted loops (default: detector's)")
-    det.add_argument('--min-margin', type=float, default=0.0)
-    det.add_argument('--consistency', type=_positive(int), default=1)
+    for name, kwargs in (
+            ('--pose-topic', dict(help='Odometry, PoseStamped, PoseWithCovarianceStamped, TF or '
+                                       'NavSatFix topic of the bag(s); also the poses of '
+                                       'distance keyframes')),
+            ('--pose-child-frame', dict(help='child frame to follow on a TF topic')),
+            ('--pose-file', dict(type=Path, help='TUM or KITTI trajectory file of the bag')),
+            ('--query-pose-file', dict(type=Path, help='trajectory file of the query bag')),
+            ('--pose-format', dict(choices=('tum', 'kitti'), default='tum',
+                                   help='format of the trajectory files (default tum)')),
+            ('--pose-times', dict(type=Path, help='KITTI times file (default: one pose per '
+                                                  'image frame of the bag)'))):
+        options.add_aliases(gt, gt.add_argument(name, **kwargs))
+    model = parser.add_argument_group('model and pipeline')
+    options.add(model, ModelSettings, 'checkpoint', 'preset', 'device', 'precision',
+                'resize_policy', 'input_size', several=('input_size',))
+    options.add(model, PipelineConfig, 'batch_size', 'max_image_pixels')
     kf = parser.add_argument_group('keyframes')
-    kf.add_argument('--keyframes', choices=('every_frame', 'interval', 'distance'),
-                    default='every_frame')
-    kf.add_argument('--keyframe-interval', type=_positive(float), default=1.0, metavar='S')
-    kf.add_argument('--keyframe-distance', type=_positive(float), default=1.0, metavar='M')
-    kf.add_argument('--keyframe-angle', type=_positive(float), default=0.2, metavar='RAD')
+    options.add(kf, KeyframePolicy, 'keyframe_mode', 'keyframe_interval_s', 'keyframe_distance_m',
+                'keyframe_angle_rad', 'pose_tolerance_s')
+    det = parser.add_argument_group('detector and metrics')
+    options.add(det, DetectorConfig, 'top_k', 'exclusion_seconds', 'exclusion_keyframes',
+                'threshold_mode', 'threshold', 'adaptive_window', 'adaptive_offset',
+                'min_margin', 'consistency', 'consistency_keyframes')
+    options.add(det, EvalConfig, 'radius_m')
     run_group = parser.add_argument_group('run')
     run_group.add_argument('--records', type=Path, help='evaluate these recorded candidates '
                                                        '(JSON lines) instead of running a model')
@@ -90,16 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _fail(message: str) -> int:
-    print(f'boq-ros eval: error: {message}', file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    """Run the evaluation; UsageError for flags that cannot work together (exit 2).
 
-    from boq_ros.detector import DetectorConfig
+    Failed work raises ValueError / OSError, which boq_ros.cli reports (exit 1).
+    """
+    from boq_ros.cli import UsageError
     from boq_ros.eval.metrics import EvalConfig
+    from boq_ros.eval.report import markdown_summary
     from boq_ros.eval.runner import (
         BagInput,
         EvalSpec,
@@ -107,50 +96,46 @@ def run(args: argparse.Namespace) -> int:
         run_evaluation,
         run_records_evaluation,
     )
-    from boq_ros.keyframes import KeyframePolicy
+    from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
 
-    if (args.gt_topic is None) == (args.gt_file is None):
-        return _fail('give exactly one ground truth: --gt-topic or --gt-file')
-    if args.query_bag is not None and args.gt_file is not None and args.query_gt_file is None:
-        return _fail('--gt-file with --query-bag needs --query-gt-file for the query bag')
-    try:
-        def source(path: Path | None) -> GroundTruthSource:
-            if args.gt_topic is not None:
-                return GroundTruthSource(topic=args.gt_topic, child_frame=args.gt_child_frame)
-            return GroundTruthSource(file=path, format=args.gt_format, kitti_times=args.gt_times)
+    if (args.pose_topic is None) == (args.pose_file is None):
+        raise UsageError('give exactly one ground truth: --pose-topic or --pose-file')
+    if args.query_bag is not None and args.pose_file is not None and (
+            args.query_pose_file is None):
+        raise UsageError('--pose-file with --query-bag needs --query-pose-file for the query bag')
 
-        evaluation = EvalConfig(radius_m=args.radius)
-        if args.records is not None:
-            report = run_records_evaluation(
-                args.records, BagInput(args.bag, args.image_topic or '-', source(args.gt_file),
-                                       'map'),
-                args.exclusion_seconds, args.exclusion_keyframes, evaluation, args.out)
-        else:
-            if not args.image_topic or not args.checkpoint:
-                return _fail('--image-topic and --checkpoint are required (or give --records)')
-            detector = DetectorConfig(top_k=args.top_k, exclusion_seconds=args.exclusion_seconds,
-                                      exclusion_keyframes=args.exclusion_keyframes,
-                                      min_margin=args.min_margin, consistency=args.consistency)
-            if args.threshold is not None:
-                detector = replace(detector, threshold=args.threshold)
-            detector.validate()
-            query = None
-            if args.query_bag is not None:
-                query = BagInput(args.query_bag, args.query_image_topic or args.image_topic,
-                                 source(args.query_gt_file), 'query')
+    def ground_truth(path: Path | None) -> GroundTruthSource:
+        if args.pose_topic is not None:
+            return GroundTruthSource(topic=args.pose_topic, child_frame=args.pose_child_frame)
+        return GroundTruthSource(file=path, format=args.pose_format, kitti_times=args.pose_times)
+
+    evaluation = options.build(EvalConfig, args)
+    if args.records is not None:
+        report = run_records_evaluation(
+            args.records, BagInput(args.bag, args.image_topic or '-',
+                                   ground_truth(args.pose_file), 'map'),
+            args.exclusion_seconds, args.exclusion_keyframes, evaluation, args.out)
+    else:
+        if not args.image_topic or not args.checkpoint:
+            raise UsageError('--image-topic and --checkpoint are required (or give --records)')
+        query = None
+        if args.query_bag is not None:
+            query = BagInput(args.query_bag, args.query_image_topic or args.image_topic,
+                             ground_truth(args.query_pose_file), 'query')
+        try:
             spec = EvalSpec(
-                map_input=BagInput(args.bag, args.image_topic, source(args.gt_file), 'map'),
-                query_input=query, checkpoint=args.checkpoint, backbone=args.backbone,
-                heights=tuple(args.heights), policy=args.policy, device=args.device,
-                precision=args.precision, batch_size=args.batch_size,
-                keyframes=KeyframePolicy(args.keyframes, interval_s=args.keyframe_interval,
-                                         distance_m=args.keyframe_distance,
-                                         angle_rad=args.keyframe_angle),
-                detector=detector, evaluation=evaluation, cache_dir=args.cache_dir,
-                use_cache=not args.no_cache, progress=not args.no_progress)
-            report = run_evaluation(spec, args.out)
-    except (ValueError, OSError) as exc:
-        return _fail(str(exc))
-    print((args.out / 'summary.md').read_text(encoding='utf-8'), end='')
+                map_input=BagInput(args.bag, args.image_topic, ground_truth(args.pose_file),
+                                   'map'),
+                query_input=query, model=options.build(ModelSettings, args, input_size=0),
+                input_sizes=tuple(args.input_size),
+                pipeline=options.build(PipelineConfig, args),
+                keyframes=options.build(KeyframePolicy, args),
+                detector=options.build(DetectorConfig, args), evaluation=evaluation,
+                cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                progress=not args.no_progress)
+        except ValueError as err:  # settings that cannot work together
+            raise UsageError(str(err)) from err
+        report = run_evaluation(spec, args.out)
+    print(markdown_summary(report), end='')
     print(f'\nreport: {args.out / "report.json"}')
-    return 0 if report['runs'] else 1
+    return 0

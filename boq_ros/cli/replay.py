@@ -5,7 +5,6 @@ are evaluated by the same functions as the offline pipeline (`boq-ros eval`).
 """
 import argparse
 from pathlib import Path
-import sys
 
 EPILOG = """\
 examples:
@@ -63,14 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from boq_ros.cli import UsageError
     from boq_ros.eval.records import write_records
     from boq_ros.ros.replay import ReplayError, ReplayOptions, replay
 
     recording = args.record_out is not None
     if args.lockstep and not recording:
-        print("boq-ros replay: error: --lockstep waits for the node's answers: give "
-              '--record-out', file=sys.stderr)
-        return 2
+        raise UsageError("--lockstep waits for the node's answers: give --record-out")
     options = ReplayOptions(
         topics=tuple(args.topics) if args.topics else None, remap=tuple(args.remap),
         rate=args.rate, clock=args.clock, start_offset_s=args.start_offset, qos=args.qos,
@@ -79,16 +77,16 @@ def run(args: argparse.Namespace) -> int:
         allow_network=args.allow_network)
     try:
         options.validate()
-        if recording:
-            args.record_out.parent.mkdir(parents=True, exist_ok=True)
-            write_records(args.record_out, [])
-        summary, _ = replay(
-            args.bag, options, progress=not args.no_progress,
-            on_records=(lambda records: write_records(args.record_out, records, append=True))
-            if recording else None)
-    except (ReplayError, OSError) as exc:
-        print(f'boq-ros replay: error: {exc}', file=sys.stderr)
-        return 1
+    except ReplayError as exc:  # a flag's value that cannot work
+        raise UsageError(str(exc)) from exc
+    # A ReplayError (a ValueError) or OSError names its cause; boq_ros.cli.main reports it.
+    if recording:
+        args.record_out.parent.mkdir(parents=True, exist_ok=True)
+        write_records(args.record_out, [])
+    summary, _ = replay(
+        args.bag, options, progress=not args.no_progress,
+        on_records=(lambda records: write_records(args.record_out, records, append=True))
+        if recording else None)
     print(summary.format())
     if recording:
         print(f'records: {args.record_out}')

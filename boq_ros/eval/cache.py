@@ -2,9 +2,11 @@
 
 An entry is keyed by everything that changes the descriptors: the bag's identity (resolved path,
 and name, size and modification time of each of its files), the image topic, the model id
-(preset and checkpoint checksum), the preprocessing, the precision and the keyframe policy. It is
-stored as an ``.npz`` of plain arrays (loaded without pickle) plus a JSON side file, both written
-atomically; an unreadable or inconsistent entry counts as a miss and is recomputed.
+(preset and checkpoint checksum), the preprocessing, the precision, the image-size limit and the
+keyframe policy. Stage timings and the frames skipped by cause are stored with the descriptors,
+so a re-run from the cache still reports them. An entry is stored as an ``.npz`` of plain arrays
+(loaded without pickle) plus a JSON side file, both written atomically; an unreadable or
+inconsistent entry counts as a miss and is recomputed.
 """
 from dataclasses import dataclass
 import hashlib
@@ -16,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: FramePipeline stage names, skipped frames by cause
 
 
 def default_cache_dir() -> Path:
@@ -50,8 +52,9 @@ class CachedDescriptors:
     descriptors: np.ndarray
     stamps_ns: np.ndarray
     frame_ids: list[str]
-    frame_stamps_ns: np.ndarray
-    timings_s: dict[str, float]
+    frame_stamps_ns: np.ndarray  # every frame read, keyframe or not
+    timings_s: dict[str, float]  # pipeline stage -> seconds
+    skipped: dict[str, int]  # pipeline.SKIP_CAUSES -> frames skipped for it
 
     @property
     def frames(self) -> int:
@@ -81,12 +84,15 @@ class DescriptorCache:
             return None
         if not isinstance(meta, dict):
             return None
-        frame_ids, timings = meta.get('frame_ids'), meta.get('timings_s', {})
+        frame_ids, timings = meta.get('frame_ids'), meta.get('timings_s')
+        skipped = meta.get('skipped')
         if (not isinstance(frame_ids, list) or not isinstance(timings, dict)
-                or descriptors.ndim != 2 or len(frame_ids) != len(descriptors)
+                or not isinstance(skipped, dict) or descriptors.ndim != 2
+                or len(frame_ids) != len(descriptors)
                 or stamps.shape != (len(descriptors),)):
             return None
-        return CachedDescriptors(descriptors, stamps, frame_ids, frame_stamps, dict(timings))
+        return CachedDescriptors(descriptors, stamps, frame_ids, frame_stamps, dict(timings),
+                                 dict(skipped))
 
     def store(self, key: str, entry: CachedDescriptors, parts: dict[str, Any]) -> None:
         """Write an entry atomically; `parts` (the key's inputs) is kept for inspection."""
@@ -99,6 +105,7 @@ class DescriptorCache:
         os.replace(tmp_arrays, arrays_path)
         tmp_meta = meta_path.with_name(f'{key}.tmp.json')
         tmp_meta.write_text(json.dumps({'key': parts, 'frame_ids': entry.frame_ids,
-                                        'timings_s': entry.timings_s}, indent=1),
+                                        'timings_s': entry.timings_s,
+                                        'skipped': entry.skipped}, indent=1),
                             encoding='utf-8')
         os.replace(tmp_meta, meta_path)

@@ -19,31 +19,40 @@ Quantities that divide by zero (no positives, no candidates) are None (JSON null
 """
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-import math
 from typing import Any
 
 import numpy as np
 
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.records import CandidateRecord
+from boq_ros.settings import SettingError, check_settings, setting
 
 
-class EvalConfigError(ValueError):
-    """Raised for an invalid evaluation setting."""
+class EvalConfigError(SettingError):
+    """Raised for an invalid evaluation setting; the message names it."""
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What counts as a revisit, and which Recall@K to report."""
+    """What counts as a revisit, and which Recall@K to report (checked when made)."""
 
-    radius_m: float = 25.0
+    radius_m: float = setting(
+        25.0, 'A candidate within this many metres of the query is a true revisit (25: the '
+        'outdoor benchmarks; about 5 for KITTI-style driving, less indoors).',
+        section='Evaluation', low=0.0, high=1e6, above_low=True)
     recall_ks: tuple[int, ...] = (1, 5, 10, 20)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Refuse a radius or K that would make every number meaningless."""
-        if not (math.isfinite(self.radius_m) and self.radius_m > 0):
-            raise EvalConfigError(f'radius_m must be a positive number, got {self.radius_m}')
-        if not self.recall_ks or any(k < 1 for k in self.recall_ks):
+        try:
+            check_settings(self)
+        except SettingError as err:
+            raise EvalConfigError(str(err)) from None
+        if not self.recall_ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1
+                                     for k in self.recall_ks):
             raise EvalConfigError(f'recall_ks must be positive integers, got {self.recall_ks}')
 
 

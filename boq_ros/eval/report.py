@@ -4,11 +4,13 @@ The JSON report is the complete record (settings, timings, metrics, curves); the
 is what `boq-ros eval` prints; the plots are for looking at failures (PR curve, similarity matrix,
 trajectory with the accepted loop edges coloured true / false positive).
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 import datetime
 import json
 import os
 from pathlib import Path
+import shutil
 from typing import Any
 
 import numpy as np
@@ -68,16 +70,24 @@ def markdown_summary(report: dict[str, Any]) -> str:
 
 
 def _timing_table(runs: Sequence[dict[str, Any]], stages: list[str]) -> list[str]:
-    lines = ['', '| input | frames | keyframes | '
+    lines = ['', '| input | frames | keyframes | skipped | '
               + ' | '.join(f'{s} (ms/frame)' for s in stages) + ' | frames/s | descriptors |',
-              '|---|---|---|' + '---|' * len(stages) + '---|---|']
+              '|---|---|---|---|' + '---|' * len(stages) + '---|---|']
     for run in runs:
         per_frame = {s: 1000 * t / max(run['frames'], 1) for s, t in run['timings_s'].items()}
         lines.append(f'| {run["label"]} | {run["frames"]} | {run["keyframes"]} | '
+                     f'{_skipped(run.get("skipped"))} | '
                      + ' | '.join(_num(per_frame.get(s), 2) for s in stages)
                      + f' | {_num(run["frames_per_s"], 1)} | '
                      + ('from cache' if run['cached'] else 'computed') + ' |')
     return lines
+
+
+def _skipped(skipped: Mapping[str, int] | None) -> str:
+    """Frames skipped by cause, e.g. 'decode 2, depth 1'; '-' when not known (recorded runs)."""
+    if skipped is None:
+        return '-'
+    return ', '.join(f'{cause} {n}' for cause, n in skipped.items() if n) or '0'
 
 
 def _stages(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -92,6 +102,31 @@ def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh folder beside `out_dir` that becomes `out_dir` only if the block succeeds.
+
+    So a failed run leaves neither an empty nor a partial `out_dir`. An existing `out_dir` keeps
+    its other files: the new outputs replace only those of the same name.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f'output directory {out} exists and is not a directory')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f'.{out.name}.tmp-{os.getpid()}'
+    shutil.rmtree(staging, ignore_errors=True)  # the leftover of a killed run
+    staging.mkdir()
+    try:
+        yield staging
+        if out.is_dir():
+            for path in staging.iterdir():
+                os.replace(path, out / path.name)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_report(out_dir: str | os.PathLike, *, task: str, inputs: Mapping[str, Any],
                  detector: Mapping[str, Any], evaluation: EvalConfig,
                  runs: Sequence[Mapping[str, Any]], plots: Sequence[str],
@@ -99,8 +134,9 @@ def write_report(out_dir: str | os.PathLike, *, task: str, inputs: Mapping[str, 
                  ) -> dict[str, Any]:
     """Write report.json and summary.md with the skeleton every evaluation report shares.
 
-    `runs` are the per-configuration entries (label, frames, keyframes, cached, timings_s,
-    frames_per_s, metrics) that `markdown_summary` tabulates; `files` lists the outputs beyond
+    `runs` are the per-configuration entries (label, frames, keyframes, skipped (frames by
+    cause, None when unknown), cached, timings_s, frames_per_s, metrics) that
+    `markdown_summary` tabulates; `files` lists the outputs beyond
     the two written here; `extra` adds top-level sections.  Returns the report.
     """
     out = Path(out_dir)

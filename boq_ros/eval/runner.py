@@ -1,13 +1,16 @@
 """The offline evaluation: bag(s) -> keyframe descriptors -> the detector -> records -> metrics.
 
-Loop closure (one bag): every keyframe queries a map that grows with the run, through the same
-`LoopDetector` the node uses, so its exclusion window applies. Place recognition (a map bag and a
-query bag): the map bag's keyframes form a static map that the query bag's keyframes search.
-Descriptors are cached (see `cache.py`), so a re-run with other thresholds or radii only repeats
-the search and the metrics. Keyframes without ground truth (outside the trajectory's time range
-or in a gap of it) take no part.
+Frames go through the node's own :class:`boq_ros.pipeline.FramePipeline` (decoding, keyframe
+selection, pose lookup, batching, description), so eval selects, describes and skips exactly
+what the node would, and counts the skipped frames by cause. Loop closure (one bag): every
+keyframe queries a map that grows with the run, through the same `LoopDetector` the node uses,
+so its exclusion window applies. Place recognition (a map bag and a query bag): the map bag's
+keyframes form a static map that the query bag's keyframes search. Descriptors are cached (see
+`cache.py`), so a re-run with other thresholds or radii only repeats the search and the
+metrics. Keyframes without ground truth (outside the trajectory's time range or in a gap of it)
+take no part.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 import os
 from pathlib import Path
@@ -17,8 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from boq_ros.bags import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, open_bag, stamp_to_ns
-from boq_ros.detector import Detection, DetectorConfig, LoopDetector
+from boq_ros import sources
+from boq_ros.bags import open_bag
+from boq_ros.detector import Detection, LoopDetector
 from boq_ros.eval import report as report_mod
 from boq_ros.eval.cache import (
     CachedDescriptors,
@@ -31,18 +35,29 @@ from boq_ros.eval.groundtruth import GroundTruth, KeyframePositions, ground_trut
 from boq_ros.eval.metrics import EvalConfig, EvalResult, evaluate
 from boq_ros.eval.records import CandidateRecord, no_match_record, read_records, write_records
 from boq_ros.extractor import Extractor
-from boq_ros.images import decode_compressed, decode_image
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
-from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
-from boq_ros.model import BoQModel, load_boq
+from boq_ros.model import BoQModel
+from boq_ros.model.checkpoint import is_released
+from boq_ros.pipeline import SKIP_CAUSES, Frame, FramePipeline
+from boq_ros.poses import PoseBuffer
 from boq_ros.preprocess import PreprocessConfig
+from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
 from boq_ros.trajectory import Trajectory
 
-STAGES = ('read', 'decode', 'model', 'search')
+STAGES = ('read', 'decode', 'describe', 'search')
+"""The stages of ``boq_ros.pipeline.STAGES`` an offline run times, in report order."""
+
+_SKIPPED_AS = {'decode': 'decode errors', 'depth': 'depth images', 'no_pose': 'without a pose',
+               'descriptor': 'descriptor errors'}
+"""How the error message of a topic without a usable frame names each of SKIP_CAUSES."""
 
 
 class EvalInputError(ValueError):
     """Raised for evaluation inputs that cannot work together (topics, ground truth, sessions)."""
+
+
+class NoUsableFrameError(EvalInputError):
+    """Raised when a recording's image topic yields no keyframe; names the skip causes."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class GroundTruthSource:
             raise EvalInputError('ground truth needs exactly one of a topic or a file')
         if self.format not in ('tum', 'kitti'):
             raise EvalInputError(f'ground-truth format must be tum or kitti, got {self.format!r}')
+
+    @property
+    def needs_frames(self) -> bool:
+        """KITTI without a times file: one pose per image frame, known only once read."""
+        return self.file is not None and self.format == 'kitti' and self.kitti_times is None
 
     def describe(self) -> str:
         """Short human-readable origin, for reports."""
@@ -89,29 +109,64 @@ class BagInput:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """Everything one `boq-ros eval` run needs, independent of the command line."""
+    """Everything one `boq-ros eval` run needs, in the shared settings vocabulary.
+
+    `input_sizes` is the resolution study: one run per model input size (each as
+    ``ModelSettings.input_size``: 0 is the preset's default, else at least 16, rounded to the
+    backbone's patch multiple); empty means ``model.input_size`` alone. The detector runs with
+    at least max(recall_ks) candidates per query, so that every Recall@K is defined.
+    """
 
     map_input: BagInput
-    checkpoint: str
+    model: ModelSettings
     query_input: BagInput | None = None
-    backbone: str | None = None
-    heights: tuple[int, ...] = ()
-    policy: Literal['height', 'square'] = 'height'
-    device: str = 'auto'
-    precision: str = 'fp32'
-    batch_size: int = 16
+    input_sizes: tuple[int, ...] = ()
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: bool = True
-    random_weights: bool = False
+
+    def __post_init__(self) -> None:
+        self.detector.validate()
+        self.evaluation.validate()
+        self.model_settings()  # refuses an input size below the minimum
+        if self.keyframes.keyframe_mode == 'external':
+            raise EvalInputError('keyframe mode external needs a SLAM system; offline use '
+                                 'every_frame, interval or distance')
+        for source in self.inputs:
+            if self.keyframes.keyframe_mode == 'distance' and source.ground_truth.topic is None:
+                raise EvalInputError(
+                    'keyframe mode distance takes its poses from the pose topic of the bag, as '
+                    'the node takes odometry: give --pose-topic')
+        if self.query_input is not None and self.query_input.session == self.map_input.session:
+            raise EvalInputError(f'map and query sessions must differ, both are '
+                                 f'{self.map_input.session!r}')
 
     @property
     def task(self) -> str:
         """'loop_closure' (one bag) or 'place_recognition' (map and query bags)."""
         return 'loop_closure' if self.query_input is None else 'place_recognition'
+
+    @property
+    def inputs(self) -> list[BagInput]:
+        """The recordings described: the map bag, then the query bag if any."""
+        return [self.map_input] + ([] if self.query_input is None else [self.query_input])
+
+    def model_settings(self) -> list[ModelSettings]:
+        """Return the model settings of each run of the study (SettingError if invalid)."""
+        return [replace(self.model, input_size=size)
+                for size in self.input_sizes or (self.model.input_size,)]
+
+    def detector_config(self) -> DetectorConfig:
+        """Return the detector as run: grow (one bag) or static (map and query bags).
+
+        It proposes at least max(recall_ks) candidates, so that every Recall@K is defined.
+        """
+        return replace(self.detector, mode='grow' if self.query_input is None else 'static',
+                       top_k=max(self.detector.top_k, *self.evaluation.recall_ks))
 
 
 @dataclass
@@ -124,144 +179,86 @@ class DescribedBag:
     valid: np.ndarray
 
 
-def preprocess_configs(model: BoQModel, policy: str,
-                       heights: Sequence[int]) -> list[PreprocessConfig]:
-    """One preprocessing per requested height (the preset default when none is given).
-
-    For DINOv2 a height is rounded to the nearest multiple of the 14-pixel patch.
-    """
-    base = PreprocessConfig.default_for(model.config.name, policy)
-    if not heights:
-        return [base]
-    configs = []
-    for height in heights:
-        if isinstance(height, bool) or not isinstance(height, int) or height < 16:
-            raise EvalInputError(f'heights must be integers >= 16, got {height!r}')
-        size = max(1, round(height / base.multiple)) * base.multiple
-        configs.append(PreprocessConfig(policy, size, base.multiple))
-    return list(dict.fromkeys(configs))
+def _noting_stamps(frames: Iterable[Frame], stamps: list[int]) -> Iterator[Frame]:
+    """Yield the frames, appending each one's stamp (KITTI ground truth: a pose per frame)."""
+    for frame in frames:
+        stamps.append(frame.stamp_ns)
+        yield frame
 
 
-def _timed(iterator: Iterator[Any], timings: dict[str, float], stage: str) -> Iterator[Any]:
-    """Yield from `iterator`, adding the time spent inside it to timings[stage]."""
-    while True:
-        start = time.perf_counter()
-        try:
-            item = next(iterator)
-        except StopIteration:
-            timings[stage] += time.perf_counter() - start
-            return
-        timings[stage] += time.perf_counter() - start
-        yield item
-
-
-def decode_message(message: Any) -> tuple[np.ndarray, str, int, str]:
-    """Decode a recorded Image / CompressedImage: (array, encoding, stamp_ns, frame_id)."""
-    msg = message.decode()
-    if message.msgtype == IMAGE_TYPE:
-        array, encoding = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                       bool(msg.is_bigendian))
-    else:
-        array, encoding = decode_compressed(msg.format, msg.data)
-    return array, encoding, stamp_to_ns(msg.header.stamp), msg.header.frame_id
-
-
-def describe_bag(source: BagInput, extractor: Extractor, policy: KeyframePolicy,
-                 trajectory: Trajectory | None = None, progress: bool = False
+def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePolicy,
+                 config: PipelineConfig | None = None, progress: bool = False
                  ) -> CachedDescriptors:
-    """Read, decode, select keyframes and describe them, timing each stage.
+    """Describe the keyframes of a bag's image topic with the node's frame pipeline.
 
-    A distance keyframe policy is fed the poses of `trajectory` as the bag clock passes them,
-    as the node is fed odometry.
+    Distance keyframes take their poses from the ground-truth pose topic, fed as the bag clock
+    passes them, as odometry reaches the node. NoUsableFrameError when no keyframe results.
     """
-    if policy.mode == 'external':
-        raise EvalInputError('keyframe mode external needs a SLAM system; offline use '
-                             'every_frame, interval or distance')
-    if policy.mode == 'distance' and trajectory is None:
-        raise EvalInputError('keyframe mode distance needs a trajectory (odometry)')
-    timings = dict.fromkeys(('read', 'decode', 'model'), 0.0)
+    first_skip: list[str] = []
+
+    def on_skip(cause: str, message: str) -> None:
+        if not first_skip:
+            first_skip.append(message)
+
+    frame_stamps: list[int] = []
+    keyframes_out = []
     with open_bag(source.path) as bag:
+        poses, track = None, None
+        if keyframes.keyframe_mode == 'distance':
+            track = sources.pose_topic(bag, source.ground_truth.topic,
+                                       source.ground_truth.child_frame)
+            poses = PoseBuffer(keyframes.pose_tolerance_s, frame=track.frame,
+                               source=track.source)
+        pipeline = FramePipeline(extractor, keyframes, config, session=source.session,
+                                 poses=poses, on_skip=on_skip)
+        frames = _noting_stamps(sources.bag_frames(bag, [source.image_topic]), frame_stamps)
         info = bag.topics.get(source.image_topic)
-        if info is None:
-            raise EvalInputError(f'topic {source.image_topic!r} is not in {source.path} '
-                                 f'(image topics: {", ".join(bag.image_topics()) or "none"})')
-        if info.msgtype not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
-            raise EvalInputError(f'topic {source.image_topic!r} carries {info.msgtype}, '
-                                 'not camera images')
-        selector = KeyframeSelector(policy)
-        fed = 0  # trajectory poses given to the selector so far
-        tolerance_ns = int(policy.pose_tolerance_s * 1e9)
-        images: list[np.ndarray] = []
-        encodings: list[str] = []
-        stamps: list[int] = []
-        all_stamps: list[int] = []
-        frame_ids: list[str] = []
-        descriptors: list[np.ndarray] = []
-
-        def flush() -> None:
-            start = time.perf_counter()
-            descriptors.append(extractor.extract(images, encodings))
-            timings['model'] += time.perf_counter() - start
-            images.clear()
-            encodings.clear()
-
-        messages = _timed(iter(bag.messages([source.image_topic])), timings, 'read')
-        bar = tqdm(messages, total=info.count, unit='frame', disable=not progress,
-                   desc=f'{source.path.name} @ {extractor.preprocess_config.size} px')
-        for message in bar:
-            start = time.perf_counter()
-            try:
-                array, encoding, stamp, frame_id = decode_message(message)
-            except ValueError:
-                timings['decode'] += time.perf_counter() - start
-                continue  # a corrupt frame is skipped, as the node skips it
-            timings['decode'] += time.perf_counter() - start
-            all_stamps.append(stamp)
-            if trajectory is not None and policy.mode == 'distance':
-                while fed < len(trajectory) and trajectory.stamps_ns[fed] <= stamp + tolerance_ns:
-                    orientation = (None if trajectory.orientations is None
-                                   else trajectory.orientations[fed])
-                    selector.update_pose(int(trajectory.stamps_ns[fed]),
-                                         trajectory.positions[fed], orientation)
-                    fed += 1
-            if not selector.offer(stamp, source.image_topic):
-                continue
-            images.append(array)
-            encodings.append(encoding)
-            stamps.append(stamp)
-            frame_ids.append(frame_id)
-            if len(images) >= extractor.batch_size:
-                flush()
-        if images:
-            flush()
-    desc = (np.concatenate(descriptors) if descriptors
-            else np.zeros((0, extractor.dim), np.float32))
-    return CachedDescriptors(desc, np.asarray(stamps, np.int64), frame_ids,
-                             np.asarray(all_stamps, np.int64), timings)
+        with tqdm(total=info.count if info else None, unit='frame', disable=not progress,
+                  desc=f'{source.path.name} @ {extractor.preprocess_config.size} px') as bar:
+            for batch in pipeline.run(frames, track.poses if track else (), on_frame=bar.update):
+                keyframes_out += batch
+    skipped = pipeline.stats.skipped()
+    if not keyframes_out:
+        causes = ''.join(f', {n} {_SKIPPED_AS[c]}' for c, n in skipped.items() if n)
+        raise NoUsableFrameError(
+            f'no usable frame on {source.image_topic} in {source.path.name}: '
+            f'{len(frame_stamps)} frames{causes}'
+            + (f' (first: {first_skip[0]})' if first_skip else ''))
+    return CachedDescriptors(
+        np.stack([kf.descriptor for kf in keyframes_out]).astype(np.float32, copy=False),
+        np.array([kf.meta.stamp_ns for kf in keyframes_out], np.int64),
+        [kf.frame.frame_id for kf in keyframes_out], np.array(frame_stamps, np.int64),
+        {stage: pipeline.stats.seconds[stage] for stage in STAGES if stage != 'search'},
+        skipped)
 
 
 def _describe_cached(source: BagInput, extractor: Extractor, spec: EvalSpec,
                      cache: DescriptorCache | None) -> DescribedBag:
     """Describe a bag (from the cache when possible) and look up its keyframes' true positions."""
     trajectory = None
-    if source.ground_truth.topic is not None or source.ground_truth.format == 'tum' or (
-            source.ground_truth.kitti_times is not None):
+    if not source.ground_truth.needs_frames:  # ground-truth errors before the slow part
         trajectory = source.ground_truth.load(source.path, np.zeros(0, np.int64))
+    distance = spec.keyframes.keyframe_mode == 'distance'
     parts = {'bag': bag_identity(source.path), 'topic': source.image_topic,
              'model_id': extractor.model_id, 'preprocess': extractor.preprocess_config.to_dict(),
              'precision': extractor.precision, 'keyframes': asdict(spec.keyframes),
-             'keyframe_odometry': (source.ground_truth.describe()
-                                   if spec.keyframes.mode == 'distance' else None)}
+             'keyframe_poses': source.ground_truth.describe() if distance else None,
+             'max_image_pixels': spec.pipeline.max_image_pixels}
     key = cache_key(parts)
     entry = cache.load(key) if cache is not None else None
     cached = entry is not None
     if entry is None:
-        entry = describe_bag(source, extractor, spec.keyframes, trajectory, spec.progress)
+        entry = describe_bag(source, extractor, spec.keyframes, spec.pipeline, spec.progress)
         if cache is not None:
             cache.store(key, entry, parts)
-    if trajectory is None:  # KITTI without a times file: one pose per image frame
+    if trajectory is None:
         trajectory = source.ground_truth.load(source.path, entry.frame_stamps_ns)
     positions, _, valid = trajectory.interpolate(entry.stamps_ns)
+    if not valid.any():
+        raise EvalInputError(
+            f'none of the {len(valid)} keyframes on {source.image_topic} in {source.path.name} '
+            f'has ground truth ({source.ground_truth.describe()}): their stamps are outside the '
+            'trajectory or in its gaps')
     return DescribedBag(entry, cached, positions, valid)
 
 
@@ -305,7 +302,7 @@ def _detect(detector: LoopDetector, descriptors: np.ndarray, metas: list[Keyfram
 
 @dataclass
 class RunOutcome:
-    """One evaluated configuration (one inference height): what the report and plots need."""
+    """One evaluated configuration (one input size): what the report and plots need."""
 
     label: str
     preprocess: PreprocessConfig
@@ -320,9 +317,6 @@ class RunOutcome:
 def run_once(spec: EvalSpec, extractor: Extractor,
              cache: DescriptorCache | None) -> RunOutcome:
     """Describe, detect and evaluate at the extractor's preprocessing."""
-    if spec.query_input is not None and spec.query_input.session == spec.map_input.session:
-        raise EvalInputError(f'map and query sessions must differ, both are '
-                             f'{spec.map_input.session!r}')
     described_map = _describe_cached(spec.map_input, extractor, spec, cache)
     described_query = (described_map if spec.query_input is None
                        else _describe_cached(spec.query_input, extractor, spec, cache))
@@ -330,16 +324,14 @@ def run_once(spec: EvalSpec, extractor: Extractor,
     map_metas = _metas(described_map, spec.map_input)
     kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
                        preprocess=extractor.preprocess_config.to_dict())
+    detector = LoopDetector(kmap, spec.detector_config())
     start = time.perf_counter()
     if spec.query_input is None:
-        detector = LoopDetector(kmap, replace(spec.detector, mode='grow'))
         detections = _detect(detector, map_desc, map_metas, spec.progress)
         query_desc = map_desc
         gt_map = gt_query = _positions(described_map, spec.map_input.session)
     else:
-        if len(map_desc):
-            kmap.add(map_desc, map_metas)
-        detector = LoopDetector(kmap, replace(spec.detector, mode='static'))
+        kmap.add(map_desc, map_metas)
         query_desc = described_query.entry.descriptors[described_query.valid]
         detections = _detect(detector, query_desc, _metas(described_query, spec.query_input),
                              spec.progress)
@@ -354,17 +346,20 @@ def run_once(spec: EvalSpec, extractor: Extractor,
     # Stage timings are those measured when the descriptors were computed (stored with them in
     # the cache), so that a re-run from the cache still reports the pipeline's throughput.
     timings = dict.fromkeys(STAGES, 0.0)
+    skipped = dict.fromkeys(SKIP_CAUSES, 0)
     for described in inputs:
         for stage, seconds in described.entry.timings_s.items():
             timings[stage] += seconds
+        for cause, count in described.entry.skipped.items():
+            skipped[cause] = skipped.get(cause, 0) + count
     timings['search'] = search_s
     frames = sum(d.entry.frames for d in inputs)
-    keyframes = sum(len(d.entry.stamps_ns) for d in inputs)
     total = sum(timings.values())
     pre = extractor.preprocess_config
     label = f'{pre.policy} {pre.size} px'
     summary = {
-        'label': label, 'preprocess': pre.to_dict(), 'frames': frames, 'keyframes': keyframes,
+        'label': label, 'preprocess': pre.to_dict(), 'frames': frames,
+        'keyframes': sum(len(d.entry.stamps_ns) for d in inputs), 'skipped': skipped,
         'keyframes_without_ground_truth': int(sum((~d.valid).sum() for d in inputs)),
         'cached': all(d.cached for d in inputs),
         'timings_s': timings, 'frames_per_s': frames / total if total > 0 else None,
@@ -373,62 +368,68 @@ def run_once(spec: EvalSpec, extractor: Extractor,
     return RunOutcome(label, pre, records, result, ground_truth, map_desc, query_desc, summary)
 
 
+def _extractors(spec: EvalSpec, model: BoQModel) -> list[Extractor]:
+    """One extractor per distinct preprocessing of the resolution study."""
+    extractors: dict[PreprocessConfig, Extractor] = {}
+    for settings in spec.model_settings():
+        pre = settings.preprocess_for(model.config.name)
+        if pre not in extractors:
+            extractors[pre] = settings.extractor(model, spec.pipeline.batch_size)
+    return list(extractors.values())
+
+
 def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
                    model: BoQModel | None = None) -> dict[str, Any]:
-    """Evaluate at each requested height; write report.json, summary.md, records and plots."""
-    spec.detector.validate()
-    spec.evaluation.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model or load_boq(spec.checkpoint, spec.backbone)
+    """Evaluate at each input size; write report.json, summary.md, records and plots.
+
+    Everything is computed before `out_dir` is written, and written beside it first: a failed
+    evaluation leaves no (empty or partial) `out_dir`.
+    """
+    model = model or spec.model.load()
     cache = (DescriptorCache(spec.cache_dir or default_cache_dir()) if spec.use_cache
              else None)
-    outcomes = []
-    for pre in preprocess_configs(model, spec.policy, spec.heights):
-        extractor = Extractor(model, device=spec.device, precision=spec.precision,
-                              preprocess=pre, batch_size=spec.batch_size)
-        outcomes.append(run_once(spec, extractor, cache))
-    plots = []
+    extractors = _extractors(spec, model)
+    outcomes = [run_once(spec, extractor, cache) for extractor in extractors]
     several = len(outcomes) > 1
-    for outcome in outcomes:
-        suffix = f'_{outcome.preprocess.size}' if several else ''
-        write_records(out / f'records{suffix}.jsonl', outcome.records)
-        title = f'{model.model_id}, {outcome.label}'
-        report_mod.plot_similarity_matrix(out / f'similarity{suffix}.png',
-                                          outcome.query_descriptors, outcome.map_descriptors,
-                                          title)
-        report_mod.plot_trajectory(out / f'trajectory{suffix}.png', outcome.ground_truth,
-                                   outcome.result,
-                                   f'{title}: accepted loops (threshold '
-                                   f'{spec.detector.threshold:g})')
-        plots += [f'similarity{suffix}.png', f'trajectory{suffix}.png']
-    report_mod.plot_pr_curves(out / 'pr_curve.png',
-                              [(o.label, o.result) for o in outcomes])
-    plots.insert(0, 'pr_curve.png')
+    suffixes = [f'_{o.preprocess.size}' if several else '' for o in outcomes]
+    with report_mod.staged_output(out_dir) as out:
+        plots = ['pr_curve.png']
+        for outcome, suffix in zip(outcomes, suffixes):
+            write_records(out / f'records{suffix}.jsonl', outcome.records)
+            title = f'{model.model_id}, {outcome.label}'
+            report_mod.plot_similarity_matrix(out / f'similarity{suffix}.png',
+                                              outcome.query_descriptors,
+                                              outcome.map_descriptors, title)
+            report_mod.plot_trajectory(out / f'trajectory{suffix}.png', outcome.ground_truth,
+                                       outcome.result,
+                                       f'{title}: accepted loops (threshold '
+                                       f'{spec.detector.threshold:g})')
+            plots += [f'similarity{suffix}.png', f'trajectory{suffix}.png']
+        report_mod.plot_pr_curves(out / 'pr_curve.png', [(o.label, o.result) for o in outcomes])
+        detector = spec.detector_config()
+        return report_mod.write_report(
+            out, task=spec.task,
+            inputs={
+                'bag': str(spec.map_input.path),
+                'query_bag': None if spec.query_input is None else str(spec.query_input.path),
+                'image_topic': spec.map_input.image_topic,
+                'ground_truth': spec.map_input.ground_truth.describe(),
+                'map': _describe_input(spec.map_input),
+                'query': None if spec.query_input is None else _describe_input(spec.query_input),
+                'checkpoint': spec.model.checkpoint, 'model_id': model.model_id,
+                'device': str(extractors[0].device), 'precision': spec.model.precision,
+                'pipeline': asdict(spec.pipeline), 'keyframes': asdict(spec.keyframes),
+                'random_weights': not is_released(model),
+            },
+            detector={**asdict(spec.detector), 'mode': detector.mode,
+                      'candidates_per_query': detector.top_k},
+            evaluation=spec.evaluation, runs=[o.summary for o in outcomes], plots=plots,
+            files=[f'records{suffix}.jsonl' for suffix in suffixes])
 
-    def describe(source: BagInput | None) -> dict[str, Any] | None:
-        if source is None:
-            return None
-        return {'path': str(source.path), 'image_topic': source.image_topic,
-                'session': source.session, 'ground_truth': source.ground_truth.describe()}
 
-    return report_mod.write_report(
-        out, task=spec.task,
-        inputs={
-            'bag': str(spec.map_input.path),
-            'query_bag': None if spec.query_input is None else str(spec.query_input.path),
-            'image_topic': spec.map_input.image_topic,
-            'ground_truth': spec.map_input.ground_truth.describe(),
-            'map': describe(spec.map_input), 'query': describe(spec.query_input),
-            'checkpoint': spec.checkpoint, 'model_id': model.model_id,
-            'device': str(extractor.device), 'precision': spec.precision,
-            'keyframes': asdict(spec.keyframes), 'random_weights': spec.random_weights,
-        },
-        detector={**asdict(spec.detector),
-                  'mode': 'grow' if spec.query_input is None else 'static'},
-        evaluation=spec.evaluation, runs=[o.summary for o in outcomes], plots=plots,
-        files=[f'records_{o.preprocess.size}.jsonl' if several else 'records.jsonl'
-               for o in outcomes])
+def _describe_input(source: BagInput) -> dict[str, Any]:
+    return {'path': str(source.path), 'image_topic': source.image_topic,
+            'session': source.session, 'ground_truth': source.ground_truth.describe()}
 
 
 def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
@@ -450,19 +451,24 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
                                                      if r.has_match}
     ground_truth, kept, dropped = ground_truth_for_records(
         records, dict.fromkeys(sessions, trajectory), exclusion_seconds, exclusion_keyframes)
+    if not len(ground_truth.queries):
+        raise EvalInputError(f'none of the {len(records)} records of {records_path} names a '
+                             f'keyframe with ground truth ({source.ground_truth.describe()})')
     result = evaluate(kept, ground_truth, evaluation)
-    plots = report_mod.plot_loop_closure(out_dir, [('recorded', result)], ground_truth,
-                                         f'{Path(records_path).name}: accepted loops')
-    return report_mod.write_report(
-        out_dir, task='loop_closure',
-        inputs={'bag': str(source.path), 'query_bag': None, 'records': str(records_path),
-                'image_topic': '-', 'ground_truth': source.ground_truth.describe(),
-                'model_id': '(as recorded)'},
-        detector={'exclusion_seconds': exclusion_seconds,
-                  'exclusion_keyframes': exclusion_keyframes},
-        evaluation=evaluation,
-        runs=[{'label': 'recorded', 'frames': ground_truth.queries.stamps_ns.size,
-               'keyframes': ground_truth.queries.stamps_ns.size,
-               'records_without_ground_truth': dropped, 'cached': False, 'timings_s': {},
-               'frames_per_s': None, 'metrics': result.to_dict()}],
-        plots=plots)
+    with report_mod.staged_output(out_dir) as out:
+        plots = report_mod.plot_loop_closure(out, [('recorded', result)], ground_truth,
+                                             f'{Path(records_path).name}: accepted loops')
+        return report_mod.write_report(
+            out, task='loop_closure',
+            inputs={'bag': str(source.path), 'query_bag': None, 'records': str(records_path),
+                    'image_topic': '-', 'ground_truth': source.ground_truth.describe(),
+                    'model_id': '(as recorded)'},
+            detector={'exclusion_seconds': exclusion_seconds,
+                      'exclusion_keyframes': exclusion_keyframes},
+            evaluation=evaluation,
+            runs=[{'label': 'recorded', 'frames': ground_truth.queries.stamps_ns.size,
+                   'keyframes': ground_truth.queries.stamps_ns.size, 'skipped': None,
+                   'records_without_ground_truth': dropped, 'cached': False, 'timings_s': {},
+                   'frames_per_s': None, 'metrics': result.to_dict()}],
+            plots=plots)
+

@@ -15,9 +15,10 @@ import numpy as np
 
 from boq_ros.keyframe_map.rows import ChunkedRows
 from boq_ros.keyframe_map.schema import MapError
+from boq_ros.settings import INDEX_KINDS
 
 Kind = Literal['flat', 'flat_fp16', 'hnsw', 'ivfpq']
-KINDS = ('flat', 'flat_fp16', 'hnsw', 'ivfpq')
+KINDS = INDEX_KINDS
 FLAT_KINDS = ('flat', 'flat_fp16')
 
 IVFPQ_MIN_KEYFRAMES = 10_000

@@ -230,6 +230,42 @@ class KeyframeMap:
         search.rebuild(self._rows)
         self._search = search
 
+    def savepoint(self) -> tuple[int, int, dict[str, int]]:
+        """Mark the map's growth so far, for :meth:`rollback` (a caller's all-or-nothing step)."""
+        with self._lock:
+            return len(self._rows), self._state.next_id, dict(self._next_seq)
+
+    def rollback(self, savepoint: tuple[int, int, dict[str, int]]) -> None:
+        """Forget every keyframe added since `savepoint` (ids and seqs are handed out again)."""
+        count, next_id, next_seq = savepoint
+        with self._lock:
+            if len(self._rows) == count:
+                return
+            if len(self._rows) < count or self._state.next_id < next_id:
+                raise MapError('rollback to a savepoint this map has not passed')
+            self._rollback(count)
+            self._state.next_id, self._next_seq = next_id, dict(next_seq)
+
+    def find(self, metas: Sequence[KeyframeMeta]) -> np.ndarray:
+        """Ids of keyframes already in the map with the same session, camera and stamp (-1: none).
+
+        A keyframe's identity is where and when its image was taken: adding a recording twice
+        would otherwise store every keyframe twice.
+        """
+        found = np.full(len(metas), -1, np.int64)
+        with self._lock:
+            cols, live = self._table.columns(), self._table.live_mask()
+            if not len(metas) or not live.any():
+                return found
+            stamps = np.array([int(m.stamp_ns) for m in metas], np.int64)
+            rows = np.flatnonzero(live & np.isin(cols['stamp_ns'], stamps))
+            vocab = self._table.vocab
+            where = {(int(cols['stamp_ns'][r]), vocab['session'].words[cols['session'][r]],
+                      vocab['camera'].words[cols['camera'][r]]): int(cols['id'][r]) for r in rows}
+            for i, m in enumerate(metas):
+                found[i] = where.get((int(m.stamp_ns), m.session, m.camera), -1)
+        return found
+
     def remove_session(self, session: str) -> int:
         """Hide every keyframe of `session` from search and lookup; returns how many."""
         with self._lock:

@@ -3,10 +3,15 @@
 Third-party wrappers have silently loaded only part of these files; here every key, shape and
 dtype is checked against the lists in ``data/`` and any difference is refused with a message that
 names it.
+
+Whether weights are the authors' release is a recorded fact, not a guess from a file name:
+:func:`download_checkpoint` writes the sha256 of what it fetched from the official URL into
+``RELEASE_RECORD`` next to the file, and :func:`is_released` checks a file or model against it.
 """
 from collections.abc import Mapping
 from functools import cache
 import importlib.resources
+import json
 import os
 from pathlib import Path
 import pickle
@@ -20,6 +25,7 @@ from boq_ros.model.presets import BACKBONES, DEFAULT_PRESET, PRESETS, BoQConfig,
 
 _PREFIXES = {'resnet50': 'backbone.net.', 'dinov2': 'backbone.dino.'}
 _LISTED = 5  # key names quoted in an error message
+RELEASE_RECORD = 'boq_ros_released.json'  # in the checkpoint cache: file name -> sha256, url
 
 
 class CheckpointError(ValueError):
@@ -164,7 +170,7 @@ def resolve_checkpoint(spec: str | os.PathLike, download: bool = False) -> Path:
 
 
 def download_checkpoint(preset: str, progress: bool = True) -> Path:
-    """Fetch the released file into the torch hub cache, then validate it strictly."""
+    """Fetch the released file into the torch hub cache, validate it, record its sha256."""
     config = get_preset(preset)
     path = cache_path(preset)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +185,60 @@ def download_checkpoint(preset: str, progress: bool = True) -> Path:
     except CheckpointError:
         path.unlink(missing_ok=True)
         raise
+    _record_release(path, config)
     return path
+
+
+def release_record_path() -> Path:
+    """Where the sha256 of every file fetched from an official URL is recorded."""
+    return Path(torch.hub.get_dir()) / 'checkpoints' / RELEASE_RECORD
+
+
+def _read_release_record() -> dict[str, dict[str, str]]:
+    """Return the record, or {} when there is none or it cannot be trusted (never raises)."""
+    try:
+        record = json.loads(release_record_path().read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {k: v for k, v in record.items()
+            if isinstance(v, dict) and isinstance(v.get('sha256'), str)}
+
+
+def _record_release(path: Path, config: BoQConfig) -> None:
+    """Add the downloaded file's sha256 to the record (replaced atomically, never half-written)."""
+    record = _read_release_record()
+    record[config.weights_file] = {'sha256': file_sha256(path), 'url': config.url}
+    target = release_record_path()
+    temporary = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + '\n', encoding='utf-8')
+    os.replace(temporary, target)
+
+
+def released_checksums() -> set[str]:
+    """Return the sha256 of every file recorded as downloaded from its preset's official URL."""
+    official = {config.weights_file: config.url for config in PRESETS.values()}
+    return {entry['sha256'] for name, entry in _read_release_record().items()
+            if name in official and entry.get('url') == official[name]}
+
+
+def is_released(weights: str | os.PathLike | BoQModel) -> bool:
+    """Tell whether a checkpoint file (or a loaded model's file) is a downloaded release.
+
+    True only when the file's sha256 (for a model, ``model.checksum``) was recorded by
+    :func:`download_checkpoint`; a copy placed by hand, a random checkpoint or a modified file
+    is not. A preset name means its file in the torch hub cache.
+    """
+    if isinstance(weights, BoQModel):
+        checksum = weights.checksum
+    else:
+        text = os.fspath(weights)
+        path = cache_path(text) if text in PRESETS else Path(text).expanduser()
+        if not path.is_file():
+            return False
+        checksum = file_sha256(path)
+    return bool(checksum) and checksum in released_checksums()
 
 
 def _randomise_(model: nn.Module, generator: torch.Generator) -> None:
@@ -209,7 +268,11 @@ def _randomise_(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def write_random_checkpoint(path: str | os.PathLike, preset: str, seed: int = 0) -> Path:
-    """Write random weights in exactly the released format (for tests; never downloads)."""
+    """Write random weights in exactly the released format (for tests; never downloads).
+
+    No release record is written, so :func:`is_released` is False for the file even in the
+    torch hub cache under the released name.
+    """
     config = get_preset(preset)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):

@@ -1,8 +1,9 @@
 """Translation between ROS messages and the ROS-free core (images, keyframes, detections).
 
-Camera images are decoded by `boq_ros.images`, the same validating decoder the bag evaluator
-uses, so live descriptors equal offline ones and untrusted sizes are checked before any
-allocation (cv_bridge is not needed: the decoder covers every camera encoding it does).
+Camera messages become `boq_ros.pipeline.Frame` objects, decoded by the same pipeline (and the
+same validating decoder) as recordings offline, so live descriptors equal offline ones and
+untrusted sizes are checked before any allocation (cv_bridge is not needed: the decoder covers
+every camera encoding it does).
 """
 from collections.abc import Sequence
 
@@ -14,10 +15,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import Marker
 
+from boq_ros import pipeline
+from boq_ros.bags import stamp_to_ns
 from boq_ros.detector import Candidate, Detection
-from boq_ros.images import decode_compressed, decode_image, encode_image
+from boq_ros.images import encode_image
 from boq_ros.keyframe_map.meta import KeyframeMeta
 from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
+from boq_ros.pipeline import Frame
 
 NO_ID = 2 ** 64 - 1
 """KeyframeRef.id of a query that did not join the map (mode static)."""
@@ -28,12 +32,15 @@ def ns_to_stamp(ns: int) -> Time:
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
-def decode(msg: Image | CompressedImage, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Decode a camera message into (array, canonical encoding); ImageDecodeError if invalid."""
+def frame(msg: Image | CompressedImage, camera: str, received_ns: int = 0) -> Frame:
+    """Make the pipeline's frame of a camera message (still encoded: decoded if a keyframe)."""
     if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.format, msg.data, max_pixels=max_pixels)
-    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                        bool(msg.is_bigendian), max_pixels=max_pixels)
+        payload = pipeline.CompressedImage(msg.format, msg.data)
+    else:
+        payload = pipeline.RawImage(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                    bool(msg.is_bigendian))
+    return Frame(stamp_to_ns(msg.header.stamp), camera, payload, frame_id=msg.header.frame_id,
+                 received_ns=received_ns)
 
 
 def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:

@@ -420,6 +420,7 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
     wall_start = time.monotonic()
     anchor_wall, anchor_ns = wall_start, first_ns
     waited = False
+    unanswered: tuple[int, int] | None = None  # lockstep: the last image published (stamp, n)
     last_ns = first_ns
     bar = tqdm(total=sum(bag.topics[t].count for t in streams), unit='msg', desc='replay',
                disable=not progress, leave=False)
@@ -429,6 +430,15 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
             if message.log_time_ns < first_ns:
                 continue
             answers.check()
+            stream = streams[message.topic]
+            image = stream.is_image and message.topic in listened
+            if image and unanswered is not None:
+                # Lockstep: the next image waits for the answer to the last one; the other
+                # topics flow meanwhile (the node may need the odometry after an image).
+                stamp, n = unanswered
+                answers.wait_for(lambda s=stamp, n=n: answers.stamps[s] >= n,
+                                 options.answer_timeout_s)
+                unanswered, waited = None, True
             target = anchor_wall + (message.log_time_ns - anchor_ns) / 1e9 / options.rate
             delay = target - time.monotonic()
             if delay > 0.0:
@@ -440,18 +450,15 @@ def _publish(bag: Any, ros: _RosSide, streams: dict[str, _Stream], listened: set
             waited = False
             ros.publish_clock(message.log_time_ns)
             ros.publishers[message.topic].publish(message.raw)  # CDR as recorded
-            stream = streams[message.topic]
             summary.published[stream.topic] = summary.published.get(stream.topic, 0) + 1
             last_ns = message.log_time_ns
-            if stream.is_image and message.topic in listened:
+            if image:
                 summary.images += 1
                 if options.record_topic:
                     stamp = header_stamp_ns(message.raw)
                     expected[stamp] += 1
                     if options.lockstep:
-                        answers.wait_for(lambda s=stamp, n=expected[stamp]: answers.stamps[s] >= n,
-                                         options.answer_timeout_s)
-                        waited = True
+                        unanswered = (stamp, expected[stamp])
                 bar.set_postfix(answered=answers.arrays, refresh=False)
         if options.record_topic:
             answers.wait_all(expected, options.answer_timeout_s)

@@ -1,0 +1,186 @@
+"""Map building: recordings (bags or image folders) -> a keyframe map on disk, via the pipeline.
+
+`boq-ros map build` is a thin wrapper over :func:`build_map`. Each recording is one session; its
+frames go through the same :class:`~boq_ros.pipeline.FramePipeline` as the live node's (same
+keyframe selection, same pose lookup, same skips), and its keyframes are added to the map.
+Adding a recording again (``append``) skips the keyframes the map already holds (same session,
+camera and stamp) and counts them. A build that would add nothing fails and writes nothing.
+"""
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import time
+from typing import Any
+
+import numpy as np
+
+from boq_ros.bags import open_bag
+from boq_ros.extractor import Extractor, ModelSettings
+from boq_ros.keyframe_map import KeyframeMap, MapError, MapSettings
+from boq_ros.keyframes import KeyframePolicy
+from boq_ros.pipeline import SKIP_CAUSES, FramePipeline, PipelineConfig
+from boq_ros.poses import PoseBuffer
+from boq_ros.sources import SourceError, bag_frames, image_folder, pose_topic
+
+
+class MapBuildError(ValueError):
+    """Raised when a build cannot produce a map; the message names the cause."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording to add as one session: a bag, or an image folder / glob.
+
+    For a bag, `image_topics` empty means its only image topic; `pose_topic` gives every
+    keyframe a pose (needed for distance keyframes). `session` '' takes the MapSettings session,
+    else the recording's name. `depth_ok` describes 16-bit single-channel images of a folder
+    instead of skipping them.
+    """
+
+    path: Path
+    kind: str = 'bag'  # 'bag' or 'images'
+    image_topics: tuple[str, ...] = ()
+    pose_topic: str | None = None
+    pose_child_frame: str | None = None
+    session: str = ''
+    depth_ok: bool = False
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, per the pipeline's counters: printed by `map build`."""
+
+    out: Path
+    frames: int = 0
+    keyframes: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_CAUSES, 0))
+    already_in_map: int = 0
+    without_pose: int = 0
+    total_keyframes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Return the summary as text lines."""
+        skipped = ', '.join(f'{c} {n}' for c, n in self.skipped.items())
+        stages = ', '.join(f'{k} {v:.1f} s' for k, v in self.seconds.items())
+        return [*self.notes, f'frames read: {self.frames}',
+                f'keyframes added: {self.keyframes} (map now holds {self.total_keyframes})',
+                f'frames skipped: {sum(self.skipped.values())} ({skipped})',
+                f'keyframes already in the map (skipped): {self.already_in_map}',
+                f'keyframes without a pose: {self.without_pose}', f'time: {stages}',
+                f'map: {self.out}']
+
+
+def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
+              model: ModelSettings, keyframes: KeyframePolicy | None = None,
+              pipeline: PipelineConfig | None = None, map_settings: MapSettings | None = None,
+              append: bool = False, on_frame: Callable[[], None] | None = None,
+              on_note: Callable[[str], None] | None = None) -> BuildSummary:
+    """Describe the keyframes of `recordings` into the map at `out` (created, or appended to).
+
+    `on_frame` is called per frame read (a progress bar); `on_note` gets announcements as they
+    happen (where stamps come from). Raises MapBuildError (nothing written) when no keyframe
+    would be added, MapError for a map of another model or preprocessing.
+    """
+    out = Path(out)
+    keyframes = keyframes or KeyframePolicy()
+    pipeline = pipeline or PipelineConfig()
+    map_settings = map_settings or MapSettings()
+    if not recordings:
+        raise MapBuildError('no recording given')
+    for rec in recordings:
+        if keyframes.keyframe_mode == 'distance' and not rec.pose_topic:
+            raise MapBuildError(f'keyframe mode distance needs a pose topic ({rec.path})')
+        if rec.kind == 'images' and rec.pose_topic:
+            raise MapBuildError(f'{rec.path}: image folders carry no poses (a pose topic needs '
+                                'a bag)')
+        if keyframes.keyframe_mode == 'external':
+            raise MapBuildError('keyframe mode external needs a SLAM system; offline use '
+                                'every_frame, interval or distance')
+    loaded = model.load()
+    stored = None
+    if out.exists():
+        if not append:
+            raise MapError(f'{out} exists; pass append (--append) to add to it')
+        kmap = KeyframeMap.load(out, expect_model_id=loaded.model_id,
+                                expect_dim=loaded.descriptor_dim)
+        stored = kmap.preprocess
+    extractor = model.extractor(loaded, pipeline.batch_size, stored)
+    if stored is None:
+        kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
+                           preprocess=extractor.preprocess_config.to_dict(),
+                           index=map_settings.index_spec())
+    summary = BuildSummary(out)
+    say = on_note or (lambda text: None)
+    for rec in recordings:
+        _add_recording(rec, kmap, extractor, keyframes, pipeline, map_settings, summary,
+                       on_frame, say)
+    if summary.keyframes == 0:
+        why = ', '.join(f'{n} {c}' for c, n in summary.skipped.items() if n)
+        raise MapBuildError(
+            f'no keyframe to add from {", ".join(str(r.path) for r in recordings)}: '
+            f'{summary.frames} frames read' + (f', skipped: {why}' if why else '') +
+            (f', {summary.already_in_map} already in the map' if summary.already_in_map
+             else ''))
+    start = time.perf_counter()
+    if 0 < kmap.schema.index_trained_on < len(kmap) // 2:
+        kmap.rebuild_index()  # learn PCA / IVF-PQ from the whole map, not its first keyframes
+    summary.seconds['index'] = time.perf_counter() - start
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary.out = kmap.save(out)
+    summary.seconds['save'] = time.perf_counter() - start
+    summary.total_keyframes = len(kmap)
+    return summary
+
+
+def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
+                   keyframes: KeyframePolicy, config: PipelineConfig, map_settings: MapSettings,
+                   summary: BuildSummary, on_frame: Callable[[], None] | None,
+                   say: Callable[[str], None]) -> None:
+    session = rec.session or map_settings.session or rec.path.stem
+    with ExitStack() as stack:
+        poses: Any = ()
+        buffer = None
+        if rec.kind == 'images':
+            folder = image_folder(rec.path)
+            say(f'{rec.path}: {len(folder.files)} images, stamps from {folder.stamp_rule}'
+                + (f'; {folder.ignored} other files ignored' if folder.ignored else ''))
+            frames = folder.frames(rec.depth_ok)
+        else:
+            bag = stack.enter_context(open_bag(rec.path))
+            topics = list(rec.image_topics) or bag.image_topics()
+            if not rec.image_topics and len(topics) != 1:
+                raise SourceError(f'{rec.path} has image topics {topics}; choose with '
+                                  '--image-topic')
+            if rec.pose_topic:
+                stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
+                poses = stream.poses
+                buffer = PoseBuffer(keyframes.pose_tolerance_s, frame=stream.frame,
+                                    source=stream.source)
+            frames = bag_frames(bag, topics)
+        pipe = FramePipeline(extractor, keyframes, config, session=session,
+                             robot_id=map_settings.robot_id, poses=buffer)
+        for batch in pipe.run(frames, poses, on_frame):
+            if not batch:
+                continue
+            metas = [kf.meta for kf in batch]
+            new = kmap.find(metas) < 0
+            summary.already_in_map += int((~new).sum())
+            summary.without_pose += sum(m.pose is None for m, n in zip(metas, new) if n)
+            if new.any():
+                start = time.perf_counter()
+                kmap.add(np.stack([kf.descriptor for kf, n in zip(batch, new) if n]),
+                         [m for m, n in zip(metas, new) if n])
+                summary.seconds['map add'] = summary.seconds.get('map add', 0.0) + (
+                    time.perf_counter() - start)
+                summary.keyframes += int(new.sum())
+    stats = pipe.stats
+    summary.frames += stats.totals.get('frames', 0)
+    for cause, count in stats.skipped().items():
+        summary.skipped[cause] += count
+    for stage in ('read', 'decode', 'describe'):
+        summary.seconds[stage] = summary.seconds.get(stage, 0.0) + stats.seconds[stage]

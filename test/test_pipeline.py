@@ -1,0 +1,135 @@
+"""The frame pipeline: pose waits, selection, per-frame isolation of failures, stage timings."""
+import math
+
+import numpy as np
+import pytest
+
+from boq_ros.extractor import Extractor
+from boq_ros.images import encode_image
+from boq_ros.keyframes import KeyframePolicy
+from boq_ros.pipeline import (
+    SKIP_CAUSES,
+    STAGES,
+    ArrayImage,
+    CompressedImage,
+    Frame,
+    FramePipeline,
+    PipelineConfig,
+    RawImage,
+)
+from boq_ros.poses import PoseBuffer
+from boq_ros.preprocess import PreprocessConfig
+
+MS = 1_000_000
+S = 1000 * MS
+
+
+@pytest.fixture(scope='module')
+def extractor(resnet_checkpoint):
+    return Extractor.from_checkpoint(resnet_checkpoint, device='cpu',
+                                     preprocess=PreprocessConfig('square', 32))
+
+
+def image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+def raw(seed: int) -> RawImage:
+    fields = encode_image(image(seed), 'rgb8')
+    return RawImage('rgb8', fields['height'], fields['width'], fields['step'], fields['data'])
+
+
+def frame(t_ns: int, camera: str = 'cam', payload=None) -> Frame:
+    return Frame(t_ns, camera, payload if payload is not None else raw(t_ns % 97))
+
+
+def pipe(extractor, policy=KeyframePolicy(), poses=None, **kwargs) -> FramePipeline:
+    return FramePipeline(extractor, policy, session='s', poses=poses, **kwargs)
+
+
+def test_a_frame_waits_for_the_odometry_just_after_it(extractor):
+    p = pipe(extractor, poses=PoseBuffer(0.1, frame='odom', source='odometry:/odom'))
+    assert p.add_pose(0, (0, 0, 0)) == []
+    assert p.offer(frame(50 * MS)) == []  # the pose after the image has not arrived yet
+    selected = p.add_pose(100 * MS, (1, 0, 0))
+    assert [s.frame.stamp_ns for s in selected] == [50 * MS]
+    assert selected[0].pose[:3] == pytest.approx((0.5, 0, 0))  # interpolated
+    meta = p.meta(selected[0])
+    assert (meta.pose_frame, meta.pose_source, meta.session) == ('odom', 'odometry:/odom', 's')
+    assert [s.pose[:3] for s in p.offer(frame(80 * MS))] == [pytest.approx((0.8, 0, 0))]
+
+
+def test_a_stopped_pose_stream_holds_no_frame_back(extractor):
+    p = pipe(extractor, poses=PoseBuffer(0.1))
+    assert p.offer(Frame(0, 'cam', raw(0), received_ns=5)) == []  # the first pose may be late
+    assert [s.frame.stamp_ns for s in p.release_waiting(received_before_ns=6)] == [0]
+    p.add_pose(S, (0, 0, 0))
+    assert p.offer(frame(S + 50 * MS)) == []  # just behind: wait
+    # a frame more than a tolerance later means the stream stopped: decide with what is known
+    selected = p.offer(frame(S + 200 * MS))
+    assert [(s.frame.stamp_ns, s.pose is not None) for s in selected] == [
+        (S + 50 * MS, True), (S + 200 * MS, False)]
+
+
+def test_waiting_frames_are_bounded_and_finish_decides_them(extractor):
+    p = pipe(extractor, KeyframePolicy(keyframe_wait_frames=2), poses=PoseBuffer(10.0))
+    p.add_pose(0, (0, 0, 0))
+    assert p.offer(frame(1 * MS)) == [] and p.offer(frame(2 * MS)) == []
+    assert [s.frame.stamp_ns for s in p.offer(frame(3 * MS))] == [1 * MS]  # oldest decided
+    assert [s.frame.stamp_ns for s in p.finish()] == [2 * MS, 3 * MS]
+
+
+def test_external_mode_selects_frames_the_slam_system_names(extractor):
+    p = pipe(extractor, KeyframePolicy('external', keyframe_stamp_tolerance_s=0.01))
+    assert p.offer(frame(S)) == [] and p.offer(frame(2 * S)) == []
+    assert [s.frame.stamp_ns for s in p.add_keyframe_stamp(2 * S + 5 * MS)] == [2 * S]
+    assert p.add_keyframe_stamp(5 * S) == []
+
+
+def test_distance_keyframes_without_poses_are_refused_or_counted(extractor):
+    with pytest.raises(ValueError, match='distance needs poses'):
+        pipe(extractor, KeyframePolicy('distance'))
+    skipped = []
+    p = pipe(extractor, KeyframePolicy('distance'), poses=PoseBuffer(0.05),
+             on_skip=lambda cause, text: skipped.append((cause, text)))
+    p.add_pose(0, (0, 0, 0))
+    assert p.offer(frame(S)) == []
+    assert p.stats.skipped()['no_pose'] == 1 and skipped[0][0] == 'no_pose'
+    assert 'no pose within pose_tolerance_s' in skipped[0][1]
+
+
+def test_each_frame_fails_alone_and_is_counted_by_cause(extractor):
+    skipped = []
+    p = pipe(extractor, on_skip=lambda cause, text: skipped.append(cause))
+    bad_step = RawImage('rgb8', 24, 32, 10, b'\0' * 240)
+    selected = [s for f in (frame(0), frame(1, payload=bad_step),
+                            frame(2, payload=CompressedImage('jpeg', b'\xff\xd8 cut')),
+                            frame(3, payload=ArrayImage(image(3), 'rgb8')))
+                for s in p.offer(f)]
+    keyframes = p.describe(selected)
+    assert [k.frame.stamp_ns for k in keyframes] == [0, 3]
+    assert p.stats.skipped() == {**dict.fromkeys(SKIP_CAUSES, 0), 'decode': 2}
+    assert skipped == ['decode', 'decode']
+    assert p.stats.totals['frames'] == 4 and p.stats.totals['keyframes'] == 2
+    alone = extractor.extract([image(3)], 'rgb8')[0]
+    np.testing.assert_allclose(keyframes[1].descriptor, alone, atol=1e-5)
+    assert set(p.stats.seconds) == set(STAGES) and p.stats.seconds['describe'] > 0
+
+
+def test_run_equals_offering_frame_by_frame(extractor):
+    frames = [frame(k * 200 * MS) for k in range(7)]
+    poses = [(k * 150 * MS, (float(k), 0.0, 0.0, *(math.nan,) * 4)) for k in range(11)]
+    policy = KeyframePolicy('distance', keyframe_distance_m=1.0, pose_tolerance_s=0.1)
+    batched = pipe(extractor, policy, PoseBuffer(0.1), config=PipelineConfig(batch_size=2))
+    run = [k for batch in batched.run(frames, poses) for k in batch]
+    by_hand = pipe(extractor, policy, PoseBuffer(0.1))
+    selected, fed = [], 0
+    for f in frames:
+        while fed < len(poses) and poses[fed][0] <= f.stamp_ns + 100 * MS:
+            selected += by_hand.add_pose(poses[fed][0], poses[fed][1][:3])
+            fed += 1
+        selected += by_hand.offer(f)
+    selected += by_hand.finish()
+    assert [(k.meta.stamp_ns, k.meta.pose) for k in run] == [
+        (by_hand.meta(s).stamp_ns, by_hand.meta(s).pose) for s in selected]
+    assert len(run) >= 3 and batched.stats.seconds['read'] >= 0
