@@ -6,10 +6,10 @@
 
 1. Bare pipeline in this process: model forward of one 640x480 frame, then the detector on a
    10k-keyframe map of synthetic unit descriptors (mode static, exact search).
-2. The node (subprocess, mode static, that map) with one camera at 2 Hz: latency from the
-   publication of an image to the reception of its candidate array, p50/p99, the node's stage
-   times (from its /diagnostics) and its overhead: p50 end to end over its own mean forward +
-   search time, minus 1 (same process, same moment: robust on a shared machine).
+2. The node (subprocess, mode static, that map, no odometry) with one camera at 2 Hz: latency
+   from the publication of an image to the reception of its candidate array, p50/p99, the
+   node's stage times (from its /diagnostics) and its overhead: p50 end to end over its own mean
+   forward + search time, minus 1 (same process, same moment: robust on a shared machine).
 3. Flood: 4 cameras at 30 Hz for --flood-s seconds; the node's memory (VmRSS) over time, latency
    of answered frames, and dropped frames (its keep-latest queues), from /diagnostics.
 
@@ -219,7 +219,8 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
     config = {'checkpoint': str(ckpt), 'device': args.device, 'input_size': args.input_size,
               'map_directory': str(tmp / 'maps'), 'map_path': 'prebuilt', 'mode': 'static',
               'image_topics': [f'cam{i}/image' for i in range(4)], 'threshold': 0.9,
-              'diagnostics_period_s': 1.0}
+              'diagnostics_period_s': 1.0,
+              'odometry_topic': ''}  # no odometry here: frames must not wait for a pose
     node = NodeProcess(node_command(write_params_file(tmp / 'bench.yaml', config), 'vpr_node'),
                        env, tmp / 'node.log')
     proc = node.process

@@ -16,13 +16,15 @@ import warnings
 import numpy as np
 import torch
 
+from boq_ros import settings
 from boq_ros.model import BoQModel, load_boq
 from boq_ros.model.resnet import fold_batchnorm
 from boq_ros.preprocess import PreprocessConfig, check_image, preprocess_batch
 from boq_ros.settings import ModelSettings as ModelSettings  # re-exported
 
-PRECISIONS: dict[str, torch.dtype | None] = {
-    'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype | None] = dict(zip(
+    settings.PRECISIONS, (None, torch.float16, torch.bfloat16), strict=True))
+"""The autocast dtype of each precision setting (fp32: none)."""
 
 
 class DescriptorError(ValueError):

@@ -47,6 +47,11 @@ class Recording:
     session: str = ''
     depth_ok: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'path', Path(self.path))
+        if self.kind not in ('bag', 'images'):
+            raise MapBuildError(f"recording kind must be 'bag' or 'images', got {self.kind!r}")
+
 
 @dataclass
 class BuildSummary:
@@ -147,6 +152,7 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
         buffer = None
         if rec.kind == 'images':
             folder = image_folder(rec.path)
+            session = rec.session or map_settings.session or folder.camera  # a glob: its folder
             say(f'{rec.path}: {len(folder.files)} images, stamps from {folder.stamp_rule}'
                 + (f'; {folder.ignored} other files ignored' if folder.ignored else ''))
             frames = folder.frames(rec.depth_ok)

@@ -275,7 +275,10 @@ class FramePipeline:
         Live, a frame waits at most so long (the node's clock) for its pose stream: a stream
         that stalled or never started must not hold the camera back.
         """
-        return self._release(lambda f: f.received_ns < received_before_ns)
+        released = self._release(lambda f: f.received_ns < received_before_ns)
+        if released and self.poses is not None and not len(self.poses):
+            self.poses.silent = True  # no pose stream at all: stop holding frames for one
+        return released
 
     def discard_waiting(self) -> None:
         """Forget every frame still waiting (the node stops listening: no late answers)."""

@@ -54,6 +54,7 @@ class PoseBuffer:
         self.frame, self.source = frame, source  # stored with every pose taken from here
         self._stamps: list[int] = []
         self._poses: list[Pose] = []
+        self.silent = False  # no pose came while a frame waited for one: don't wait again
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -67,6 +68,7 @@ class PoseBuffer:
             quaternion_xyzw: Sequence[float] | None = None, frame: str | None = None) -> None:
         """Record a pose; PoseError if it is unusable. `frame`: the frame it is expressed in."""
         pose = make_pose(position, quaternion_xyzw)
+        self.silent = False
         stamp_ns = int(stamp_ns)
         index = bisect.bisect_right(self._stamps, stamp_ns)
         self._stamps.insert(index, stamp_ns)
@@ -81,11 +83,13 @@ class PoseBuffer:
         """Whether the pose at `stamp_ns` is final: no pose yet to come can change it.
 
         True when a pose at or after the stamp is known, or when the newest pose is more than
-        the tolerance older than it (the stream stopped); never before the first pose.
+        the tolerance older than it (the stream stopped); before the first pose only once the
+        stream is known to be `silent` (a frame waited for it in vain).
         """
         newest = self.newest_ns
-        return newest is not None and (newest >= stamp_ns or
-                                       newest < stamp_ns - self.tolerance_ns)
+        if newest is None:
+            return self.silent
+        return newest >= stamp_ns or newest < stamp_ns - self.tolerance_ns
 
     def lookup(self, stamp_ns: int) -> Pose | None:
         """Return the pose at `stamp_ns` under the policy of this module, or None."""

@@ -63,6 +63,7 @@ def test_a_stopped_pose_stream_holds_no_frame_back(extractor):
     p = pipe(extractor, poses=PoseBuffer(0.1))
     assert p.offer(Frame(0, 'cam', raw(0), received_ns=5)) == []  # the first pose may be late
     assert [s.frame.stamp_ns for s in p.release_waiting(received_before_ns=6)] == [0]
+    assert p.offer(frame(10)) != []  # it waited in vain: no pose stream, no more waiting
     p.add_pose(S, (0, 0, 0))
     assert p.offer(frame(S + 50 * MS)) == []  # just behind: wait
     # a frame more than a tolerance later means the stream stopped: decide with what is known

@@ -141,3 +141,14 @@ def test_core_defaults_equal_the_node_parameters():
     config = DetectorConfig()
     for name in settings.defaults_of(DetectorConfig):
         assert params.PARAMS[name].default == getattr(config, name)
+
+
+def test_the_vocabulary_names_what_the_modules_implement():
+    from boq_ros.extractor import PRECISIONS
+    from boq_ros.keyframe_map.index import KINDS
+    from boq_ros.model.presets import PRESETS
+    from boq_ros.preprocess import POLICIES
+
+    assert settings.PRESET_NAMES == tuple(PRESETS)
+    assert settings.PRECISIONS == tuple(PRECISIONS)
+    assert settings.INDEX_KINDS == KINDS and settings.RESIZE_POLICIES == POLICIES
