@@ -44,11 +44,96 @@ $(STAMPS)/interfaces: $(STAMPS)/dev-install CMakeLists.txt package.xml $(INTERFA
 	rm -f $(SITE)/boq_ros/__init__.py
 	@touch $@
 
-# pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: venv
-	@$(PY) -m pytest test; status=$$?; \
-	if [ $$status -eq 5 ]; then echo 'make test: pytest collected no tests'; exit 1; fi; \
+# Test-only tools for a machine without a ROS install (`ros2 launch`, `ros2 run`, `ros2 lifecycle`,
+# `ros2 param`, `ros2 topic`): the unmodified pure-Python Jazzy sources in
+# ../shared/third_party/ros2-jazzy (built from a writable copy) plus composition_interfaces, which
+# launch_ros imports, generated into the venv prefix like the package's own interfaces. Their PyPI
+# dependencies (osrf-pycommon, psutil) are pinned in requirements.txt. Nothing at run time needs
+# them; without the folder this does nothing and the tests that need them skip.
+LAUNCH_TOOLS_SRC := $(abspath $(CURDIR)/../shared/third_party/ros2-jazzy)
+LAUNCH_TOOLS := rosidl_runtime_py launch launch_xml launch_yaml launch_ros ros2cli ros2pkg \
+  ros2run ros2node ros2service ros2topic ros2lifecycle ros2param ros2launch
+LAUNCH_BUILD := $(CURDIR)/build/launch_tools
+
+.PHONY: launch-tools
+ifneq ($(wildcard $(LAUNCH_TOOLS_SRC)/README.md),)
+launch-tools: $(STAMPS)/launch-tools
+$(STAMPS)/launch-tools: $(STAMPS)/deps $(LAUNCH_TOOLS_SRC)/README.md
+	rm -rf $(LAUNCH_BUILD) && mkdir -p $(LAUNCH_BUILD)/composition_build
+	cp -r $(addprefix $(LAUNCH_TOOLS_SRC)/,$(LAUNCH_TOOLS) composition_interfaces) $(LAUNCH_BUILD)/
+	chmod -R u+w $(LAUNCH_BUILD)
+	$(PY) -m pip install --no-deps --no-build-isolation $(addprefix $(LAUNCH_BUILD)/,$(LAUNCH_TOOLS)) \
+	  > $(LAUNCH_BUILD)/pip.log 2>&1 || { cat $(LAUNCH_BUILD)/pip.log; exit 1; }
+	$(PY) scripts/fix_ros_wheel_cmake.py $(VENV)
+	cd $(LAUNCH_BUILD)/composition_build && AMENT_PREFIX_PATH=$(VENV) PATH=$(VENV)/bin:$$PATH \
+	  cmake $(LAUNCH_BUILD)/composition_interfaces -DCMAKE_PREFIX_PATH=$(VENV) \
+	  -DCMAKE_INSTALL_PREFIX=$(VENV) -DPython3_EXECUTABLE=$(PY) -DBUILD_TESTING=OFF \
+	  -DCMAKE_BUILD_TYPE=Release > cmake.log || { cat cmake.log; exit 1; }
+	cd $(LAUNCH_BUILD)/composition_build && AMENT_PREFIX_PATH=$(VENV) PATH=$(VENV)/bin:$$PATH \
+	  cmake --build . -j2 > build.log && cmake --install . > install.log || { cat build.log; exit 1; }
+	@touch $@
+else
+launch-tools:
+	@echo 'launch-tools: $(LAUNCH_TOOLS_SRC) not found: nothing installed, the ros2 launch tests skip'
+endif
+
+# The Jazzy lane (`make test` runs the ROS tests on it too): .venv-jazzy holds the Jazzy `ros-*`
+# wheels of requirements-jazzy.txt and sees the Kilted venv's non-ROS packages (torch, faiss,
+# pytest, colcon, ...) through links (scripts/share_site_packages.py), so it costs no second copy
+# of them; the package's interfaces are generated against the Jazzy wheels as for `venv`. A change
+# of either lock rebuilds it from scratch (the ROS wheels come from pip's cache).
+JAZZY_VENV := $(CURDIR)/.venv-jazzy
+JAZZY_PY := $(JAZZY_VENV)/bin/python
+JAZZY_STAMPS := $(JAZZY_VENV)/.stamps
+JAZZY_SITE := $(JAZZY_VENV)/lib/$(PYVER)/site-packages
+JAZZY_MSG_BUILD := $(CURDIR)/build/interfaces-jazzy
+
+.PHONY: venv-jazzy test-jazzy
+venv-jazzy: $(JAZZY_STAMPS)/interfaces
+
+$(JAZZY_STAMPS)/deps: requirements-jazzy.txt $(STAMPS)/deps scripts/share_site_packages.py
+	rm -rf $(JAZZY_VENV) && $(PYTHON) -m venv $(JAZZY_VENV) && mkdir -p $(JAZZY_STAMPS)
+	$(JAZZY_PY) -m pip install --quiet $$($(PY) -m pip freeze --all | grep -iE '^(pip|setuptools|wheel)==') \
+	  > $(JAZZY_STAMPS)/pip.log 2>&1 || { cat $(JAZZY_STAMPS)/pip.log; exit 1; }
+	$(JAZZY_PY) scripts/share_site_packages.py requirements.txt $(VENV) $(JAZZY_VENV)
+	$(JAZZY_PY) -m pip install --no-deps -r requirements-jazzy.txt \
+	  >> $(JAZZY_STAMPS)/pip.log 2>&1 || { cat $(JAZZY_STAMPS)/pip.log; exit 1; }
+	$(JAZZY_PY) -m pip check
+	@touch $@
+
+$(JAZZY_STAMPS)/dev-install: $(JAZZY_STAMPS)/deps setup.py
+	$(JAZZY_PY) -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@touch $@
+
+$(JAZZY_STAMPS)/interfaces: $(JAZZY_STAMPS)/dev-install CMakeLists.txt package.xml $(INTERFACES)
+	@command -v cmake >/dev/null || { echo 'cmake is required: apt-get install cmake g++'; exit 1; }
+	$(JAZZY_PY) scripts/fix_ros_wheel_cmake.py $(JAZZY_VENV)
+	rm -rf $(JAZZY_MSG_BUILD) && mkdir -p $(JAZZY_MSG_BUILD)
+	cd $(JAZZY_MSG_BUILD) && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH cmake $(CURDIR) \
+	  -DCMAKE_PREFIX_PATH=$(JAZZY_VENV) -DCMAKE_INSTALL_PREFIX=$(JAZZY_VENV) -DPython3_EXECUTABLE=$(JAZZY_PY) \
+	  -DBOQ_ROS_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > cmake.log \
+	  || { cat cmake.log; exit 1; }
+	cd $(JAZZY_MSG_BUILD) && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH cmake --build . -j2 > build.log \
+	  && cmake --install . > install.log || { cat build.log; exit 1; }
+	rm -f $(JAZZY_SITE)/boq_ros/__init__.py
+	@touch $@
+
+# The tests that use the ROS runtime (marker `ros`, test/conftest.py: every DDS test, the colcon
+# build, rclpy parameters and message conversion) on Jazzy. The bootstrap guard of the ROS wheels
+# is cleared so that this venv's libraries are the ones put on LD_LIBRARY_PATH.
+test-jazzy: venv-jazzy
+	@env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE $(JAZZY_PY) -m pytest -m ros test; status=$$?; \
+	if [ $$status -eq 5 ]; then echo 'make test-jazzy: pytest collected no tests'; exit 1; fi; \
 	exit $$status
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass. Two lanes: the
+# whole suite on Kilted (.venv), then the ROS tests on Jazzy (test-jazzy); both always run.
+test: venv launch-tools
+	@$(PY) -m pytest test; kilted=$$?; \
+	if [ $$kilted -eq 5 ]; then echo 'make test: pytest collected no tests (Kilted)'; kilted=1; fi; \
+	$(MAKE) --no-print-directory test-jazzy; jazzy=$$?; \
+	echo "make test: Kilted lane exit $$kilted, Jazzy lane exit $$jazzy"; \
+	[ $$kilted -eq 0 ] && [ $$jazzy -eq 0 ]
 
 lint: venv
 	$(PY) -m pytest test/test_lint.py

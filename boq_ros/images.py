@@ -17,6 +17,11 @@ import numpy as np
 
 from boq_ros.settings import DEFAULT_MAX_PIXELS
 
+MAX_PIXELS_PER_BYTE = 2000
+"""Most pixels a compressed byte may claim. Even a uniform 8000x8000 JPEG or a PNG of zeros
+(zlib's limit is ~1032:1 per channel byte) stays below it; a small message claiming a huge image
+is a decompression bomb."""
+
 CANONICAL_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16')
 """Encodings of the arrays this module returns."""
 
@@ -132,10 +137,9 @@ def decode_image(encoding: str, height: int, width: int, step: int,
             f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel '
             f'({encoding}) = {row_bytes}')
     buf = _byte_view(data)
-    if buf.size < step * height:
+    if buf.size != step * height:
         raise ImageDecodeError(
-            f'data has {buf.size} bytes, fewer than step {step} x height {height} = '
-            f'{step * height}')
+            f'data has {buf.size} bytes, not step {step} x height {height} = {step * height}')
     if layout.convert is not None and layout.channels == 2 and width % 2:
         raise ImageDecodeError(f'{encoding} needs an even width, got {width}')
 
@@ -173,9 +177,14 @@ def _png_size(buf: np.ndarray) -> tuple[int, int]:
 
 
 def _jpeg_size(buf: np.ndarray) -> tuple[int, int]:
-    """Walk the JPEG segments up to the frame header and read (height, width) from it."""
+    """Walk the JPEG segments to the first scan; return (height, width) of the frame header.
+
+    Refuses data without an end-of-image marker after the first scan (truncated); bytes after
+    that marker (some cameras append metadata) are allowed.
+    """
     n = buf.size
     i = 2
+    size = None
     while i + 4 <= n:
         if buf[i] != 0xFF:
             raise ImageDecodeError(f'corrupt JPEG data: no segment marker at byte {i}')
@@ -186,15 +195,19 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int]:
         if marker in _JPEG_STANDALONE:
             i += 2
             continue
+        if marker == 0xDA and size is not None:  # the first scan: entropy-coded data follows
+            if buf[i:].tobytes().rfind(b'\xff\xd9') < 0:
+                raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
+            return size
         if marker in (0xDA, 0xD9):
             raise ImageDecodeError('corrupt JPEG data: scan or end before the frame header')
         if marker in _JPEG_SOF:
             if i + 9 > n:
                 break
-            height = int(buf[i + 5]) << 8 | int(buf[i + 6])
-            width = int(buf[i + 7]) << 8 | int(buf[i + 8])
-            return height, width
+            size = (int(buf[i + 5]) << 8 | int(buf[i + 6]), int(buf[i + 7]) << 8 | int(buf[i + 8]))
         i += 2 + (int(buf[i + 2]) << 8 | int(buf[i + 3]))
+    if size is not None:
+        raise ImageDecodeError('JPEG data is truncated before its first scan')
     raise ImageDecodeError('JPEG data is truncated before its frame header')
 
 
@@ -220,12 +233,14 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
     elif head.startswith(_JPEG_SOI):
         kind = 'JPEG'
         height, width = _jpeg_size(buf)
-        if not buf[-64:].tobytes().rstrip(b'\x00').endswith(b'\xff\xd9'):
-            raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
     else:
         raise ImageDecodeError(
             f'compressed data (format {fmt!r}) is neither JPEG nor PNG: starts with {head.hex()}')
     _check_pixels(height, width, max_pixels)
+    if height * width > MAX_PIXELS_PER_BYTE * buf.size:
+        raise ImageDecodeError(
+            f'{kind} data of {buf.size} bytes claims {width}x{height} pixels, more than '
+            f'{MAX_PIXELS_PER_BYTE} per byte: a decompression bomb, not a camera image')
     try:
         array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:

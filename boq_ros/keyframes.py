@@ -54,6 +54,11 @@ class KeyframeSelector:
         bisect.insort(self._external, int(stamp_ns))
         _forget_before(self._external, self._external[-1] - HISTORY_S * _NS)
 
+    def forget_external(self) -> None:
+        """Forget the external keyframe stamps (their stream started a new time base)."""
+        self._external.clear()
+        self._last_external.clear()
+
     def offer(self, stamp_ns: int, camera: str = '', pose: Pose | None = None) -> bool:
         """Say whether the frame of ``camera`` at ``stamp_ns`` (taken at `pose`) is a keyframe."""
         stamp_ns = int(stamp_ns)

@@ -30,17 +30,20 @@ from boq_ros.extractor import DescriptorError, Extractor
 from boq_ros.images import ImageDecodeError, decode_compressed, decode_image
 from boq_ros.keyframe_map import KeyframeMeta
 from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
-from boq_ros.poses import Pose, PoseBuffer
+from boq_ros.poses import Pose, PoseBuffer, PoseError, make_pose
 from boq_ros.settings import DEFAULT_MAX_PIXELS, PipelineConfig
 
 STAGES = ('read', 'queue', 'decode', 'describe', 'search', 'publish', 'total')
 """Timing stages, everywhere: reading a recording, waiting in the node's queue, decoding,
 describing (model forward), map search and decision, publishing, and a keyframe's whole way."""
 
-SKIP_CAUSES = ('decode', 'depth', 'no_pose', 'descriptor')
+SKIP_CAUSES = ('decode', 'depth', 'no_pose', 'descriptor', 'stamp')
 """Why a frame can be skipped: its bytes are not a usable image; it is a 16-bit single-channel
 (depth) image where colour was expected; distance keyframes without a pose near its stamp; the
-model gave a non-finite descriptor."""
+model gave a non-finite descriptor; its stamp is an outlier far from the camera clock."""
+JUMP_CONFIRM = 3
+"""Frames in a row whose stamps agree on a jump before it is a new time base."""
+_NS = 1_000_000_000
 
 
 # -- frames ---------------------------------------------------------------------------------
@@ -100,6 +103,43 @@ class Frame:
     frame_id: str = ''
     image_ref: str = ''  # where the image can be found again (bag#topic@stamp, folder/file)
     received_ns: int = 0  # monotonic clock at arrival (the node's latency), 0 offline
+
+
+class StreamClock:
+    """The time base of one stream of stamps, so that one outlier never poisons what follows.
+
+    A stamp more than `limit_ns` behind the newest, or ahead of it by more than `limit_ns` plus
+    the time that passed since (live streams carry their arrival time), is an outlier, until
+    JUMP_CONFIRM stamps in a row agree on the jump: then it is a new time base.
+    """
+
+    def __init__(self, limit_ns: int) -> None:
+        self.limit_ns = limit_ns
+        self.newest_ns: int | None = None
+        self._received_ns = 0
+        self._jumps: list[int] = []
+
+    def judge(self, stamp_ns: int, received_ns: int = 0) -> str:
+        """Say 'ok', 'outlier' or 'new_base' for the next stamp of the stream."""
+        newest, limit = self.newest_ns, self.limit_ns
+        elapsed = received_ns - self._received_ns if received_ns and self._received_ns else 0
+        if newest is None or -limit <= stamp_ns - newest <= limit + max(elapsed, 0):
+            self._jumps.clear()
+            if newest is None or stamp_ns > newest:
+                self.newest_ns, self._received_ns = stamp_ns, received_ns
+            return 'ok'
+        if self._jumps and abs(stamp_ns - self._jumps[-1]) > limit:
+            self._jumps.clear()  # not the same jump as the stamps before
+        self._jumps.append(stamp_ns)
+        if len(self._jumps) < JUMP_CONFIRM:
+            return 'outlier'
+        self._jumps.clear()
+        self.newest_ns, self._received_ns = stamp_ns, received_ns
+        return 'new_base'
+
+
+class OutlierStamp(PoseError):
+    """A pose or keyframe stamp far from the camera clock, refused (see PipelineConfig)."""
 
 
 class SkippedFrame(ValueError):
@@ -211,6 +251,7 @@ class FramePipeline:
     def __init__(self, extractor: Extractor, keyframes: KeyframePolicy | None = None,
                  config: PipelineConfig | None = None, *, session: str, robot_id: str = '',
                  poses: PoseBuffer | None = None, on_skip: OnSkip | None = None,
+                 on_note: Callable[[str], None] | None = None,
                  stats: PipelineStats | None = None) -> None:
         self.extractor = extractor
         self.policy = keyframes or KeyframePolicy()
@@ -224,7 +265,9 @@ class FramePipeline:
         self._selector = KeyframeSelector(self.policy)
         self._pending: dict[str, deque[Frame]] = {}  # waiting for their pose to be final
         self._unnamed: dict[str, deque[Selected]] = {}  # external mode: stamp not yet named
-        self._newest_ns = -1  # newest frame stamp offered
+        limit = int(self.config.time_jump_s * _NS)
+        self._clocks = {s: StreamClock(limit) for s in ('frame', 'pose', 'keyframe')}
+        self._on_note = on_note
 
     # -- selection --------------------------------------------------------------------------
     def offer(self, frame: Frame) -> list[Selected]:
@@ -235,9 +278,11 @@ class FramePipeline:
         camera. A later frame beyond pose_tolerance_s, :meth:`release_waiting` or :meth:`finish`
         decide it with what is known.
         """
-        selected = []
-        if frame.stamp_ns > self._newest_ns:
-            self._newest_ns = frame.stamp_ns
+        selected = self._check_clock(frame)
+        if selected is None:
+            self.stats.count('frames')
+            return []
+        if frame.stamp_ns == self._clocks['frame'].newest_ns:  # the camera clock moved on
             selected += self._release(lambda f: f.stamp_ns < frame.stamp_ns - self._tolerance())
         pending = self._pending.setdefault(frame.camera, deque())
         if pending or (self.poses is not None and not self.poses.decidable(frame.stamp_ns)):
@@ -250,16 +295,27 @@ class FramePipeline:
         return selected
 
     def add_pose(self, stamp_ns: int, position: Sequence[float],
-                 quaternion_xyzw: Sequence[float] | None = None,
-                 frame: str | None = None) -> list[Selected]:
-        """Take one pose of the stream (PoseError if unusable); return frames now selected."""
+                 quaternion_xyzw: Sequence[float] | None = None, frame: str | None = None,
+                 received_ns: int = 0) -> list[Selected]:
+        """Take one pose of the stream; return frames now selected.
+
+        PoseError if unusable, OutlierStamp if its stamp is far from the stream's clock.
+        """
         if self.poses is None:
             raise ValueError('this pipeline was made without a pose stream')
+        make_pose(position, quaternion_xyzw)  # refuse a bad pose before judging its stamp
+        if self._check_stream_stamp(stamp_ns, received_ns, 'pose'):
+            self.poses.clear()
         self.poses.add(stamp_ns, position, quaternion_xyzw, frame)
         return self._release(lambda f: self.poses.decidable(f.stamp_ns))
 
-    def add_keyframe_stamp(self, stamp_ns: int) -> list[Selected]:
-        """Take a stamp the SLAM system made a keyframe (external mode); return frames selected."""
+    def add_keyframe_stamp(self, stamp_ns: int, received_ns: int = 0) -> list[Selected]:
+        """Take a stamp the SLAM system made a keyframe (external mode); return frames selected.
+
+        OutlierStamp if the stamp is far from the stream's clock.
+        """
+        if self._check_stream_stamp(stamp_ns, received_ns, 'keyframe'):
+            self._selector.forget_external()
         self._selector.add_external(stamp_ns)
         selected = []
         for camera, waiting in self._unnamed.items():
@@ -288,6 +344,47 @@ class FramePipeline:
     def finish(self) -> list[Selected]:
         """End of the stream: decide every frame still waiting for its pose."""
         return self._release(lambda f: True)
+
+    # -- time bases: one outlier stamp never poisons what follows ----------------------------
+    def _check_clock(self, frame: Frame) -> list[Selected] | None:
+        """Judge a frame's stamp on the camera clock; None for an outlier (skipped, counted).
+
+        On a new time base the frames still waiting are decided, and the keyframe history of the
+        old base is forgotten (returns the frames that releases).
+        """
+        verdict = self._clocks['frame'].judge(frame.stamp_ns, frame.received_ns)
+        if verdict == 'outlier':
+            self._skip('stamp', f'{frame.camera}: stamp {frame.stamp_ns} ns is far from the '
+                                'camera clock: an outlier, skipped')
+            return None
+        if verdict == 'ok':
+            return []
+        released = self.finish()  # what waited belongs to the old time base
+        self._selector = KeyframeSelector(self.policy)
+        self._unnamed.clear()
+        self._new_base('camera')
+        return released
+
+    def _check_stream_stamp(self, stamp_ns: int, received_ns: int, stream: str) -> bool:
+        """Judge a pose or keyframe stamp on its stream's clock; True on a new time base.
+
+        OutlierStamp for a stamp far from that stream's clock (counted).
+        """
+        verdict = self._clocks[stream].judge(stamp_ns, received_ns)
+        if verdict == 'outlier':
+            self.stats.count(f'outlier_{stream}_stamps')
+            raise OutlierStamp(f"{stream} stamp {stamp_ns} ns is far from the stream's clock: "
+                               'an outlier, refused')
+        if verdict == 'new_base':
+            self._new_base(stream)
+        return verdict == 'new_base'
+
+    def _new_base(self, stream: str) -> None:
+        self.stats.count('time_bases')
+        if self._on_note is not None:
+            self._on_note(f'new time base for {stream} stamps: they jumped by more than '
+                          f'time_jump_s (a bag loop or a clock reset?); what was kept of the old '
+                          f'one is forgotten, the {JUMP_CONFIRM - 1} stamps before were refused')
 
     def _tolerance(self) -> int:
         return self.poses.tolerance_ns if self.poses is not None else 0
@@ -394,7 +491,11 @@ class FramePipeline:
                 on_frame()
             horizon = frame.stamp_ns + self._tolerance()
             while next_pose is not None and next_pose[0] <= horizon:
-                batch += self.add_pose(next_pose[0], next_pose[1][:3], _quaternion(next_pose[1]))
+                try:
+                    batch += self.add_pose(next_pose[0], next_pose[1][:3],
+                                           _quaternion(next_pose[1]))
+                except OutlierStamp:
+                    pass  # counted in stats; the recording's other poses go on
                 next_pose = next(pose_iter, None)
             batch += self.offer(frame)
             while len(batch) >= self.config.batch_size:

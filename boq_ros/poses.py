@@ -79,6 +79,11 @@ class PoseBuffer:
         if drop:
             del self._stamps[:drop], self._poses[:drop]
 
+    def clear(self) -> None:
+        """Forget every pose (a new time base)."""
+        self._stamps.clear()
+        self._poses.clear()
+
     def decidable(self, stamp_ns: int) -> bool:
         """Whether the pose at `stamp_ns` is final: no pose yet to come can change it.
 

@@ -9,7 +9,7 @@ parameters (``boq_ros/ros/params.py``), ``config/vpr.yaml`` and the ``boq-ros`` 
 one default and one range on every surface: field ``keyframe_distance_m`` is ROS parameter
 ``keyframe_distance_m`` and flag ``--keyframe-distance-m``.
 """
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 import math
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,16 +51,16 @@ class Setting:
 
     def check(self, value: Any) -> Any:
         """Return `value` if this setting accepts it, else raise SettingError naming the cause."""
-        kind = self.kind
-        if kind is list:
-            if not isinstance(value, list | tuple):
+        if self.kind is list:  # rclpy hands over array.array for double arrays
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence):
                 raise SettingError(f'{self.name} must be a list, got {value!r}')
-            for v in value:
-                _check_type(self.name, self.item, v)
             if self.length is not None and len(value) != self.length:
                 raise SettingError(
                     f'{self.name} needs {self.length} values, got {len(value)}')
-            return list(value)
+            return [self._check_one(v, self.item) for v in value]  # range: of each value
+        return self._check_one(value, self.kind)
+
+    def _check_one(self, value: Any, kind: type) -> Any:
         _check_type(self.name, kind, value)
         if self.choices and value not in self.choices:
             raise SettingError(f'{self.name} must be one of '
@@ -249,6 +249,12 @@ class PipelineConfig:
         'before any allocation.', section='Cameras', low=1, high=2 ** 62)
     batch_size: int = setting(16, 'Images per forward pass when describing a recording.',
                               section='Model', low=1, high=4096)
+    time_jump_s: float = setting(
+        10.0, 'A stamp this far behind the newest of its stream (camera, odometry, keyframe '
+        'stamps), or ahead of it by more than this plus the time that passed, is an outlier: '
+        'refused and counted, until 3 in a row agree on the jump: then it is a new time base '
+        '(bag loop, simulation reset) and what was kept of the old one is forgotten.',
+        section='Cameras', low=0.0, high=1e9, above_low=True)
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -8,7 +8,9 @@ Every node parameter lives in the config file (default: the package's config/vpr
 arguments below override the few that change per run. More cameras: list them in the config's
 image_topics / compressed_topics and remap them here or there.
 """
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
@@ -30,7 +32,7 @@ ARGUMENTS = {
     'use_sim_time': ('false', 'Use /clock (bag replay).'),
     'lifecycle': ('false', 'true: a lifecycle node that waits for a lifecycle manager; false: '
                            'the node configures and activates itself.'),
-    'log_level': ('info', 'Logging level of the node.'),
+    'log_level': ('info', "Logging level of the node's logger (not of rcl, rmw or DDS)."),
 }
 
 
@@ -38,6 +40,28 @@ def _true(text: str) -> bool:
     if text.lower() not in ('true', 'false'):
         raise ValueError(f'expected true or false, got {text!r}')
     return text.lower() == 'true'
+
+
+def _logger_name(context: LaunchContext, namespace: str, name: str) -> str:
+    """Return the node's logger name: /robot1 and vpr_node give robot1.vpr_node.
+
+    A relative namespace is prefixed with one pushed by an including launch file
+    (PushRosNamespace), as launch_ros does for the node's own name.
+    """
+    if not namespace.startswith('/'):
+        namespace = f"{context.launch_configurations.get('ros_namespace', '')}/{namespace}"
+    return '.'.join([part for part in namespace.split('/') if part] + [name])
+
+
+def _fail_on_error_exit(event: ProcessExited, context: LaunchContext) -> None:
+    """Make `ros2 launch` exit non-zero when the node exits with an error (e.g. configure failed).
+
+    launch itself returns 0 whatever its processes return; an exception in an event handler is
+    what it reports as a failure (one error line, exit status 1).
+    """
+    if event.returncode != 0:
+        raise RuntimeError(f'{event.process_name} exited with status {event.returncode} '
+                           '(its log above says why)')
 
 
 def _node(context: LaunchContext) -> list:
@@ -50,12 +74,17 @@ def _node(context: LaunchContext) -> list:
     if arg['map']:
         overrides['map_path'] = arg['map']
     kind = LifecycleNode if managed else Node
-    return [kind(
+    logger = _logger_name(context, arg['namespace'], 'vpr_node')
+    node = kind(
         package='boq_ros', executable='vpr_node', name='vpr_node', namespace=arg['namespace'],
         output='screen', parameters=[arg['config'], overrides],
         remappings=[('image', arg['image']), ('image/compressed', arg['compressed_image']),
                     ('odom', arg['odom']), ('keyframes', arg['keyframes'])],
-        arguments=['--ros-args', '--log-level', arg['log_level']])]
+        # The level of the node's logger only: a bare `--log-level debug` would turn on every
+        # logger of the process (rcl, rmw: hundreds of lines a second).
+        arguments=['--ros-args', '--log-level', f"{logger}:={arg['log_level']}"])
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                     on_exit=_fail_on_error_exit))]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 import itertools
 import os
 from pathlib import Path
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +59,42 @@ def dinov2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp('checkpoints') / 'dinov2_12288.pth'
     return write_random_checkpoint(path, 'dinov2-12288')
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_COLCON_SOURCES = ['CMakeLists.txt', 'package.xml', 'README.md', 'msg', 'srv', 'boq_ros', 'launch',
+                   'config', 'scripts']
+
+
+@pytest.fixture(scope='session')
+def colcon_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package built with colcon against the ROS prefix (here, the venv): its install space.
+
+    One build per test session (about 30 s on 2 cores), shared by test_colcon_build.py and
+    test_launch.py; the sources are copied so that the build leaves nothing in the repository.
+    """
+    if shutil.which('cmake') is None:
+        pytest.fail('cmake is required for the colcon build (apt-get install cmake)')
+    prefix = Path(sys.prefix)
+    ws = tmp_path_factory.mktemp('colcon_ws')
+    src = ws / 'src' / 'boq_ros'
+    src.mkdir(parents=True)
+    for name in _COLCON_SOURCES:
+        path = _ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns('__pycache__'))
+        else:
+            shutil.copy2(path, src / name)
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix), CMAKE_PREFIX_PATH=str(prefix),
+               PATH=f'{prefix / "bin"}:{os.environ["PATH"]}')
+    cmd = [str(prefix / 'bin' / 'colcon'), '--log-base', str(ws / 'log'), 'build',
+           '--base-paths', str(ws / 'src'), '--build-base', str(ws / 'build'),
+           '--install-base', str(ws / 'install'), '--merge-install',
+           '--event-handlers', 'console_direct-',
+           '--cmake-args', f'-DPython3_EXECUTABLE={sys.executable}', '-DBUILD_TESTING=OFF']
+    result = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return ws / 'install'
 
 
 @pytest.fixture
@@ -223,3 +261,53 @@ def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...
         status = proc.stop()
         sys.stdout.write(f'\n--- {" ".join(proc.cmd)} (exit {status}) ---\n'
                          f'{proc.log_text()[-6000:]}\n')
+
+
+# Markers (pytest.ini). `dds`: the test starts rclpy/DDS or builds with the ROS tooling; `ros`:
+# every `dds` test plus those whose module uses the ROS Python runtime (rclpy, messages) without
+# DDS. `make test` runs the whole suite on Kilted, then `-m ros` on Jazzy (Makefile, test-jazzy).
+# A test is `dds` when its module is listed here, when it uses one of these fixtures, or when its
+# module imports one of the DDS helpers; new DDS tests that use the fixtures need no entry.
+DDS_MODULES = {'test_colcon_build', 'test_config_params', 'test_demo', 'test_launch',
+               'test_map_live_offline', 'test_node', 'test_node_common', 'test_node_lifecycle',
+               'test_replay', 'test_ros_smoke'}
+DDS_FIXTURES = {'colcon_install', 'ros_domain_id', 'ros_env', 'ros_node', 'start_node'}
+DDS_HELPERS = {'NodeProcess', 'NodeUnderTest', 'TestNode', 'node_command', 'safe_dds_environment'}
+
+
+def _is_ros_module(name: str) -> bool:
+    root = name.split('.')[0]
+    return (root == 'rclpy' or root.endswith(('_msgs', '_srvs', '_interfaces'))
+            or name.startswith(('boq_ros.ros', 'boq_ros.msg', 'boq_ros.srv')))
+
+
+def _module_marks(module: Any) -> set[str]:
+    marks = set()
+    if module.__name__.rpartition('.')[2] in DDS_MODULES:
+        marks.add('dds')
+    for name, value in vars(module).items():
+        if name.startswith('__'):
+            continue
+        if getattr(value, '__qualname__', None) in DDS_HELPERS:
+            marks.add('dds')
+        origin = value.__name__ if type(value) is type(os) else getattr(value, '__module__', None)
+        if isinstance(origin, str) and _is_ros_module(origin):
+            marks.add('ros')
+    return marks
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    cache: dict[str, set[str]] = {}
+    for item in items:
+        module = getattr(item, 'module', None)
+        marks = set()
+        if module is not None:
+            if module.__name__ not in cache:
+                cache[module.__name__] = _module_marks(module)
+            marks = set(cache[module.__name__])
+        if DDS_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            marks.add('dds')
+        if 'dds' in marks:
+            marks.add('ros')
+        for mark in sorted(marks):
+            item.add_marker(mark)

@@ -5,42 +5,19 @@ On a robot the same package.xml / CMakeLists.txt build in a colcon workspace aga
 """
 import os
 from pathlib import Path
-import shutil
 import subprocess
 import sys
 import sysconfig
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 PREFIX = Path(sys.prefix)
-SOURCES = ['CMakeLists.txt', 'package.xml', 'README.md', 'msg', 'srv', 'boq_ros', 'launch',
-           'config', 'scripts']
 
 
 @pytest.fixture(scope='module')
-def install_space(tmp_path_factory):
-    if shutil.which('cmake') is None:
-        pytest.fail('cmake is required for the colcon build (apt-get install cmake)')
-    ws = tmp_path_factory.mktemp('colcon_ws')
-    src = ws / 'src' / 'boq_ros'
-    src.mkdir(parents=True)
-    for name in SOURCES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns('__pycache__'))
-        else:
-            shutil.copy2(path, src / name)
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(PREFIX), CMAKE_PREFIX_PATH=str(PREFIX),
-               PATH=f'{PREFIX / "bin"}:{os.environ["PATH"]}')
-    cmd = [str(PREFIX / 'bin' / 'colcon'), '--log-base', str(ws / 'log'), 'build',
-           '--base-paths', str(ws / 'src'), '--build-base', str(ws / 'build'),
-           '--install-base', str(ws / 'install'), '--merge-install',
-           '--event-handlers', 'console_direct-',
-           '--cmake-args', f'-DPython3_EXECUTABLE={sys.executable}', '-DBUILD_TESTING=OFF']
-    result = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return ws / 'install'
+def install_space(colcon_install: Path) -> Path:
+    """The session's colcon install space (conftest.py builds it once)."""
+    return colcon_install
 
 
 def test_install_space_has_node_launch_and_config(install_space):

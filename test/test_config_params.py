@@ -1,9 +1,7 @@
-"""config/vpr.yaml, the node's declared parameters and launch/vpr.launch.py agree.
+"""config/vpr.yaml and the node's declared parameters agree.
 
-The launch file cannot run here (launch is not on PyPI): it is compiled and its arguments are
-read from the syntax tree.
+The launch file is tested by running it (`ros2 launch`, test_launch.py).
 """
-import ast
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ from boq_ros.ros.node import VprNode
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'config' / 'vpr.yaml'
-LAUNCH = ROOT / 'launch' / 'vpr.launch.py'
 # Parameters every rclpy node declares itself.
 RCLPY_OWN = {'use_sim_time', 'start_type_description_service'}
 
@@ -76,43 +73,3 @@ def test_choices_are_checked():
         params.PARAMS['mode'].check('sometimes')
     with pytest.raises(params.ParameterValueError, match='6 values'):
         params.PARAMS['relocalization_covariance'].check([1.0, 2.0])
-
-
-def _launch_tree() -> ast.Module:
-    source = LAUNCH.read_text()
-    compile(source, str(LAUNCH), 'exec')
-    return ast.parse(source)
-
-
-def test_launch_arguments():
-    tree = _launch_tree()
-    arguments = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                     and getattr(node.targets[0], 'id', '') == 'ARGUMENTS')
-    names = {key.value for key in arguments.keys}
-    assert {'config', 'checkpoint', 'map', 'image', 'odom', 'namespace', 'use_sim_time',
-            'lifecycle'} <= names
-    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                for a in n.names}
-    assert {('launch.actions', 'DeclareLaunchArgument'), ('launch_ros.actions', 'Node'),
-            ('launch_ros.actions', 'LifecycleNode')} <= imported
-    # Every parameter the launch file overrides exists in the node.
-    overrides = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and getattr(n.targets[0], 'id', '') == 'overrides')
-    overridden = {k.value for k in overrides.keys} | {
-        n.targets[0].slice.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-        and isinstance(n.targets[0], ast.Subscript)
-        and getattr(n.targets[0].value, 'id', '') == 'overrides'}
-    assert overridden == {'checkpoint', 'map_path', 'use_sim_time', 'autostart'}
-    assert overridden - {'use_sim_time'} <= set(params.PARAMS)
-    # Every argument the node is built from is declared, and every declared one is used.
-    read = {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript)
-            and getattr(n.value, 'id', '') == 'arg'}
-    assert read == names
-    executables = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                   for kw in n.keywords if kw.arg == 'executable'}
-    assert executables == {'vpr_node'} and (ROOT / 'scripts' / 'vpr_node').is_file()
-    remapped = {e.elts[0].value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                for kw in n.keywords if kw.arg == 'remappings' for e in kw.value.elts}
-    defaults = params.PARAMS
-    assert {defaults['image_topics'].default[0], defaults['odometry_topic'].default,
-            defaults['keyframe_topic'].default} <= remapped

@@ -44,8 +44,10 @@ def test_row_padding_is_skipped():
     array = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6)
     padded = np.zeros((4, 10), np.uint8)
     padded[:, :6] = array
-    decoded, _ = decode_image('mono8', 4, 6, 10, padded.tobytes() + b'extra')
+    decoded, _ = decode_image('mono8', 4, 6, 10, padded.tobytes())
     np.testing.assert_array_equal(decoded, array)
+    with pytest.raises(ImageDecodeError, match='data has 45 bytes, not step 10 x height 4 = 40'):
+        decode_image('mono8', 4, 6, 10, padded.tobytes() + b'extra')  # longer is refused too
 
 
 def test_mono16_big_endian_is_byteswapped():
@@ -94,7 +96,7 @@ def test_packed_yuv_decodes_to_rgb(encoding, code):
 @pytest.mark.parametrize('args, message', [
     (('rgb8', 0, 4, 12, b''), 'zero size'),
     (('rgb8', 4, 4, 11, bytes(48)), 'step 11 is smaller than width 4 x 3'),
-    (('mono16', 4, 4, 8, bytes(31)), 'data has 31 bytes, fewer than step 8 x height 4'),
+    (('mono16', 4, 4, 8, bytes(31)), 'data has 31 bytes, not step 8 x height 4 = 32'),
     (('rgb9', 4, 4, 12, bytes(48)), "unsupported image encoding 'rgb9'"),
     (('yuv422', 2, 3, 6, bytes(12)), 'even width'),
 ])
@@ -234,3 +236,22 @@ def test_encode_refusals():
         encode_compressed(np.zeros((4, 4), np.uint8), 'mono8', 'webp')
     with pytest.raises(ImageDecodeError, match='cannot compress encoding'):
         encode_compressed(np.zeros((4, 4), np.uint8), 'bayer_rggb8')
+
+
+def test_compressed_bombs_trailing_bytes_and_truncation():
+    import cv2
+
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = cv2.imencode('.jpg', image)[1].tobytes()
+    decoded, _ = decode_compressed('jpeg', jpeg + b'camera metadata after EOI')
+    assert decoded.shape == (48, 64, 3)  # bytes after the end-of-image marker are allowed
+    with pytest.raises(ImageDecodeError, match='no end-of-image marker'):
+        decode_compressed('jpeg', jpeg[:-2] + b'\0' * 30)
+    # a small JPEG whose frame header claims 8000x8000: refused before decoding
+    sof = jpeg.index(b'\xff\xc0')
+    bomb = bytearray(jpeg)
+    bomb[sof + 5:sof + 9] = (8000).to_bytes(2, 'big') * 2
+    with pytest.raises(ImageDecodeError, match='claims 8000x8000 pixels.*decompression bomb'):
+        decode_compressed('jpeg', bytes(bomb))
+    flat = cv2.imencode('.png', np.zeros((1000, 1000), np.uint8))[1].tobytes()
+    assert decode_compressed('png', flat)[0].shape == (1000, 1000)  # zlib's ratio is allowed

@@ -299,9 +299,32 @@ def test_distance_keyframes_follow_odometry(node):
     stop(node)
 
 
+def test_one_outlier_odometry_stamp_never_poisons_distance_keyframes(node):
+    assert all(r.successful for r in set_params(
+        node, odometry_qos='reliable', time_jump_s=10.0))  # nothing lost: no rounds needed
+    activate(node)
+    node.ros.wait_for_subscribers(node.odom)
+    before = totals(node.snapshot())
+    track = [(4000 + i, 0.4 * i) for i in range(8)]
+    for t, x in track[:3]:
+        node.odom.publish(_odometry(t, x))
+    node.odom.publish(_odometry(4000 + 10**6, 99.0))  # one message from a broken clock
+    for t, x in track[3:]:
+        node.odom.publish(_odometry(t, x))
+    status = node.diag(lambda v: int(v['odometry_total']) == before['odometry_total'] + 9)
+    assert int(status['input_errors_total']) == before['input_errors_total'] + 1
+    assert 'is far from the stream' in status['last_error']
+    answered_before = len(node.candidates.messages)
+    for t, _ in track:
+        node.camera.publish(frame(t, seed=t))
+    answers = node.candidates.wait_for(answered_before + 3, timeout=ANSWER_TIMEOUT_S)
+    assert [m.query.stamp.sec for m in answers[answered_before:]] == [4000, 4003, 4006]
+    stop(node)
+
+
 def test_nan_descriptors_are_counted_and_harmless(node):
     assert all(r.successful for r in set_params(node, checkpoint=node.nan,
-                                                keyframe_mode='every_frame'))
+                                                keyframe_mode='every_frame', odometry_topic=''))
     activate(node)
     assert node.snapshot()['descriptor_errors_total'] == '0'
     node.camera.publish(frame(5, seed=5))

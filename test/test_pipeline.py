@@ -134,3 +134,49 @@ def test_run_equals_offering_frame_by_frame(extractor):
     assert [(k.meta.stamp_ns, k.meta.pose) for k in run] == [
         (by_hand.meta(s).stamp_ns, by_hand.meta(s).pose) for s in selected]
     assert len(run) >= 3 and batched.stats.seconds['read'] >= 0
+
+
+# -- one outlier stamp never poisons what follows ---------------------------------------------
+def test_one_far_future_pose_is_refused_and_distance_keyframes_go_on(extractor):
+    from boq_ros.pipeline import OutlierStamp
+
+    policy = KeyframePolicy('distance', keyframe_distance_m=1.0, pose_tolerance_s=0.1)
+    p = pipe(extractor, policy, PoseBuffer(0.1))
+    taken = []
+    for k in range(10):
+        t = k * 100 * MS
+        if k == 3:
+            with pytest.raises(OutlierStamp, match='far from the stream'):
+                p.add_pose(t + 10**6 * S, (99, 0, 0))  # one message from a broken clock
+        taken += p.add_pose(t, (0.5 * k, 0, 0)) + p.offer(frame(t))
+    taken += p.finish()
+    assert [s.frame.stamp_ns // (100 * MS) for s in taken] == [0, 2, 4, 6, 8]
+    assert p.stats.totals['outlier_pose_stamps'] == 1
+
+
+def test_a_looping_recording_starts_a_new_time_base(extractor):
+    notes = []
+    p = pipe(extractor, KeyframePolicy('interval', keyframe_interval_s=1.0),
+             on_note=notes.append, on_skip=lambda cause, text: None)
+    stamps = [1000 * S + k * S for k in range(5)] + [k * S for k in range(5)]  # bag looped
+    taken = [s.frame.stamp_ns for t in stamps for s in p.offer(frame(t))]
+    # the first two stamps of the loop are outliers; the third confirms the new time base,
+    # whose interval selection starts afresh
+    assert taken == [*stamps[:5], 2 * S, 3 * S, 4 * S]
+    assert p.stats.skipped()['stamp'] == 2 and p.stats.totals['time_bases'] == 1
+    assert len(notes) == 1 and 'new time base for camera stamps' in notes[0]
+
+
+def test_a_single_outlier_frame_is_skipped_alone(extractor):
+    p = pipe(extractor)
+    stamps = [k * S for k in range(3)] + [10**6 * S] + [k * S for k in range(3, 6)]
+    taken = [s.frame.stamp_ns for t in stamps for s in p.offer(frame(t))]
+    assert taken == [k * S for k in range(6)] and p.stats.skipped()['stamp'] == 1
+
+
+def test_a_live_pause_is_no_jump(extractor):
+    p = pipe(extractor)
+    assert p.offer(Frame(0, 'cam', raw(0), received_ns=1)) != []
+    # 60 s later on the node's clock, the camera resumes 60 s later: a pause, not an outlier
+    assert p.offer(Frame(60 * S, 'cam', raw(1), received_ns=60 * S + 1)) != []
+    assert p.stats.skipped()['stamp'] == 0

@@ -64,8 +64,10 @@ def test_every_ros_parameter_is_one_field_with_its_default_and_range():
         assert param.setting == field, name
         descriptor = param.descriptor()
         assert descriptor.description == field.description
-        if field.low is None:
+        if field.low is None or field.kind is list:  # rclpy ranges are for scalars
             assert not descriptor.integer_range and not descriptor.floating_point_range, name
+            if field.low is not None:
+                assert f'each value in {field.range_text()}' in descriptor.additional_constraints
         else:
             (bounds,) = descriptor.integer_range or descriptor.floating_point_range
             assert (bounds.from_value, bounds.to_value) == (field.low, field.high), name

@@ -246,6 +246,17 @@ class KeyframeMap:
             self._rollback(count)
             self._state.next_id, self._next_seq = next_id, dict(next_seq)
 
+    def skip_ids_below(self, next_id: int) -> None:
+        """Give new keyframes ids from `next_id` on: ids of a map are never reused.
+
+        Needed when an older save of a map is loaded after newer keyframes were published.
+        """
+        with self._lock:
+            if next_id > self._state.next_id:
+                self._state.history.append({'event': 'skip_ids', 'from': self._state.next_id,
+                                            'to': int(next_id), 'time': utc_now()})
+                self._state.next_id = int(next_id)
+
     def find(self, metas: Sequence[KeyframeMeta]) -> np.ndarray:
         """Ids of keyframes already in the map with the same session, camera and stamp (-1: none).
 

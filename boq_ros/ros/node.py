@@ -49,7 +49,14 @@ from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.msg import LoopCandidateArray
-from boq_ros.pipeline import FramePipeline, Keyframe, PipelineConfig, PipelineStats, Selected
+from boq_ros.pipeline import (
+    FramePipeline,
+    Keyframe,
+    OutlierStamp,
+    PipelineConfig,
+    PipelineStats,
+    Selected,
+)
 from boq_ros.poses import PoseBuffer, PoseError
 from boq_ros.ros import convert, params
 from boq_ros.ros.map_paths import map_root, resolve_map_path
@@ -65,9 +72,9 @@ DIAGNOSTICS_TOPIC = '/diagnostics'
 
 STAGES = ('queue', 'decode', 'describe', 'search', 'publish', 'total')
 """Latency stages in /diagnostics (the pipeline's names): waiting in the queue, then each step."""
-ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'internal', 'service')
+ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'configure', 'internal', 'service')
 _ERROR_OF_SKIP = {'decode': 'decode', 'depth': 'decode', 'descriptor': 'descriptor',
-                  'no_pose': 'input'}
+                  'no_pose': 'input', 'stamp': 'input'}
 """Which /diagnostics error counter a frame skipped by the pipeline counts in."""
 
 _THUMBNAIL_HEIGHT = 120
@@ -135,7 +142,7 @@ class VprNode(LifecycleNode):
         except Exception as err:  # noqa: BLE001 - rclpy would swallow it without a word
             detail = '' if isinstance(err, ValueError | OSError) else traceback.format_exc()
             self.get_logger().error(f'configure failed: {err}\n{detail}'.rstrip())
-            self._count_error('internal', f'configure failed: {err}')
+            self._count_error('configure', f'configure failed: {err}')
             return TransitionCallbackReturn.FAILURE
         self._set(rt, 'inactive')
         self.get_logger().info(
@@ -256,7 +263,8 @@ class VprNode(LifecycleNode):
                  if odometry else None)
         pipeline = FramePipeline(extractor, policy, pipeline_config, session=session,
                                  robot_id=map_settings.robot_id, poses=poses,
-                                 on_skip=self._on_skip, stats=self._stats)
+                                 on_skip=self._on_skip, stats=self._stats,
+                                 on_note=lambda text: self.get_logger().warning(text))
         reliable = QoSProfile(depth=10)
         publishers = {
             'candidates': self.create_publisher(LoopCandidateArray, CANDIDATE_TOPIC, reliable),
@@ -337,7 +345,7 @@ class VprNode(LifecycleNode):
             if spec is None:
                 continue  # use_sim_time and other rclpy parameters
             try:
-                spec.check(param.value)
+                value = spec.check(param.value)
             except params.ParameterValueError as err:
                 return SetParametersResult(successful=False, reason=str(err))
             if spec.when == 'configure' and self._rt is not None:
@@ -346,7 +354,7 @@ class VprNode(LifecycleNode):
                     reason=f'parameter {param.name} is read at configure: deactivate and clean '
                            'up the node first, then configure it again')
             if spec.when == 'live':
-                live[param.name] = param.value
+                live[param.name] = value
         rt = self._rt
         if rt is not None and live:
             try:
@@ -389,7 +397,8 @@ class VprNode(LifecycleNode):
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         try:
             selected = rt.pipeline.add_pose(stamp_to_ns(msg.header.stamp), (p.x, p.y, p.z),
-                                            (q.x, q.y, q.z, q.w), msg.header.frame_id)
+                                            (q.x, q.y, q.z, q.w), msg.header.frame_id,
+                                            time.monotonic_ns())
         except PoseError as err:
             self._fail('input', f'odometry: {err}')
             selected = []
@@ -400,7 +409,11 @@ class VprNode(LifecycleNode):
         rt = self._rt
         if rt is None:
             return
-        self._enqueue(rt, rt.pipeline.add_keyframe_stamp(stamp_to_ns(msg.stamp)))
+        try:
+            self._enqueue(rt, rt.pipeline.add_keyframe_stamp(stamp_to_ns(msg.stamp),
+                                                             time.monotonic_ns()))
+        except OutlierStamp as err:
+            self._fail('input', f'keyframe stamp: {err}')
         self._stats.count('keyframe_stamps')  # after its effect
 
     # -- worker ---------------------------------------------------------------------------
@@ -542,6 +555,8 @@ class VprNode(LifecycleNode):
                     f'{extractor.preprocess_config.to_dict()}: configure the node with the '
                     "map's resize_policy and input_size")
             with self._map_lock:
+                if kmap.map_id == rt.kmap.map_id:  # an older save of this map: ids published
+                    kmap.skip_ids_below(rt.kmap.schema.next_id)  # since then are never reused
                 detector = LoopDetector(kmap, rt.detector.config)
                 rt.kmap, rt.detector = kmap, detector
                 rt.latest.clear()
@@ -662,8 +677,31 @@ def _qos(kind: str, depth: int) -> QoSProfile:
     return qos
 
 
+def _ignore_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler while the node shuts down: a later Ctrl-C does nothing."""
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT handler while the node runs: the first Ctrl-C stops it, later ones are ignored.
+
+    A terminal's Ctrl-C reaches both `ros2 launch` and the node, and launch then forwards one
+    more SIGINT: that second one must not interrupt the shutdown the first started (it raised
+    KeyboardInterrupt in main()'s cleanup: a traceback and "process has died [exit code -2]").
+    rclpy's own handler, installed over this one by rclpy.init, runs first and chains to it.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, _ignore_interrupt)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the node until Ctrl-C; with autostart, configure and activate it first."""
+    import signal
+
+    handles_signals = threading.current_thread() is threading.main_thread()
+    if handles_signals:
+        signal.signal(signal.SIGINT, _interrupt_once)
     rclpy.init(args=sys.argv if argv is None else list(argv))
     node = VprNode()
     executor = MultiThreadedExecutor(num_threads=4)
@@ -680,10 +718,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if handles_signals:  # whatever ended the spin, Ctrl-C no longer interrupts the cleanup
+            signal.signal(signal.SIGINT, _ignore_interrupt)
         node._stop_inputs()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        if handles_signals:
+            # Ignored by the kernel from here on (rclpy.shutdown reinstated Python's handler,
+            # which the interpreter's exit would reset to the default: death by SIGINT).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 

@@ -22,7 +22,7 @@ from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import PipelineConfig
-from boq_ros.settings import Setting, SettingError, iter_settings, setting
+from boq_ros.settings import Setting, SettingError, check_settings, iter_settings, setting
 
 _TYPES: dict[type, int] = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -85,7 +85,8 @@ class NodeSettings:
         'candidate whose keyframe has a pose.', section='Outputs', when='live')
     relocalization_covariance: list = setting(
         [1.0, 1.0, 1.0, 0.1, 0.1, 0.1], 'Diagonal of the relocalisation pose covariance (x y z '
-        'roll pitch yaw).', section='Outputs', item=float, length=6, when='live')
+        'roll pitch yaw): six variances, each finite and >= 0.', section='Outputs', item=float,
+        length=6, low=0.0, high=1e9, when='live')
     publish_lio_sam: bool = setting(
         False, 'Publish accepted loops as LIO-SAM pairs [t_query, t_match] (Float64MultiArray) '
         'on lio_loop/loop_closure_detection.', section='Outputs', when='live')
@@ -98,6 +99,9 @@ class NodeSettings:
     diagnostics_period_s: float = setting(1.0, 'Period of the /diagnostics status.',
                                           section='Outputs', low=0.05, high=3600.0,
                                           when='startup')
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 SETTING_CLASSES = (NodeSettings, ModelSettings, PipelineConfig, KeyframePolicy, DetectorConfig,
@@ -150,7 +154,10 @@ class Param:
                       'configure': 'read at configure; refused while configured',
                       'live': 'applied at once'}[s.when])
         desc.additional_constraints = '; '.join(notes)
-        if s.low is not None:
+        if s.low is not None and s.kind is list:
+            notes.insert(0, f'each value in {s.range_text()}')  # rclpy ranges are for scalars
+            desc.additional_constraints = '; '.join(notes)
+        elif s.low is not None:
             if s.kind is int:
                 desc.integer_range = [IntegerRange(
                     from_value=int(s.low), to_value=int(s.high), step=0)]
