@@ -96,6 +96,7 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
     map_settings = map_settings or MapSettings()
     if not recordings:
         raise MapBuildError('no recording given')
+    fresh = _check_out(out, append)
     for rec in recordings:
         if keyframes.keyframe_mode == 'distance' and not rec.pose_topic:
             raise MapBuildError(f'keyframe mode distance needs a pose topic ({rec.path})')
@@ -107,9 +108,7 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
                                 'every_frame, interval or distance')
     loaded = model.load()
     stored = None
-    if out.exists():
-        if not append:
-            raise MapError(f'{out} exists; pass append (--append) to add to it')
+    if not fresh:
         kmap = KeyframeMap.load(out, expect_model_id=loaded.model_id,
                                 expect_dim=loaded.descriptor_dim)
         stored = kmap.preprocess
@@ -120,9 +119,10 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
                            index=map_settings.index_spec())
     summary = BuildSummary(out)
     say = on_note or (lambda text: None)
+    streams: dict[tuple[str, str], Path] = {}  # (session, camera) -> its recording
     for rec in recordings:
         _add_recording(rec, kmap, extractor, keyframes, pipeline, map_settings, summary,
-                       on_frame, say)
+                       on_frame, say, streams)
     if summary.keyframes == 0:
         why = ', '.join(f'{n} {c}' for c, n in summary.skipped.items() if n)
         raise MapBuildError(
@@ -135,6 +135,8 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
         kmap.rebuild_index()  # learn PCA / IVF-PQ from the whole map, not its first keyframes
     summary.seconds['index'] = time.perf_counter() - start
     start = time.perf_counter()
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty directory (a mount point, mkdir'ed beforehand) is a new map
     out.parent.mkdir(parents=True, exist_ok=True)
     summary.out = kmap.save(out)
     summary.seconds['save'] = time.perf_counter() - start
@@ -142,10 +144,30 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
     return summary
 
 
+def _check_out(out: Path, append: bool) -> bool:
+    """Check before any work that `out` can take the map; True for a new map."""
+    if out.is_file():
+        raise MapBuildError(f'{out} is a file, not a map directory: choose another output')
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / 'schema.json').is_file():
+            raise MapBuildError(f'{out} exists and is not a keyframe map: choose another output')
+        if not append:
+            raise MapError(f'{out} exists; pass append (--append) to add to it')
+        return False
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MapBuildError(f'cannot create {out}: {ancestor} is a file')
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise MapBuildError(f'cannot create {out}: {ancestor} is not writable')
+    return True
+
+
 def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                    keyframes: KeyframePolicy, config: PipelineConfig, map_settings: MapSettings,
                    summary: BuildSummary, on_frame: Callable[[], None] | None,
-                   say: Callable[[str], None]) -> None:
+                   say: Callable[[str], None], streams: dict[tuple[str, str], Path]) -> None:
     session = rec.session or map_settings.session or rec.path.stem
     with ExitStack() as stack:
         poses: Any = ()
@@ -168,6 +190,14 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                 buffer = PoseBuffer(keyframes.pose_tolerance_s, frame=stream.frame,
                                     source=stream.source)
             frames = bag_frames(bag, topics)
+        cameras = [folder.camera] if rec.kind == 'images' else topics
+        for camera in cameras:  # a keyframe is known by its session, camera and stamp
+            other = streams.setdefault((session, camera), rec.path)
+            if other != rec.path:
+                raise MapBuildError(
+                    f'{other} and {rec.path} would both be session {session!r}, camera '
+                    f'{camera!r}: their keyframes would be taken for one another; give each '
+                    'its own session (separate builds with --session, appended)')
         pipe = FramePipeline(extractor, keyframes, config, session=session,
                              robot_id=map_settings.robot_id, poses=buffer)
         for batch in pipe.run(frames, poses, on_frame):

@@ -12,6 +12,7 @@ one default and one range on every surface: field ``keyframe_distance_m`` is ROS
 from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 import math
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 MIN_INPUT_SIZE = 16
+_DEVICE = re.compile(r'auto|cpu|cuda(:\d+)?')
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,9 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if not _DEVICE.fullmatch(self.device):
+            raise SettingError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                               f'got {self.device!r}')
         if 0 < self.input_size < MIN_INPUT_SIZE:
             raise SettingError(f'input_size must be 0 (the default) or >= {MIN_INPUT_SIZE}, '
                                f'got {self.input_size}')

@@ -124,7 +124,9 @@ def image_folder(spec: str | Path) -> ImageFolder:
     (``1403636579.76``) are taken as stamps; otherwise files are 1 s apart in name order.
     """
     text = str(spec)
-    if any(c in text for c in '*?['):
+    if Path(text).is_file():  # one image: a glob that matches just it
+        text = glob.escape(text)
+    if Path(text).is_file() or any(c in text for c in '*?['):
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
         folder = Path(text).parent
         ignored = 0

@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+import warnings
 
 import numpy as np
 
@@ -299,6 +300,18 @@ class Trajectory:
             p, q = pose.position, pose.orientation
             stamps.append(stamp_to_ns(msg.header.stamp))
             rows.append((p.x, p.y, p.z, q.x, q.y, q.z, q.w))
+        if rows and msgtype != 'sensor_msgs/msg/NavSatFix':
+            # A pose a broken message carries (NaN, a zero quaternion) is dropped, not fatal.
+            data = np.asarray(rows, dtype=np.float64)
+            norms = np.linalg.norm(data[:, 3:], axis=1)
+            good = np.isfinite(data).all(axis=1) & (norms > 1e-9)
+            if not good.all():
+                bad = int(np.argmin(good))
+                warnings.warn(f'{bag.path} {topic}: {int((~good).sum())} of {len(rows)} poses '
+                              f'are not finite or have a zero quaternion and are dropped '
+                              f'(first at {stamps[bad]} ns)', stacklevel=2)
+                stamps = [s for s, g in zip(stamps, good) if g]
+                rows = [r for r, g in zip(rows, good) if g]
         if not stamps:
             what = f' with child frame {child!r}' if child else ''
             raise TrajectoryError(f'topic {topic!r} in {bag.path} has no usable poses{what}')

@@ -16,7 +16,11 @@ from boq_ros.synth import COMPRESSED_TOPIC, IMAGE_TOPIC, ODOM_TOPIC, generate_re
 
 
 def run(*argv: str) -> int:
-    return main(['map', *argv])
+    """Run `boq-ros map ...`; argparse's own usage errors exit 2 (SystemExit)."""
+    try:
+        return main(['map', *argv])
+    except SystemExit as exc:
+        return exc.code
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +53,7 @@ def test_build_map_from_both_storage_kinds_with_odometry_keyframes(
                            distance_m=distance)) == 0
     text = capsys.readouterr().out
     assert 'frames read: 20' in text
-    assert 'frames skipped: 0 (decode 0, depth 0, no_pose 0, descriptor 0)' in text
+    assert 'frames skipped: 0 (decode 0, depth 0, no_pose 0, descriptor 0, stamp 0)' in text
     assert run(*build_args(resnet_checkpoint, out, '--bag', str(mcap_rec.path), '--topic',
                            COMPRESSED_TOPIC, '--session', 'second', '--append',
                            distance_m=distance)) == 0
@@ -258,3 +262,70 @@ def test_help_names_existing_docs():
     for doc in {w.strip('().,;') for w in text.getvalue().split() if w.startswith(('docs/',
                                                                                   '(docs/'))}:
         assert (root / doc).is_file(), doc
+
+
+def _pngs(folder, n, seed=0):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(str(folder / f'{i}.png'), rng.integers(0, 256, (24, 32, 3), np.uint8))
+
+
+def test_two_recordings_that_would_collide_are_refused(tmp_path, resnet_checkpoint, capsys):
+    _pngs(tmp_path / 'A' / 'cam', 4)
+    _pngs(tmp_path / 'B' / 'cam', 3, seed=1)
+    out = tmp_path / 'out'
+    assert run(*folder_args(resnet_checkpoint, out, '--images', str(tmp_path / 'A' / 'cam'),
+                            '--images', str(tmp_path / 'B' / 'cam'))) == 1
+    assert "would both be session 'cam', camera 'cam'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_output_locations_are_checked_before_any_work(tmp_path, resnet_checkpoint, capsys):
+    _pngs(tmp_path / 'imgs', 2)
+    images = ('--images', str(tmp_path / 'imgs'))
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    for out, message in ((afile, 'is a file, not a map directory'),
+                         (afile / 'sub', 'is a file'),
+                         (tmp_path / 'imgs', 'exists and is not a keyframe map')):
+        assert run(*folder_args(resnet_checkpoint, out, *images)) == 1
+        assert message in capsys.readouterr().err
+    empty = tmp_path / 'mounted'
+    empty.mkdir()  # an empty directory is a new map
+    assert run(*folder_args(resnet_checkpoint, empty, *images)) == 0
+    assert len(KeyframeMap.load(empty)) == 2
+    assert run(*folder_args(resnet_checkpoint, '', *images)) == 2
+    assert 'an empty path names no file or folder' in capsys.readouterr().err
+    single = tmp_path / 'one'
+    assert run(*folder_args(resnet_checkpoint, single, '--images',
+                            str(tmp_path / 'imgs' / '0.png'))) == 0  # one image file
+    assert len(KeyframeMap.load(single)) == 1
+    assert run(*folder_args(resnet_checkpoint, tmp_path / 'x', *images, '--device', 'tpu')) == 2
+    assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'" in capsys.readouterr().err
+    assert run(*folder_args(resnet_checkpoint, tmp_path / 'x', *images, '--bogus')) == 2
+    assert 'boq-ros map build: error: unrecognized arguments: --bogus' in (
+        capsys.readouterr().err)
+
+
+def test_a_broken_pose_message_is_dropped_not_fatal(tmp_path, resnet_checkpoint, capsys):
+    from boq_ros.bags import BagWriter, make_image_msg, make_odometry_msg
+
+    bag = tmp_path / 'odd.mcap'
+    rng = np.random.default_rng(0)
+    with BagWriter(bag, storage='mcap') as writer:
+        for i in range(6):
+            t = i * 10**9
+            position = (math.nan, 0.0, 0.0) if i == 2 else (2.0 * i, 0.0, 0.0)
+            writer.write('/odom', 'nav_msgs/msg/Odometry',
+                         make_odometry_msg(t, position, (0.0, 0.0, 0.0, 1.0)), t)
+            writer.write('/cam', 'sensor_msgs/msg/Image', make_image_msg(
+                rng.integers(0, 256, (24, 32, 3), np.uint8), 'rgb8', t, 'cam'), t + 1)
+    out = tmp_path / 'out'
+    assert run(*folder_args(resnet_checkpoint, out, '--bag', str(bag), '--pose-topic',
+                            '/odom', '--pose-tolerance-s', '0.5')) == 0
+    err = capsys.readouterr().err
+    assert 'warning: ' in err and '1 of 6 poses are not finite' in err
+    kmap = KeyframeMap.load(out)
+    assert [kmap.meta(i).pose is not None for i in range(6)] == [True, True, False, True,
+                                                                 True, True]

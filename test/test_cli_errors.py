@@ -30,15 +30,15 @@ def raising(exc: BaseException):
 def test_what_a_command_raises_becomes_one_line_and_an_exit_status(
         monkeypatch, capsys, exc, status, message, argv, command):
     # Replace the command's function after parsing, whatever the real command would do.
-    real_parse = argparse.ArgumentParser.parse_args
+    real_parse = argparse.ArgumentParser.parse_known_args
 
-    def parse_args(self, args=None, namespace=None):
-        parsed = real_parse(self, args, namespace)
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = real_parse(self, args, namespace)
         if self.prog == 'boq-ros':
             parsed.func = raising(exc)
-        return parsed
+        return parsed, extra
 
-    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', parse_args)
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_known_args', parse_known_args)
     assert main(argv) == status
     captured = capsys.readouterr()
     assert captured.err == f'boq-ros {command}: error: {message}\n'

@@ -245,7 +245,7 @@ def test_a_reader_that_finishes_a_save_between_its_renames_does_not_break_it(tmp
             seen.append(len(KeyframeMap.load(target)))
 
     monkeypatch.setattr(store.os, 'rename', rename)
-    assert m.save(target) == target
+    assert m.save(target, replace_other=True) == target
     monkeypatch.undo()
     assert seen == [20] and len(KeyframeMap.load(target)) == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ['map']
@@ -264,3 +264,15 @@ def test_a_reader_finishing_a_swap_that_the_writer_finishes_first_still_loads(tm
 
     monkeypatch.setattr(store.os, 'rename', rename)
     assert len(KeyframeMap.load(target)) == 10
+
+
+def test_save_never_replaces_another_map_unless_asked(tmp_path):
+    first = small_map(10)
+    target = first.save(tmp_path / 'map')
+    assert first.save(target) == target  # an earlier save of the same map: replaced
+    other = small_map(5)
+    with pytest.raises(MapError, match='refusing to replace the map at .*: it is another map'):
+        other.save(target)
+    assert len(KeyframeMap.load(target)) == 10
+    other.save(target, replace_other=True)
+    assert len(KeyframeMap.load(target)) == 5

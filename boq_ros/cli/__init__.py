@@ -11,6 +11,7 @@ failed (any other ``ValueError`` or ``OSError``) and 130 when interrupted (Ctrl-
 import argparse
 import importlib
 import sys
+import warnings
 
 # Module name -> one-line summary, in the order `boq-ros --help` lists them.
 SUBCOMMANDS = {
@@ -42,22 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """Name the (nested) subcommand that was parsed, e.g. 'map build', from the parsers' dests."""
+def subcommand(parser: argparse.ArgumentParser,
+               args: argparse.Namespace) -> tuple[str, argparse.ArgumentParser]:
+    """Name the (nested) subcommand that was parsed, e.g. 'map build', and give its parser."""
     words = []
     while True:
         subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         chosen = getattr(args, subparsers[0].dest, None) if subparsers else None
         if chosen is None:
-            return ' '.join(words)
+            return ' '.join(words), parser
         words.append(chosen)
         parser = subparsers[0].choices[chosen]
 
 
-def report_error(command: str, message: str) -> None:
-    """Print one error line in the format argparse uses: 'boq-ros <command>: error: ...'."""
+def command_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Name the (nested) subcommand that was parsed, e.g. 'map build'."""
+    return subcommand(parser, args)[0]
+
+
+def report_error(command: str, message: str, kind: str = 'error') -> None:
+    """Print one line in the format argparse uses: 'boq-ros <command>: error: ...'."""
     prog = f'boq-ros {command}' if command else 'boq-ros'
-    print(f'{prog}: error: {message}', file=sys.stderr)
+    print(f'{prog}: {kind}: {message}', file=sys.stderr)
 
 
 def run_command(args: argparse.Namespace, command: str) -> int:
@@ -65,6 +72,10 @@ def run_command(args: argparse.Namespace, command: str) -> int:
 
     Other exceptions are bugs and keep their traceback.
     """
+    def warn(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        report_error(command, str(message), 'warning')
+
+    warnings.showwarning = warn  # the core's warnings, said like everything else
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
@@ -82,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run `boq-ros` with `argv` (default: the process arguments) and return the exit status."""
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
+        args, extra = parser.parse_known_args(argv)  # usage errors: argparse exits 2
+        if extra:  # said by the subcommand, with its usage, not by the top-level parser
+            subcommand(parser, args)[1].error(f'unrecognized arguments: {" ".join(extra)}')
     except KeyboardInterrupt:
         report_error('', 'interrupted')
         return EXIT_INTERRUPTED

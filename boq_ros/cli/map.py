@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     'map, through the same frame pipeline as the live node (docs/map.md).',
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = build.add_mutually_exclusive_group(required=True)
-    source.add_argument('--bag', type=Path, action='append', metavar='BAG',
+    source.add_argument('--bag', type=options.path, action='append', metavar='BAG',
                         help='rosbag2 directory/.mcap/.db3 or ROS 1 .bag (repeatable)')
     source.add_argument('--images', action='append', metavar='DIR_OR_GLOB',
                         help="a folder of JPEG/PNG images or a glob ('frames/*_rgb.png'), in "
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument('--include-depth', action='store_true',
                        help='describe 16-bit single-channel (depth) images of --images too '
                             '(skipped and counted by default)')
-    build.add_argument('--out', type=Path, required=True, metavar='MAP_DIR',
+    build.add_argument('--out', type=options.path, required=True, metavar='MAP_DIR',
                        help='map directory to write')
     build.add_argument('--append', action='store_true',
                        help='add to the map at --out (keyframes it already holds are skipped)')
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add(stored, MapSettings, 'session', 'robot_id', 'index_kind', 'pca_dim')
     build.set_defaults(func=run_build)
     info = commands.add_parser('info', help="print a map's schema and statistics")
-    info.add_argument('map', type=Path, metavar='MAP')
+    info.add_argument('map', type=options.path, metavar='MAP')
     info.add_argument('--json', action='store_true', help='print JSON instead of text')
     info.add_argument('--no-verify', action='store_true',
                       help='skip hashing the descriptors (sizes are still checked)')
@@ -96,11 +96,14 @@ def run_build(args: argparse.Namespace) -> int:
         SettingError,
     )
 
+    if args.images and args.keyframe_mode == 'distance':
+        raise UsageError('--keyframe-mode distance needs poses, which image folders do not '
+                         'have: use --bag with --pose-topic, or interval keyframes')
+    for flag, given in (('--pose-topic', args.pose_topic), ('--image-topic', args.image_topic)):
+        if args.images and given:
+            raise UsageError(f'{flag} needs --bag (image folders have no topics)')
     if args.keyframe_mode == 'distance' and not args.pose_topic:
         raise UsageError('--keyframe-mode distance needs --pose-topic')
-    if args.images and (args.pose_topic or args.image_topic):
-        raise UsageError('--pose-topic and --image-topic need --bag (image folders have '
-                         'neither)')
     if args.keyframe_mode == 'external':
         raise UsageError('--keyframe-mode external needs a SLAM system; offline use '
                          'every_frame, interval or distance')

@@ -7,6 +7,7 @@ deprecation note (``ALIASES``). Imports nothing heavy: ``boq-ros --help`` stays 
 """
 import argparse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 import sys
 from typing import Any
 
@@ -27,6 +28,13 @@ ALIASES: dict[str, str] = {
 """Deprecated flag -> its name now (one name per concept across all commands)."""
 
 _BACKBONE_PRESETS = {'resnet50': 'resnet50-16384', 'dinov2': 'dinov2-12288'}
+
+
+def path(text: str) -> Path:
+    """Parse a path argument; '' is refused (it would silently mean the current directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError('an empty path names no file or folder')
+    return Path(text)
 
 
 def flag(name: str) -> str:

@@ -392,12 +392,19 @@ class KeyframeMap:
             self._search = search
 
     # -- disk ---------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, replace_other: bool = False) -> Path:
         """Write the map atomically (see keyframe_map/store.py); returns the map directory.
 
+        An earlier save of this map is replaced; another map at `path` only with
+        `replace_other` (a client of the node's save service must not erase someone's map).
         Only the snapshot is taken under the lock: searches and adds go on while the
         descriptors are written (stored rows never change, new ones are not part of it).
         """
+        there = store.map_id_at(Path(path))
+        if there is not None and there != self.map_id and not replace_other:
+            raise MapError(f'refusing to replace the map at {path}: it is another map '
+                           f'({there}, this one is {self.map_id}); save to another path or '
+                           'remove it first')
         with self._lock:
             live = self._table.live_mask()
             block, blob = self._table.compacted()

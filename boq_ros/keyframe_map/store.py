@@ -146,6 +146,16 @@ def write_map(target: Path, schema: MapSchema, blocks: Iterable[np.ndarray], cou
     return target, files
 
 
+def map_id_at(target: Path) -> str | None:
+    """Return the map_id of the map stored at `target`, None when nothing readable is there."""
+    recover(target)
+    try:
+        raw = json.loads((target / 'schema.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return raw.get('map_id') if isinstance(raw, dict) else None
+
+
 def recover(target: Path) -> None:
     """Finish a save that was killed between its two renames (no-op when target exists)."""
     if target.exists():

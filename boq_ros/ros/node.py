@@ -584,9 +584,11 @@ class VprNode(LifecycleNode):
                     ) -> Relocalize.Response:
         """Answer with a side-effect-free query of the map with a camera's latest keyframe."""
         rt = self._rt
-        top_k = params.PARAMS['top_k']
-        if request.top_k:
-            top_k.check(request.top_k)  # a client's 2^32-1 must not allocate gigabytes
+        if request.top_k:  # a client's 2^32-1 must not allocate gigabytes
+            try:
+                params.PARAMS['top_k'].setting.check(request.top_k)
+            except SettingError as err:
+                raise SettingError(f'request {err}') from None
         camera = self._topic(request.camera, 'camera') if request.camera else ''
         with self._map_lock:
             if camera:
