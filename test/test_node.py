@@ -290,6 +290,25 @@ def test_services(node):
     assert len(reloc.candidates.candidates) == 2
     assert reloc.candidates.candidates[0].match.id == 3
     assert reloc.has_pose and reloc.pose.pose.pose.position.x == 3.0
+    # Ids are never reused: the map was saved with `size` keyframes and one more was published
+    # (the revisit); loading that older save again must not hand out the revisit's id again.
+    revisit_id = revisit.query.id
+    assert revisit_id == size
+    again = ros.call(LoadMap, '/vpr_node/load_map', LoadMap.Request(path='saved/m1'))
+    assert again.success and again.keyframes == size, again.message
+    after = visit(node, 0, place(4), 'rgb8', 601)
+    assert after.query.id > revisit_id
+    # Hostile relocalisation requests are answered, never fatal.
+    errors = int(settled(node)['service_errors_total'])
+    for camera, top_k, why in (('cam a', 0, 'not a valid topic name'),
+                               ('1abc', 0, 'not a valid topic name'),
+                               ('//x', 0, 'not a valid topic name'),
+                               ('', 2 ** 32 - 1, 'request top_k must be in [1, 1000]')):
+        refused = ros.call(Relocalize, '/vpr_node/relocalize',
+                           Relocalize.Request(camera=camera, top_k=top_k))
+        assert not refused.success and why in refused.message, (camera, refused.message)
+    node.diag(lambda v: int(v['service_errors_total']) == errors + 4)
+    node.proc.assert_alive()
 
 
 def _set(node, name: str, value: ParameterValue):
@@ -304,6 +323,14 @@ def test_live_and_configure_time_parameters(node):
     refused = _set(node, 'threshold_mode', ParameterValue(
         type=ParameterType.PARAMETER_STRING, string_value='bogus'))
     assert not refused.successful and 'threshold_mode' in refused.reason
+    for bad in ([1.0, 1.0, 1.0, 0.1, 0.1], [1.0, 1.0, 1.0, 0.1, 0.1, float('nan')],
+                [1.0, 1.0, 1.0, 0.1, 0.1, -1.0]):  # rclpy hands these over as array.array
+        refused = _set(node, 'relocalization_covariance', ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=bad))
+        assert not refused.successful and 'relocalization_covariance' in refused.reason, bad
+    changed = _set(node, 'relocalization_covariance', ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=[2.0] * 6))
+    assert changed.successful, changed.reason
     changed = _set(node, 'threshold', ParameterValue(
         type=ParameterType.PARAMETER_DOUBLE, double_value=0.5))
     assert changed.successful, changed.reason
