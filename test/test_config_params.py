@@ -73,3 +73,9 @@ def test_choices_are_checked():
         params.PARAMS['mode'].check('sometimes')
     with pytest.raises(params.ParameterValueError, match='6 values'):
         params.PARAMS['relocalization_covariance'].check([1.0, 2.0])
+
+
+def test_node_doc_table_is_the_rendered_table():
+    text = (ROOT / 'docs' / 'node.md').read_text()
+    assert params.render_markdown() in text, (
+        'docs/node.md parameter table is out of date: python -m boq_ros.ros.params --markdown')

@@ -256,5 +256,26 @@ def render_yaml() -> str:
     return '\n'.join(out) + '\n'
 
 
+def render_markdown() -> str:
+    """Return the parameter table of docs/node.md (a test keeps the two equal)."""
+    out = ['| parameter | default | read | meaning |', '|---|---|---|---|']
+    section = None
+    for p in PARAMS.values():
+        s = p.setting
+        if s.section != section:
+            section = s.section
+            out.append(f'| **{section}** | | | |')
+        notes = []
+        if s.choices:
+            notes.append('one of ' + ', '.join(f'`{c}`' if c else "`''`" for c in s.choices))
+        if s.low is not None:
+            notes.append(f'range `{s.range_text()}`')
+        text = s.description + (f' ({"; ".join(notes)})' if notes else '')
+        out.append(f'| `{s.name}` | `{_yaml_value(s.default)}` | {s.when} | {text} |')
+    return '\n'.join(out) + '\n'
+
+
 if __name__ == '__main__':
-    print(render_yaml(), end='')
+    import sys
+
+    print(render_markdown() if sys.argv[1:] == ['--markdown'] else render_yaml(), end='')
