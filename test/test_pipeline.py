@@ -180,3 +180,17 @@ def test_a_live_pause_is_no_jump(extractor):
     # 60 s later on the node's clock, the camera resumes 60 s later: a pause, not an outlier
     assert p.offer(Frame(60 * S, 'cam', raw(1), received_ns=60 * S + 1)) != []
     assert p.stats.skipped()['stamp'] == 0
+
+
+def test_keyframe_stamps_restarting_earlier_start_a_new_time_base(extractor):
+    from boq_ros.pipeline import OutlierStamp
+
+    p = pipe(extractor, KeyframePolicy('external', keyframe_stamp_tolerance_s=0.01))
+    p.add_keyframe_stamp(1000 * S)
+    assert [s.frame.stamp_ns for s in p.offer(frame(1000 * S))] == [1000 * S]
+    for t in (1 * S, 2 * S):  # the SLAM system restarted 1000 s earlier: refused twice...
+        with pytest.raises(OutlierStamp):
+            p.add_keyframe_stamp(t)
+    p.add_keyframe_stamp(3 * S)  # ...then a new time base
+    assert p.stats.totals['outlier_keyframe_stamps'] == 2
+    assert p.stats.totals['time_bases'] == 1
