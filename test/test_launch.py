@@ -116,7 +116,7 @@ class Ros2Process(NodeProcess):
 
 
 @pytest.fixture
-def ros2(robot_env: dict[str, str], launch_tools: Path,
+def ros2(launch_tools: Path, robot_env: dict[str, str],
          tmp_path: Path) -> Iterator[Callable[..., Ros2Process]]:
     """Factory: start `ros2 ARGS...` in the sourced environment; stopped with Ctrl-C at the end."""
     started: list[Ros2Process] = []
@@ -141,7 +141,7 @@ def ros2(robot_env: dict[str, str], launch_tools: Path,
 
 
 @pytest.fixture
-def cli_env(robot_env: dict[str, str], launch_tools: Path) -> Iterator[dict[str, str]]:
+def cli_env(launch_tools: Path, robot_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """The sourced environment with a ros2cli daemon on this test's domain, stopped after it.
 
     The daemon keeps one view of the graph; a `--no-daemon` call discovers it anew in 0.5 s and
@@ -294,7 +294,7 @@ def test_launch_autostart_answers_and_stops_cleanly_on_ctrl_c(ros2, ros_node, tm
     assert 'process has finished cleanly' in output
 
 
-def test_launch_lifecycle_namespace_remap_sim_time_config(ros2, cli_env, ros_node, tmp_path,
+def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_node, tmp_path,
                                                           tmp_path_factory):
     robot_env = cli_env
     config = write_config(tmp_path / 'robot1.yaml', **small_model(tmp_path, tmp_path_factory),
@@ -379,7 +379,7 @@ def test_ros2_run_node_and_a_second_ctrl_c_during_shutdown(ros2, colcon_install,
     assert_clean_stop(status, run.log_text())
 
 
-def test_ros2_run_finds_the_boq_ros_command(robot_env, launch_tools, tmp_path):
+def test_ros2_run_finds_the_boq_ros_command(launch_tools, robot_env, tmp_path):
     result = subprocess.run(['ros2', 'run', 'boq_ros', 'boq-ros', '--help'], env=robot_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and 'weights' in result.stdout, result.stdout + result.stderr

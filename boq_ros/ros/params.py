@@ -10,6 +10,7 @@ Each parameter has a time at which it takes effect:
   is configured (deactivate and clean up first, then configure again);
 - ``live``: applied to the next keyframe.
 """
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,6 +227,24 @@ def _wrap(text: str, indent: str, width: int = 99) -> list[str]:
     return lines
 
 
+def _documented(choice: Callable[[Any], str], code: Callable[[str], str], when: bool
+                ) -> Iterator[tuple[str | None, Setting, str]]:
+    """Each parameter with the section it opens (or None) and its description with notes."""
+    section = None
+    for p in PARAMS.values():
+        s = p.setting
+        opens = s.section if s.section != section else None
+        section = s.section
+        notes = []
+        if s.choices:
+            notes.append('one of ' + ', '.join(choice(c) for c in s.choices))
+        if s.low is not None:
+            notes.append(f'range {code(s.range_text())}')
+        if when and s.when != 'configure':
+            notes.append(s.when)
+        yield opens, s, s.description + (f' ({"; ".join(notes)})' if notes else '')
+
+
 def render_yaml() -> str:
     """Return config/vpr.yaml: every parameter with its default and documentation."""
     out = [
@@ -237,20 +256,9 @@ def render_yaml() -> str:
         '/**:',
         '  ros__parameters:',
     ]
-    section = None
-    for p in PARAMS.values():
-        s = p.setting
-        if s.section != section:
-            section = s.section
+    for section, s, text in _documented(repr, str, when=True):
+        if section:
             out.append(f'    # --- {section} ---')
-        notes = []
-        if s.choices:
-            notes.append('one of ' + ', '.join(repr(c) for c in s.choices))
-        if s.low is not None:
-            notes.append(f'range {s.range_text()}')
-        if s.when != 'configure':
-            notes.append(s.when)
-        text = s.description + (f' ({"; ".join(notes)})' if notes else '')
         out += _wrap(text, '    ')
         out.append(f'    {s.name}: {_yaml_value(s.default)}')
     return '\n'.join(out) + '\n'
@@ -259,18 +267,10 @@ def render_yaml() -> str:
 def render_markdown() -> str:
     """Return the parameter table of docs/node.md (a test keeps the two equal)."""
     out = ['| parameter | default | read | meaning |', '|---|---|---|---|']
-    section = None
-    for p in PARAMS.values():
-        s = p.setting
-        if s.section != section:
-            section = s.section
+    for section, s, text in _documented(lambda c: f'`{c}`' if c else "`''`",
+                                        lambda t: f'`{t}`', when=False):
+        if section:
             out.append(f'| **{section}** | | | |')
-        notes = []
-        if s.choices:
-            notes.append('one of ' + ', '.join(f'`{c}`' if c else "`''`" for c in s.choices))
-        if s.low is not None:
-            notes.append(f'range `{s.range_text()}`')
-        text = s.description + (f' ({"; ".join(notes)})' if notes else '')
         out.append(f'| `{s.name}` | `{_yaml_value(s.default)}` | {s.when} | {text} |')
     return '\n'.join(out) + '\n'
 
