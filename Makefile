@@ -121,17 +121,21 @@ $(JAZZY_STAMPS)/interfaces: $(JAZZY_STAMPS)/dev-install CMakeLists.txt package.x
 # The tests that use the ROS runtime (marker `ros`, test/conftest.py: every DDS test, the colcon
 # build, rclpy parameters and message conversion) on Jazzy. The bootstrap guard of the ROS wheels
 # is cleared so that this venv's libraries are the ones put on LD_LIBRARY_PATH.
+JAZZY_PYTEST := env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE $(JAZZY_PY) -m pytest -m ros test
 test-jazzy: venv-jazzy
-	@env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE $(JAZZY_PY) -m pytest -m ros test; status=$$?; \
+	@$(JAZZY_PYTEST); status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'make test-jazzy: pytest collected no tests'; exit 1; fi; \
 	exit $$status
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass. Two lanes: the
-# whole suite on Kilted (.venv), then the ROS tests on Jazzy (test-jazzy); both always run.
+# whole suite on Kilted (.venv), then the ROS tests on Jazzy (.venv-jazzy, built first); the
+# Jazzy lane runs whatever the Kilted lane's result.
 test: venv launch-tools
+	@$(MAKE) --no-print-directory venv-jazzy
 	@$(PY) -m pytest test; kilted=$$?; \
 	if [ $$kilted -eq 5 ]; then echo 'make test: pytest collected no tests (Kilted)'; kilted=1; fi; \
-	$(MAKE) --no-print-directory test-jazzy; jazzy=$$?; \
+	$(JAZZY_PYTEST); jazzy=$$?; \
+	if [ $$jazzy -eq 5 ]; then echo 'make test: pytest collected no tests (Jazzy)'; jazzy=1; fi; \
 	echo "make test: Kilted lane exit $$kilted, Jazzy lane exit $$jazzy"; \
 	[ $$kilted -eq 0 ] && [ $$jazzy -eq 0 ]
 

@@ -70,11 +70,11 @@ def main(requirements: str, source_venv: str, target_venv: str) -> int:
     for name in pinned_names(Path(requirements)):
         dist = dists.get(normalize(name))
         if dist is None:
-            raise SystemExit(f'{name} is pinned in {requirements} but not installed in {source_site}')
+            raise SystemExit(f'{name} is pinned in {requirements} but not in {source_site}')
         entries = top_level_entries(dist)
         clash = entries & ros_entries
         if clash:
-            raise SystemExit(f'{name} shares {sorted(clash)} with a ROS package; cannot link it alone')
+            raise SystemExit(f'{name} shares {sorted(clash)} with a ROS package: cannot link it')
         for entry in entries:
             link = shared / entry
             if not link.exists():

@@ -28,6 +28,7 @@ from boq_ros.demo import (
 from boq_ros.eval.groundtruth import GroundTruth, KeyframePositions
 from boq_ros.eval.metrics import EvalConfig, evaluate
 from boq_ros.eval.records import CandidateRecord, no_match_record, read_records
+from boq_ros.pipeline import SKIP_CAUSES
 
 TINY = ['--frames', '16', '--camera-size', '96', '72', '--input-size', '64', '--device', 'cpu',
         '--no-progress']
@@ -57,8 +58,7 @@ def test_demo_runs_the_main_job(demo_env, tmp_path, ros_domain_id):
     report = json.loads((out / 'report' / 'report.json').read_text())
     assert [r['label'] for r in report['runs']] == ['live node', 'offline pipeline']
     assert report['inputs']['random_weights'] is True
-    assert report['runs'][1]['skipped'] == {'decode': 0, 'depth': 0, 'no_pose': 0,
-                                            'descriptor': 0}
+    assert report['runs'][1]['skipped'] == dict.fromkeys(SKIP_CAUSES, 0)
     assert report['inputs']['node_parameters']['input_size'] == 64
     assert report['replay']['images'] == report['replay']['answered'] == 16
     assert report['agreement']['records_agree'] and report['agreement']['metric_differences'] == []
@@ -95,10 +95,10 @@ def test_demo_reports_a_node_that_cannot_start(ros_env, tmp_path, ros_domain_id,
     # The demo process never uses the device before the node does: the node is first to fail.
     status = _demo_in_process(['--out', str(tmp_path / 'out'), '--domain-id',
                                str(ros_domain_id), '--checkpoint', str(checkpoint), *TINY,
-                               '--device', 'warp-drive'], ros_env, monkeypatch)
+                               '--device', 'cuda:99'], ros_env, monkeypatch)
     err = capsys.readouterr().err
     assert status == 1
-    assert 'the node exited early' in err and "invalid device 'warp-drive'" in err
+    assert 'the node exited early' in err and "device 'cuda:99' requested" in err
 
 
 def test_demo_refuses_bad_arguments(ros_env, tmp_path, monkeypatch, capsys):

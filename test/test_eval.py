@@ -16,6 +16,7 @@ import pytest
 from boq_ros.cli import main
 from boq_ros.eval.records import read_records
 from boq_ros.model.checkpoint import write_random_checkpoint
+from boq_ros.pipeline import SKIP_CAUSES
 from boq_ros.synth import (
     COMPRESSED_TOPIC,
     IMAGE_TOPIC,
@@ -27,7 +28,7 @@ from boq_ros.synth import (
 SMALL = dict(laps=2, frames_per_lap=20, image_size=(160, 120))
 COMMON = ['--pose-topic', ODOM_TOPIC, '--radius-m', '3', '--exclusion-seconds', '2',
           '--exclusion-keyframes', '5', '--device', 'cpu', '--no-progress']
-NO_SKIPS = {'decode': 0, 'depth': 0, 'no_pose': 0, 'descriptor': 0}
+NO_SKIPS = dict.fromkeys(SKIP_CAUSES, 0)
 
 
 @pytest.fixture(scope='module')

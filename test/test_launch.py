@@ -48,8 +48,8 @@ def launch_tools() -> Path:
                     'the tests that drive the install space with the ros2 CLI need it')
     ros2 = PREFIX / 'bin' / 'ros2'
     if not ros2.is_file():  # `make test` installs them first; a bare `pytest` may not have
-        pytest.skip(f'{ros2} is not installed: `make launch-tools` installs the ros2 CLI from '
-                    f'{JAZZY}')
+        pytest.skip(f'no ros2 CLI in this prefix ({ros2}): `make launch-tools` installs it '
+                    f'from {JAZZY} into .venv')
     return ros2
 
 
@@ -164,6 +164,7 @@ def cli(env: dict[str, str], *args: str, expect: str, timeout: float = CLI_TIMEO
         result = subprocess.run(['ros2', *args], env=env, capture_output=True, text=True,
                                 timeout=timeout)
         output = result.stdout + result.stderr
+        print('CLI', f'{time.monotonic():.1f}', args, expect in output, flush=True)
         if expect in output:
             return output
         if time.monotonic() > deadline:
@@ -303,6 +304,7 @@ def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_nod
                   'namespace:=/robot1', 'image:=/cam0/image_raw', 'use_sim_time:=true',
                   f'config:={config}', 'log_level:=debug')
     node = '/robot1/vpr_node'
+    print('T0', time.monotonic(), flush=True)
     # Waits unconfigured for a lifecycle manager; parameters from the config file.
     cli(robot_env, 'lifecycle', 'get', node, expect='unconfigured [1]')
     assert 'configured:' not in launch.log_text()
@@ -313,7 +315,9 @@ def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_nod
                         ('use_sim_time', 'Boolean value is: True'),
                         ('autostart', 'Boolean value is: False')):
         assert shown in cli(robot_env, 'param', 'get', node, name, expect='value is'), name
+    print('T', time.monotonic(), flush=True)
     transition(robot_env, node, 'configure')
+    print('T', time.monotonic(), flush=True)
     cli(robot_env, 'lifecycle', 'get', node, expect='inactive [2]')
     transition(robot_env, node, 'activate')
     cli(robot_env, 'lifecycle', 'get', node, expect='active [3]')
@@ -323,6 +327,7 @@ def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_nod
     cli(robot_env, 'topic', 'list', expect=expected[0])
     wait_until(lambda: all(t in cli(robot_env, 'topic', 'list', expect='/rosout').split()
                            for t in expected), CLI_TIMEOUT_S, f'topics {expected}', poll_s=0.1)
+    print('T', time.monotonic(), flush=True)
     first = answer_one_image(ros_node, '/cam0/image_raw', '/robot1/loop_candidates',
                              alive_check(launch), clock=True)
     assert first.query.camera == '/cam0/image_raw'
@@ -335,7 +340,9 @@ def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_nod
     assert '[robot1.vpr_node]: active: listening on' in output
     assert not re.search(r'\[(rcl|rmw|rclpy)[a-z_.]*\]', output), output[-4000:]
     assert 'DEBUG' not in output, output[-4000:]
+    print('T', time.monotonic(), flush=True)
     status = launch.ctrl_c()
+    print('T', time.monotonic(), flush=True)
     assert_clean_stop(status, launch.log_text())
 
 
