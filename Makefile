@@ -118,6 +118,22 @@ $(JAZZY_STAMPS)/interfaces: $(JAZZY_STAMPS)/dev-install CMakeLists.txt package.x
 	rm -f $(JAZZY_SITE)/boq_ros/__init__.py
 	@touch $@
 
+# The launch tools (`make launch-tools`, Jazzy sources) in the Jazzy lane too, from the same copy.
+ifneq ($(wildcard $(LAUNCH_TOOLS_SRC)/README.md),)
+venv-jazzy: $(JAZZY_STAMPS)/launch-tools
+$(JAZZY_STAMPS)/launch-tools: $(JAZZY_STAMPS)/interfaces $(STAMPS)/launch-tools
+	$(JAZZY_PY) -m pip install --no-deps --no-build-isolation $(addprefix $(LAUNCH_BUILD)/,$(LAUNCH_TOOLS)) \
+	  > $(JAZZY_STAMPS)/launch-pip.log 2>&1 || { cat $(JAZZY_STAMPS)/launch-pip.log; exit 1; }
+	rm -rf $(LAUNCH_BUILD)/composition_build_jazzy && mkdir -p $(LAUNCH_BUILD)/composition_build_jazzy
+	cd $(LAUNCH_BUILD)/composition_build_jazzy && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
+	  cmake $(LAUNCH_BUILD)/composition_interfaces -DCMAKE_PREFIX_PATH=$(JAZZY_VENV) \
+	  -DCMAKE_INSTALL_PREFIX=$(JAZZY_VENV) -DPython3_EXECUTABLE=$(JAZZY_PY) -DBUILD_TESTING=OFF \
+	  -DCMAKE_BUILD_TYPE=Release > cmake.log || { cat cmake.log; exit 1; }
+	cd $(LAUNCH_BUILD)/composition_build_jazzy && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
+	  cmake --build . -j2 > build.log && cmake --install . > install.log || { cat build.log; exit 1; }
+	@touch $@
+endif
+
 # The tests that use the ROS runtime (marker `ros`, test/conftest.py: every DDS test, the colcon
 # build, rclpy parameters and message conversion) on Jazzy. The bootstrap guard of the ROS wheels
 # is cleared so that this venv's libraries are the ones put on LD_LIBRARY_PATH.

@@ -9,11 +9,13 @@ It is ROS-free: it works on the fields of ``sensor_msgs/Image`` and
 """
 from __future__ import annotations
 
+import io
 import operator
 from typing import NamedTuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from boq_ros.settings import DEFAULT_MAX_PIXELS
 
@@ -218,8 +220,8 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
     The image size is read from the JPEG frame header or PNG IHDR before decompressing, so a
     small message cannot make the decoder allocate gigabytes. ``fmt`` is the message's format
     string ('jpeg', 'rgb8; jpeg compressed bgr8', ...); the container is recognised from the
-    bytes. Returns ``(array, encoding)`` with encoding mono8, mono16, bgr8 or bgra8 (16-bit
-    colour PNG is scaled to 8 bits).
+    bytes. Returns ``(array, encoding)``: JPEG gives rgb8 or mono8, PNG mono8, mono16, bgr8 or
+    bgra8 (16-bit colour PNG is scaled to 8 bits).
     """
     if not isinstance(fmt, str):
         raise ImageDecodeError(f'compressed image format must be a string, got {fmt!r}')
@@ -241,6 +243,8 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
         raise ImageDecodeError(
             f'{kind} data of {buf.size} bytes claims {width}x{height} pixels, more than '
             f'{MAX_PIXELS_PER_BYTE} per byte: a decompression bomb, not a camera image')
+    if kind == 'JPEG':
+        return _decode_jpeg(buf, height, width)
     try:
         array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
@@ -256,6 +260,25 @@ def decode_compressed(fmt: str, data: bytes | memoryview | np.ndarray,
     if array.dtype == _U16:
         array = (array >> 8).astype(_U8)
     return array, 'bgra8' if array.shape[2] == 4 else 'bgr8'
+
+
+def _decode_jpeg(buf: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+    """Decode JPEG strictly: corrupt scan data is an error, not a picture of noise.
+
+    OpenCV's decoder only warns on stderr about corrupt entropy-coded data and returns what it
+    made of it; Pillow's (the same libjpeg-turbo, the same pixels) raises.
+    """
+    try:
+        with Image.open(io.BytesIO(buf.tobytes()), formats=['JPEG']) as image:
+            image.load()
+            mode, size = image.mode, image.size
+            array = np.asarray(image if mode in ('L', 'RGB') else image.convert('RGB'))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f'corrupt JPEG data: {err}') from None
+    if size != (width, height):
+        raise ImageDecodeError(f'corrupt JPEG data: header says {width}x{height}, decoded '
+                               f'{size[0]}x{size[1]}')
+    return array, 'mono8' if mode == 'L' else 'rgb8'
 
 
 def _check_array(array: np.ndarray, encoding: str) -> _Layout:

@@ -84,7 +84,7 @@ def test_write_then_read_back(tmp_path, storage):
             assert a.stamp_ns == b.stamp_ns == T0 + k * 100_000_000
             assert a.frame_id == 'cam' and a.image_ref == f'bag#/cam/image_raw@{a.stamp_ns}'
             (array_a, encoding_a), (array_b, encoding_b) = decode(a.image), decode(b.image)
-            assert (encoding_a, encoding_b) == ('rgb8', 'bgr8')
+            assert (encoding_a, encoding_b) == ('rgb8', 'bgr8')  # the compressed frames: PNG
             np.testing.assert_array_equal(array_a, frame(k))
             np.testing.assert_array_equal(array_b[..., ::-1], frame(k))
 

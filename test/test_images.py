@@ -138,16 +138,16 @@ def test_decode_image_refuses_too_many_pixels_before_touching_data():
         decode_image('mono8', 10, 11, 11, bytes(110), max_pixels=100)
 
 
-@pytest.mark.parametrize('encoding, fmt, expect', [
-    ('rgb8', 'jpeg', 'bgr8'),
-    ('bgr8', 'jpeg', 'bgr8'),
-    ('mono8', 'jpeg', 'mono8'),
-    ('rgb8', 'png', 'bgr8'),
-    ('rgba8', 'png', 'bgra8'),
-    ('mono8', 'png', 'mono8'),
-    ('mono16', 'png', 'mono16'),
+@pytest.mark.parametrize('encoding, fmt, stored, expect', [
+    ('rgb8', 'jpeg', 'bgr8', 'rgb8'),  # the JPEG decoder gives RGB
+    ('bgr8', 'jpeg', 'bgr8', 'rgb8'),
+    ('mono8', 'jpeg', 'mono8', 'mono8'),
+    ('rgb8', 'png', 'bgr8', 'bgr8'),
+    ('rgba8', 'png', 'bgra8', 'bgra8'),
+    ('mono8', 'png', 'mono8', 'mono8'),
+    ('mono16', 'png', 'mono16', 'mono16'),
 ])
-def test_compressed_round_trip(encoding, fmt, expect):
+def test_compressed_round_trip(encoding, fmt, stored, expect):
     rgb = smooth_rgb()
     array = {
         'rgb8': rgb,
@@ -157,14 +157,17 @@ def test_compressed_round_trip(encoding, fmt, expect):
         'mono16': rgb[..., 0].astype(np.uint16) * 250,
     }[encoding]
     fmt_string, data = encode_compressed(array, encoding, fmt)
-    assert fmt_string == f'{encoding}; {fmt} compressed {expect}'
+    assert fmt_string == f'{encoding}; {fmt} compressed {stored}'
     decoded, got = decode_compressed(fmt_string, data)
     assert got == expect
-    reference = array
-    if encoding == 'rgb8':
+    if expect == 'rgb8':
+        reference = rgb
+    elif expect == 'bgr8':
         reference = rgb[..., ::-1]
-    elif encoding == 'rgba8':
+    elif expect == 'bgra8':
         reference = array[..., [2, 1, 0, 3]]
+    else:
+        reference = array
     if fmt == 'png':
         np.testing.assert_array_equal(decoded, reference)
     else:
@@ -255,3 +258,17 @@ def test_compressed_bombs_trailing_bytes_and_truncation():
         decode_compressed('jpeg', bytes(bomb))
     flat = cv2.imencode('.png', np.zeros((1000, 1000), np.uint8))[1].tobytes()
     assert decode_compressed('png', flat)[0].shape == (1000, 1000)  # zlib's ratio is allowed
+
+
+def test_corrupt_jpeg_scan_data_is_refused_not_decoded_into_noise():
+    import cv2
+
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (120, 160, 3),
+                                                               dtype=np.uint8), (9, 9), 3)
+    jpeg = bytearray(cv2.imencode('.jpg', image)[1].tobytes())
+    scan = jpeg.index(b'\xff\xda')
+    rng = np.random.default_rng(1)
+    for k in range(scan + 40, len(jpeg) - 10, 7):  # scramble the entropy-coded data
+        jpeg[k] = int(rng.integers(0, 255))
+    with pytest.raises(ImageDecodeError, match='corrupt JPEG data'):
+        decode_compressed('jpeg', bytes(jpeg))

@@ -78,7 +78,7 @@ def test_compressed_frames_match_raw_frames(tmp_path):
     generate_recording(tmp_path / 'bag', **SMALL)
     raw, _ = rgb_frames(tmp_path / 'bag', IMAGE_TOPIC)
     jpeg, images = rgb_frames(tmp_path / 'bag', COMPRESSED_TOPIC)
-    assert decode(images[0].image)[1] == 'bgr8'
+    assert decode(images[0].image)[1] == 'rgb8'  # the JPEG decoder gives RGB
     for a, b in zip(raw, jpeg):
         assert np.abs(a.astype(int) - b).mean() < 12  # JPEG artefacts on a 64x48 image
 
