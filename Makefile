@@ -118,18 +118,21 @@ $(JAZZY_STAMPS)/interfaces: $(JAZZY_STAMPS)/dev-install CMakeLists.txt package.x
 	rm -f $(JAZZY_SITE)/boq_ros/__init__.py
 	@touch $@
 
-# The launch tools (`make launch-tools`, Jazzy sources) in the Jazzy lane too, from the same copy.
+# The launch tools (`make launch-tools`, Jazzy sources) in the Jazzy lane too, from its own copy.
+JAZZY_LAUNCH_BUILD := $(CURDIR)/build/launch_tools_jazzy
 ifneq ($(wildcard $(LAUNCH_TOOLS_SRC)/README.md),)
 venv-jazzy: $(JAZZY_STAMPS)/launch-tools
-$(JAZZY_STAMPS)/launch-tools: $(JAZZY_STAMPS)/interfaces $(STAMPS)/launch-tools
-	$(JAZZY_PY) -m pip install --no-deps --no-build-isolation $(addprefix $(LAUNCH_BUILD)/,$(LAUNCH_TOOLS)) \
-	  > $(JAZZY_STAMPS)/launch-pip.log 2>&1 || { cat $(JAZZY_STAMPS)/launch-pip.log; exit 1; }
-	rm -rf $(LAUNCH_BUILD)/composition_build_jazzy && mkdir -p $(LAUNCH_BUILD)/composition_build_jazzy
-	cd $(LAUNCH_BUILD)/composition_build_jazzy && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
-	  cmake $(LAUNCH_BUILD)/composition_interfaces -DCMAKE_PREFIX_PATH=$(JAZZY_VENV) \
+$(JAZZY_STAMPS)/launch-tools: $(JAZZY_STAMPS)/interfaces $(LAUNCH_TOOLS_SRC)/README.md
+	rm -rf $(JAZZY_LAUNCH_BUILD) && mkdir -p $(JAZZY_LAUNCH_BUILD)/composition_build
+	cp -r $(addprefix $(LAUNCH_TOOLS_SRC)/,$(LAUNCH_TOOLS) composition_interfaces) $(JAZZY_LAUNCH_BUILD)/
+	chmod -R u+w $(JAZZY_LAUNCH_BUILD)
+	$(JAZZY_PY) -m pip install --no-deps --no-build-isolation $(addprefix $(JAZZY_LAUNCH_BUILD)/,$(LAUNCH_TOOLS)) \
+	  > $(JAZZY_LAUNCH_BUILD)/pip.log 2>&1 || { cat $(JAZZY_LAUNCH_BUILD)/pip.log; exit 1; }
+	cd $(JAZZY_LAUNCH_BUILD)/composition_build && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
+	  cmake $(JAZZY_LAUNCH_BUILD)/composition_interfaces -DCMAKE_PREFIX_PATH=$(JAZZY_VENV) \
 	  -DCMAKE_INSTALL_PREFIX=$(JAZZY_VENV) -DPython3_EXECUTABLE=$(JAZZY_PY) -DBUILD_TESTING=OFF \
 	  -DCMAKE_BUILD_TYPE=Release > cmake.log || { cat cmake.log; exit 1; }
-	cd $(LAUNCH_BUILD)/composition_build_jazzy && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
+	cd $(JAZZY_LAUNCH_BUILD)/composition_build && AMENT_PREFIX_PATH=$(JAZZY_VENV) PATH=$(JAZZY_VENV)/bin:$$PATH \
 	  cmake --build . -j2 > build.log && cmake --install . > install.log || { cat build.log; exit 1; }
 	@touch $@
 endif
@@ -165,4 +168,4 @@ bench: venv
 	@echo "Benchmarks: see benchmarks/README.md"
 
 clean:
-	rm -rf $(VENV) build install log
+	rm -rf $(VENV) $(JAZZY_VENV) build install log
