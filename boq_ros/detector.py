@@ -28,7 +28,7 @@ seq the query gets in the map (its session's size before it); other sessions are
 """
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Protocol
 
@@ -195,9 +195,8 @@ class LoopDetector:
         """
         cfg = self.config
         descs = self._check_input(self._one(descriptor), [meta], register=False)
-        probe = LoopDetector(self.map, DetectorConfig(**{
-            **{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
-            'mode': 'static', 'consistency': 1, 'top_k': top_k or cfg.top_k}), self.verifier)
+        probe = LoopDetector(self.map, replace(cfg, mode='static', consistency=1,
+                                               top_k=top_k or cfg.top_k), self.verifier)
         probe._state = self._state.copy()
         return probe._decide(probe._search(descs, [meta], [context])[0], probe._state,
                              remember=False)

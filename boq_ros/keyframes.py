@@ -14,13 +14,9 @@ import math
 
 import numpy as np
 
-from boq_ros.poses import Pose
-from boq_ros.settings import KEYFRAME_MODES as MODES  # noqa: F401 (re-exported)
+from boq_ros.poses import HISTORY_S, Pose
 from boq_ros.settings import KeyframeError as KeyframeError  # re-exported
 from boq_ros.settings import KeyframePolicy
-
-HISTORY_S = 30.0
-"""External keyframe stamps older than this (before the newest one) are forgotten."""
 
 _NS = 1_000_000_000
 

@@ -21,7 +21,6 @@ from boq_ros.extractor import Extractor, ModelSettings
 from boq_ros.keyframe_map import KeyframeMap, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import SKIP_CAUSES, FramePipeline, PipelineConfig
-from boq_ros.poses import PoseBuffer
 from boq_ros.sources import SourceError, bag_frames, image_folder, pose_topic
 
 
@@ -187,8 +186,7 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
             if rec.pose_topic:
                 stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
                 poses = stream.poses
-                buffer = PoseBuffer(keyframes.pose_tolerance_s, frame=stream.frame,
-                                    source=stream.source)
+                buffer = stream.buffer(keyframes.pose_tolerance_s)
             frames = bag_frames(bag, topics)
         cameras = [folder.camera] if rec.kind == 'images' else topics
         for camera in cameras:  # a keyframe is known by its session, camera and stamp

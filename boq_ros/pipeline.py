@@ -37,10 +37,13 @@ STAGES = ('read', 'queue', 'decode', 'describe', 'search', 'publish', 'total')
 """Timing stages, everywhere: reading a recording, waiting in the node's queue, decoding,
 describing (model forward), map search and decision, publishing, and a keyframe's whole way."""
 
-SKIP_CAUSES = ('decode', 'depth', 'no_pose', 'descriptor', 'stamp')
-"""Why a frame can be skipped: its bytes are not a usable image; it is a 16-bit single-channel
-(depth) image where colour was expected; distance keyframes without a pose near its stamp; the
-model gave a non-finite descriptor; its stamp is an outlier far from the camera clock."""
+SKIPPED_AS = {'decode': 'decode errors', 'depth': 'depth images', 'no_pose': 'without a pose',
+              'descriptor': 'descriptor errors', 'stamp': 'outlier stamps'}
+"""Why a frame can be skipped, and how a message names frames skipped so: its bytes are not a
+usable image; it is a 16-bit single-channel (depth) image where colour was expected; distance
+keyframes without a pose near its stamp; the model gave a non-finite descriptor; its stamp is an
+outlier far from the camera clock."""
+SKIP_CAUSES = tuple(SKIPPED_AS)
 JUMP_CONFIRM = 3
 """Frames in a row whose stamps agree on a jump before it is a new time base."""
 _NS = 1_000_000_000

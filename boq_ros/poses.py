@@ -20,6 +20,8 @@ from boq_ros.trajectory import slerp
 __all__ = ['Pose', 'PoseBuffer', 'PoseError']
 
 _NS = 1_000_000_000
+HISTORY_S = 30.0
+"""Poses and external keyframe stamps older than this (before the newest one) are forgotten."""
 
 
 class PoseError(ValueError):
@@ -47,7 +49,7 @@ class PoseBuffer:
     Not thread-safe: feed and ask it from one thread (the node's input callbacks are serialised).
     """
 
-    def __init__(self, tolerance_s: float, history_s: float = 30.0, frame: str = '',
+    def __init__(self, tolerance_s: float, history_s: float = HISTORY_S, frame: str = '',
                  source: str = '') -> None:
         self.tolerance_ns = int(round(tolerance_s * _NS))
         self.history_ns = int(history_s * _NS)

@@ -10,7 +10,7 @@ one default and one range on every surface: field ``keyframe_distance_m`` is ROS
 ``keyframe_distance_m`` and flag ``--keyframe-distance-m``.
 """
 from collections.abc import Iterator, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 import math
 import re
 from typing import TYPE_CHECKING, Any, Literal
@@ -94,10 +94,11 @@ def _check_type(name: str, kind: type, value: Any) -> None:
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise SettingError(f'{name} must be {_KIND_NAMES[kind]}, got {value!r}')
+        raise SettingError(f'{name} must be {KIND_NAMES[kind]}, got {value!r}')
 
 
-_KIND_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+KIND_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+"""How an error message names the type a setting wants."""
 
 
 def setting(default: Any, description: str, *, section: str, low: float | None = None,
@@ -143,17 +144,6 @@ def iter_settings(*classes: Any) -> Iterator[Setting]:
                                 f'and {cls.__name__}')
             seen[s.name] = cls
             yield s
-
-
-def defaults_of(cls: Any) -> dict[str, Any]:
-    """Field name -> default of a configuration dataclass (settings and plain fields)."""
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 def from_values(cls: Any, values: dict[str, Any], **overrides: Any) -> Any:

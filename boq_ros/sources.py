@@ -13,7 +13,7 @@ import re
 
 from boq_ros.bags import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, Bag, BagReadError, stamp_to_ns
 from boq_ros.pipeline import BrokenMessage, CompressedImage, Frame, ImageFile, RawImage
-from boq_ros.poses import Pose, make_pose
+from boq_ros.poses import Pose, PoseBuffer, make_pose
 from boq_ros.trajectory import Trajectory
 
 POSE_SOURCES = {'nav_msgs/msg/Odometry': 'odometry', 'geometry_msgs/msg/PoseStamped': 'pose',
@@ -64,6 +64,10 @@ class PoseTopic:
     frame: str
     source: str  # e.g. 'odometry:/odom', stored with every keyframe pose
     poses: tuple[tuple[int, Pose], ...]
+
+    def buffer(self, tolerance_s: float) -> PoseBuffer:
+        """Make an empty PoseBuffer for these poses, labelled with their frame and source."""
+        return PoseBuffer(tolerance_s, frame=self.frame, source=self.source)
 
 
 def pose_topic(bag: Bag, topic: str, child_frame: str | None = None) -> PoseTopic:

@@ -194,14 +194,14 @@ def test_errors_name_the_cause(data, capsys):
     assert not (root / 'err').exists()
 
 
-def write_broken_bag(path, frames=12):
+def write_broken_bag(path, frames=12, stamps_s=None):
     """A bag whose camera frames all fail to decode (the step says 3 bytes a pixel, data 1)."""
     from boq_ros.bags import BagWriter, make_header
     from boq_ros.bags import typestore as store
 
     image = store().types['sensor_msgs/msg/Image']
     with BagWriter(path, storage='mcap') as writer:
-        for i in range(frames):
+        for i in (range(frames) if stamps_s is None else stamps_s):
             msg = image(header=make_header(i * 10**9, 'cam'), height=8, width=8,
                         encoding='rgb8', is_bigendian=0, step=24, data=np.zeros(64, np.uint8))
             writer.write('/cam', 'sensor_msgs/msg/Image', msg, i * 10**9)
@@ -224,6 +224,17 @@ def test_a_topic_whose_frames_all_fail_exits_1_naming_the_cause(data, tmp_path, 
     assert captured.err.count('\n') == 1 and 'Warning' not in captured.err
     assert '0 frames' not in captured.out and not out.exists()
     assert not list(tmp_path.glob('.out.tmp-*'))  # no staging folder left behind either
+
+
+def test_every_skip_cause_is_named_when_no_frame_is_usable(data, tmp_path, capsys):
+    bag = tmp_path / 'run2.mcap'
+    tum = write_broken_bag(bag, stamps_s=[0, 1, 2, 10**6, 3])  # and one stamp far ahead
+    status = boq_eval([str(bag), '--image-topic', '/cam', '--pose-file', str(tum),
+                       '--checkpoint', str(data[0] / 'random.pth'), '--out',
+                       str(tmp_path / 'out'), '--no-cache', '--device', 'cpu', '--no-progress'])
+    assert status == 1
+    assert ('no usable frame on /cam in run2.mcap: 5 frames, 4 decode errors, 1 outlier stamps'
+            in capsys.readouterr().err)
 
 
 def test_a_failed_eval_keeps_an_existing_out_directory_as_it_was(data, tmp_path):

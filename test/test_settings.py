@@ -141,8 +141,8 @@ def test_core_defaults_equal_the_node_parameters():
     from boq_ros.detector import DetectorConfig
 
     config = DetectorConfig()
-    for name in settings.defaults_of(DetectorConfig):
-        assert params.PARAMS[name].default == getattr(config, name)
+    for field in settings.settings_of(DetectorConfig):
+        assert params.PARAMS[field.name].default == getattr(config, field.name)
 
 
 def test_the_vocabulary_names_what_the_modules_implement():

@@ -11,7 +11,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
-from boq_ros.settings import Setting, SettingError, from_values, settings_of
+from boq_ros.settings import KIND_NAMES, Setting, SettingError, from_values, settings_of
 
 ALIASES: dict[str, str] = {
     '--backbone': '--preset', '--resize': '--resize-policy', '--policy': '--resize-policy',
@@ -48,7 +48,7 @@ def parse_value(s: Setting) -> Callable[[str], Any]:
         try:
             value = s.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not {_KIND_TEXT[s.kind]}') from None
+            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.kind]}') from None
         try:
             return s.check(value)
         except SettingError as err:
@@ -56,8 +56,6 @@ def parse_value(s: Setting) -> Callable[[str], Any]:
     parse.__name__ = s.name  # argparse names the type in its messages
     return parse
 
-
-_KIND_TEXT = {int: 'an integer', float: 'a number', str: 'a string'}
 
 
 def _help(s: Setting, default: Any) -> str:
@@ -78,7 +76,7 @@ def add(group: Any, cls: Any, *names: str, several: Sequence[str] = (),
     known = {s.name: s for s in settings_of(cls)}
     for name in names:
         s = known[name]
-        if s.kind not in _KIND_TEXT:
+        if s.kind not in (int, float, str):
             raise TypeError(f'setting {name} ({s.kind.__name__}) has no flag form')
         default = (defaults or {}).get(name, s.default)
         kwargs: dict[str, Any] = dict(type=parse_value(s), dest=name, default=default,

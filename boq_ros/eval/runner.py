@@ -38,19 +38,13 @@ from boq_ros.extractor import Extractor
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
 from boq_ros.model import BoQModel
 from boq_ros.model.checkpoint import is_released
-from boq_ros.pipeline import SKIP_CAUSES, Frame, FramePipeline
-from boq_ros.poses import PoseBuffer
+from boq_ros.pipeline import SKIP_CAUSES, SKIPPED_AS, Frame, FramePipeline
 from boq_ros.preprocess import PreprocessConfig
 from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
 from boq_ros.trajectory import Trajectory
 
 STAGES = ('read', 'decode', 'describe', 'search')
 """The stages of ``boq_ros.pipeline.STAGES`` an offline run times, in report order."""
-
-_SKIPPED_AS = {'decode': 'decode errors', 'depth': 'depth images', 'no_pose': 'without a pose',
-               'descriptor': 'descriptor errors'}
-"""How the error message of a topic without a usable frame names each of SKIP_CAUSES."""
-
 
 class EvalInputError(ValueError):
     """Raised for evaluation inputs that cannot work together (topics, ground truth, sessions)."""
@@ -207,8 +201,7 @@ def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePoli
         if keyframes.keyframe_mode == 'distance':
             track = sources.pose_topic(bag, source.ground_truth.topic,
                                        source.ground_truth.child_frame)
-            poses = PoseBuffer(keyframes.pose_tolerance_s, frame=track.frame,
-                               source=track.source)
+            poses = track.buffer(keyframes.pose_tolerance_s)
         pipeline = FramePipeline(extractor, keyframes, config, session=source.session,
                                  poses=poses, on_skip=on_skip)
         frames = _noting_stamps(sources.bag_frames(bag, [source.image_topic]), frame_stamps)
@@ -219,7 +212,7 @@ def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePoli
                 keyframes_out += batch
     skipped = pipeline.stats.skipped()
     if not keyframes_out:
-        causes = ''.join(f', {n} {_SKIPPED_AS[c]}' for c, n in skipped.items() if n)
+        causes = ''.join(f', {n} {SKIPPED_AS[c]}' for c, n in skipped.items() if n)
         raise NoUsableFrameError(
             f'no usable frame on {source.image_topic} in {source.path.name}: '
             f'{len(frame_stamps)} frames{causes}'
