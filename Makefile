@@ -16,10 +16,11 @@ INTERFACES := $(wildcard msg/*.msg srv/*.srv)
 venv: $(STAMPS)/interfaces
 
 # Pinned dependencies (requirements.txt). torch/torchvision come from this machine's wheel cache.
-$(STAMPS)/deps: requirements.txt
+$(STAMPS)/deps: requirements.txt requirements-features.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade 'pip>=24' 'setuptools>=70' wheel
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-features.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 # The hand-written package stays in the source tree (one copy, never stale): a compat-mode

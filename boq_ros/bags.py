@@ -351,6 +351,37 @@ def make_compressed_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_i
         data=np.frombuffer(data, np.uint8))
 
 
+def make_camera_info_msg(stamp_ns: int, frame_id: str, width: int, height: int,
+                         k: Sequence[float] | np.ndarray, d: Sequence[float] | np.ndarray,
+                         distortion_model: str = 'plumb_bob',
+                         p: Sequence[float] | np.ndarray | None = None) -> Any:
+    """Build a ``sensor_msgs/CameraInfo`` of an unrectified monocular camera.
+
+    ``k`` is the 3x3 camera matrix (9 values, row-major), ``d`` the distortion coefficients of
+    ``distortion_model``; ``p`` (3x4) defaults to ``[k | 0]``, as for a camera whose images are
+    already undistorted. ``r`` is the identity (no stereo rectification), binning and ROI unset.
+    """
+    camera_matrix = np.asarray(k, dtype=np.float64).reshape(-1)
+    if camera_matrix.size != 9:
+        raise BagWriteError(f'k needs 9 values (3x3), got {camera_matrix.size}')
+    if p is None:
+        projection = np.concatenate([camera_matrix.reshape(3, 3), np.zeros((3, 1))], axis=1)
+    else:
+        projection = np.asarray(p, dtype=np.float64)
+    projection = projection.reshape(-1)
+    if projection.size != 12:
+        raise BagWriteError(f'p needs 12 values (3x4), got {projection.size}')
+    if not (0 < int(width) < 2**32 and 0 < int(height) < 2**32):
+        raise BagWriteError(f'camera info needs a positive size, got {width}x{height}')
+    types = _types()
+    return types['sensor_msgs/msg/CameraInfo'](
+        header=make_header(stamp_ns, frame_id), height=int(height), width=int(width),
+        distortion_model=distortion_model, d=np.asarray(d, dtype=np.float64).reshape(-1),
+        k=camera_matrix, r=np.eye(3).reshape(-1), p=projection, binning_x=0, binning_y=0,
+        roi=types['sensor_msgs/msg/RegionOfInterest'](x_offset=0, y_offset=0, height=0, width=0,
+                                                      do_rectify=False))
+
+
 def _pose(position: Sequence[float], quaternion_xyzw: Sequence[float]) -> Any:
     types = _types()
     x, y, z = (float(v) for v in position)

@@ -25,17 +25,19 @@ import yaml
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.metrics import EvalConfig, EvalResult
 from boq_ros.eval.records import CandidateRecord
-from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings
+from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, VerificationSettings
 
 if TYPE_CHECKING:  # torch: imported only where the model runs (the tests' conftest uses this)
     from boq_ros.model import BoQModel
 
 SESSION = 'demo'
 IMAGE_TOPIC = '/camera/image_raw'
+CAMERA_INFO_TOPIC = '/camera/camera_info'
+DEPTH_TOPIC = '/camera/depth/image_raw'
 ODOM_TOPIC = '/odom'
 CANDIDATE_TOPIC = '/loop_candidates'
 NODE_NAME = 'boq_demo_node'
-_RECORDING_VERSION = 1  # bump when the generator's output for the same parameters changes
+_RECORDING_VERSION = 2  # bump when the generator's output for the same parameters changes
 
 RANDOM_WEIGHTS_NOTE = (
     'The model runs with RANDOMLY INITIALISED weights: no released BoQ checkpoint was given '
@@ -54,8 +56,8 @@ class DemoError(ValueError):
 class DemoRecording:
     """Parameters of the generated demo recording; equal parameters reuse the same files."""
 
-    frames: int = 60  # all laps together
-    laps: int = 2
+    frames: int = 300  # all laps together
+    laps: int = 3
     image_size: tuple[int, int] = (320, 240)  # width, height
     rate_hz: float = 5.0
     seed: int = 0
@@ -164,6 +166,16 @@ def demo_detector(recording: DemoRecording) -> DetectorConfig:
                           threshold=0.6, mode='grow')
 
 
+def demo_verification() -> VerificationSettings:
+    """Verification as the node's defaults, except the time budget.
+
+    The budget stops verifying further candidates when a query took too long; on a busy machine
+    the node and the offline run would then stop at different candidates. The demo proves that
+    both decide alike, so its budget never binds.
+    """
+    return VerificationSettings(verify_budget_s=60.0)
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What the demo asks of the node; the offline run uses the very same settings objects.
@@ -176,18 +188,22 @@ class NodeSettings:
     map_directory: Path
     detector: DetectorConfig
     keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)  # every frame is a query
+    verification: VerificationSettings = field(default_factory=demo_verification)
 
     def parameters(self) -> dict[str, Any]:
         """Return the node's ROS parameters: the settings objects' fields and the demo's wiring."""
         return {
             'autostart': True,
             'image_topics': [IMAGE_TOPIC],
+            'camera_info_topics': [CAMERA_INFO_TOPIC],
+            'depth_topics': [DEPTH_TOPIC] if self.verification.verification else [],
             'input_qos': 'reliable',  # replay publishes reliably: nothing is lost on the way
             'input_qos_depth': 10,
             'odometry_topic': ODOM_TOPIC,
             'map_directory': str(self.map_directory),
             'session': SESSION,
             **asdict(self.model), **asdict(self.keyframes), **asdict(self.detector),
+            **asdict(self.verification),
         }
 
 
@@ -296,8 +312,9 @@ def compare_records(live: Sequence[CandidateRecord], offline: Sequence[Candidate
     Candidates must be the same keyframes (id and stamp) with the same similarities (within
     `tolerance`) at the same ranks. Float rounding may only reorder near-ties: two candidates
     whose similarities are within `tolerance` may swap ranks, and the last rank may hold either
-    of two such candidates. Acceptance of the best candidate must agree unless its similarity is
-    within `tolerance` of `threshold`.
+    of two such candidates. The accepted candidate must be the same unless the best similarity
+    is within `tolerance` of `threshold`, and each candidate verified on both sides must have
+    the same status and inlier count.
     """
     live_q, off_q = _by_query(live), _by_query(offline)
     mismatches = []
@@ -336,8 +353,15 @@ def _compare_query(a: list[CandidateRecord], b: list[CandidateRecord], tolerance
             if abs(own[key] - last) > tolerance:
                 return f'keyframe {key[0]} proposed {side} only', diff
     near_threshold = threshold is not None and abs(a[0].similarity - threshold) <= tolerance
-    if a[0].accepted != b[0].accepted and not near_threshold:
-        return f'best candidate accepted {a[0].accepted} live, {b[0].accepted} offline', diff
+    accepted_a = [r.match_id for r in a if r.accepted]
+    accepted_b = [r.match_id for r in b if r.accepted]
+    if accepted_a != accepted_b and not near_threshold:
+        return f'accepted {accepted_a or "none"} live, {accepted_b or "none"} offline', diff
+    verdict_b = {r.match_id: (r.status, r.inliers) for r in b}
+    for r in a:  # verification is deterministic: the same verdict from the same evidence
+        if r.match_id in verdict_b and verdict_b[r.match_id] != (r.status, r.inliers):
+            return (f'keyframe {r.match_id}: status/inliers {(r.status, r.inliers)} live, '
+                    f'{verdict_b[r.match_id]} offline'), diff
     return '', diff
 
 
@@ -417,10 +441,12 @@ def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation
     from boq_ros.settings import PipelineConfig
 
     spec = EvalSpec(
-        map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=ODOM_TOPIC), SESSION),
+        map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=ODOM_TOPIC), SESSION,
+                           depth_topic=DEPTH_TOPIC, camera_info_topic=CAMERA_INFO_TOPIC),
         model=settings.model, pipeline=PipelineConfig(batch_size=1),
-        keyframes=settings.keyframes, detector=settings.detector, evaluation=evaluation,
-        use_cache=False, progress=progress)
+        keyframes=settings.keyframes, detector=settings.detector,
+        verification=settings.verification, evaluation=evaluation, use_cache=False,
+        progress=progress)
     outcome = run_once(spec, settings.model.extractor(model, batch_size=1), None)
     run = DemoRun('offline pipeline', outcome.records, outcome.result,
                   outcome.summary['frames'], dict(outcome.summary['timings_s']),

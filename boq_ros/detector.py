@@ -15,8 +15,11 @@ an ordered list of named tests (``TESTS``; docs/detector.md has the rationale):
 3. consistency: ``consistency`` consecutive queries of the session whose best passed 1 and 2
    matched the same region (same map session, seq within ``consistency_keyframes`` of the
    previous match).
-4. verification: the :class:`Verifier` given to the detector confirms the loop (geometric
-   verification); without one the test passes and candidates stay appearance-only.
+4. verification: the :class:`Verifier` given to the detector tries the candidates that passed
+   the threshold, best first, at most its ``top_n`` of them and within its ``budget_s`` per query
+   (the first is always tried), and stops at the first it confirms: that one is the accepted
+   match (status VERIFIED), whatever its rank. Without a verifier the test passes and the best
+   candidate is accepted appearance-only.
 
 Only after the decision does the query join the map (modes grow and both), as the last step.
 A batch is decided and added all or nothing: when anything fails, neither the map nor the
@@ -30,11 +33,18 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any, Protocol
+import time
+from typing import Protocol
 
 import numpy as np
 
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, RecentWindow, SearchFilter
+from boq_ros.keyframe_map import (
+    KeyframeMap,
+    KeyframeMeta,
+    LocalFeatures,
+    RecentWindow,
+    SearchFilter,
+)
 from boq_ros.settings import DetectorConfig
 from boq_ros.settings import DetectorConfigError as DetectorConfigError  # re-exported
 
@@ -56,6 +66,38 @@ class Status(IntEnum):
     REJECTED = 2
 
 
+class PoseKind(IntEnum):
+    """What a verified relative pose is; the values are those of boq_ros/LoopCandidate.msg."""
+
+    NONE = 0  # no pose (uncalibrated camera: fundamental-matrix inlier test only)
+    METRIC = 1  # PnP against depth: rotation and metric translation
+    UP_TO_SCALE = 2  # essential matrix: rotation and the translation's direction (unit norm)
+    ODOMETRY_SCALE = 3  # essential matrix, translation scaled by the odometry distance
+
+
+@dataclass
+class Verification:
+    """What the verification test found for one candidate."""
+
+    verified: bool
+    reason: str = ''  # why not, when not verified
+    cause: str = ''  # the reason's kind, one of REJECTION_CAUSES ('' when verified)
+    matches: int = 0  # putative correspondences
+    inliers: int = 0  # correspondences consistent with the estimated geometry
+    estimator: str = ''  # 'pnp', 'essential', 'fundamental' ('' when none ran)
+    pose_kind: PoseKind = PoseKind.NONE
+    relative_pose: np.ndarray | None = None  # 4x4 T_query_match: match camera in query frame
+    covariance: np.ndarray | None = None  # 6x6 over x y z rx ry rz (docs/verification.md)
+    relative_pose_base: np.ndarray | None = None  # the same, match base in the query's base
+    covariance_base: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def inlier_ratio(self) -> float:
+        """Return inliers / matches (0 without matches)."""
+        return self.inliers / self.matches if self.matches else 0.0
+
+
 @dataclass
 class Candidate:
     """One map keyframe proposed for a query, with the evidence for the decision."""
@@ -67,6 +109,7 @@ class Candidate:
     margin: float
     status: Status
     reason: str = ''
+    verification: Verification | None = None  # when the verification test tried it
 
 
 @dataclass
@@ -79,15 +122,29 @@ class Detection:
     threshold: float = 0.0
     added: bool = False
 
+    @property
+    def match(self) -> Candidate | None:
+        """Return the accepted candidate (the verified one, else the best), None if rejected."""
+        if not self.accepted:
+            return None
+        return next((c for c in self.candidates if c.status == Status.VERIFIED),
+                    self.candidates[0])
+
+
+REJECTION_CAUSES = ('no_query_features', 'no_match_features', 'kinds_differ', 'few_matches',
+                    'geometry', 'few_inliers', 'low_inlier_ratio')
+"""Why verification rejects a candidate: counted by cause in /diagnostics and eval."""
+
 
 class Verifier(Protocol):
     """The verification test: confirms a loop with geometry the descriptors do not see."""
 
-    def verify(self, query: KeyframeMeta, candidate: Candidate, context: Any) -> str:
-        """Return '' when the loop is confirmed, else the reason it is not.
+    top_n: int  # candidates tried per query, best first
+    budget_s: float  # no further candidate is tried once a query's verification took this long
 
-        `context` is what the caller passed with the query (e.g. its image), or None.
-        """
+    def verify(self, query: KeyframeMeta, candidate: Candidate,
+               features: LocalFeatures | None) -> Verification:
+        """Verify one candidate against the query's local features (None: it has none)."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +173,11 @@ class _Query:
     descriptor: np.ndarray
     meta: KeyframeMeta
     seq: int  # the seq it gets (or would get) in the map
-    context: Any
+    features: LocalFeatures | None
     hits: list[tuple[KeyframeMeta, float]]
     threshold: float = 0.0
     margins: list[float] = field(default_factory=list)
-    why_not_verified: str = ''
+    candidates: list[Candidate] = field(default_factory=list)
 
 
 class LoopDetector:
@@ -154,30 +211,34 @@ class LoopDetector:
         return self.config.mode != 'static'
 
     def process(self, descriptor: np.ndarray, meta: KeyframeMeta,
-                context: Any = None) -> Detection:
-        """Search, decide, then add the query to the map per the mode."""
-        return self.process_batch(self._one(descriptor), [meta], [context])[0]
+                features: LocalFeatures | None = None) -> Detection:
+        """Search, decide, then add the query (with its local features) to the map per the mode."""
+        return self.process_batch(self._one(descriptor), [meta], [features])[0]
 
     def process_batch(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta],
-                      contexts: Sequence[Any] | None = None) -> list[Detection]:
+                      features: Sequence[LocalFeatures | None] | None = None
+                      ) -> list[Detection]:
         """Process queries in order exactly as `process` would one by one, searching in batches.
 
-        All or nothing: on an exception the map and the detector's state are as before the call.
+        `features` are the queries' local features: what verification matches, and what the map
+        stores with them. All or nothing: on an exception the map and the detector's state are
+        as before the call.
         """
         descs = self._check_input(descriptors, metas)
         metas = list(metas)
-        contexts = list(contexts) if contexts is not None else [None] * len(metas)
-        if contexts and len(contexts) != len(metas):
-            raise DetectorInputError(f'{len(contexts)} contexts for {len(metas)} queries')
+        features = list(features) if features is not None else [None] * len(metas)
+        if len(features) != len(metas):
+            raise DetectorInputError(f'{len(features)} feature sets for {len(metas)} queries')
         state = self._state.copy()
         savepoint = self.map.savepoint()
         detections: list[Detection] = []
         try:
             for start, stop in self._runs(metas):
                 run = [self._decide(q, state) for q in self._search(
-                    descs[start:stop], metas[start:stop], contexts[start:stop])]
+                    descs[start:stop], metas[start:stop], features[start:stop])]
                 if self.adds:  # the last step, after the decision; the next run must see it
-                    self._add_run(run, descs[start:stop], metas[start:stop])
+                    self._add_run(run, descs[start:stop], metas[start:stop],
+                                  features[start:stop])
                 detections += run
         except BaseException:
             self.map.rollback(savepoint)
@@ -187,7 +248,7 @@ class LoopDetector:
         return detections
 
     def query(self, descriptor: np.ndarray, meta: KeyframeMeta, top_k: int | None = None,
-              context: Any = None) -> Detection:
+              features: LocalFeatures | None = None) -> Detection:
         """Decide for one query without side effects: no map insertion, no state change.
 
         Threshold, margin and verification apply; consistency, which needs a stream, does not.
@@ -198,7 +259,7 @@ class LoopDetector:
         probe = LoopDetector(self.map, replace(cfg, mode='static', consistency=1,
                                                top_k=top_k or cfg.top_k), self.verifier)
         probe._state = self._state.copy()
-        return probe._decide(probe._search(descs, [meta], [context])[0], probe._state,
+        return probe._decide(probe._search(descs, [meta], [features])[0], probe._state,
                              remember=False)
 
     # -- input and runs -------------------------------------------------------------------
@@ -248,14 +309,15 @@ class LoopDetector:
                 start = i
 
     def _add_run(self, detections: list[Detection], descs: np.ndarray,
-                 metas: list[KeyframeMeta]) -> None:
-        for detection, kf_id in zip(detections, self.map.add(descs, metas)):
+                 metas: list[KeyframeMeta], features: list[LocalFeatures | None]) -> None:
+        stored = features if any(f is not None for f in features) else None
+        for detection, kf_id in zip(detections, self.map.add(descs, metas, stored)):
             detection.query = self.map.meta(int(kf_id))
             detection.added = True
 
     # -- search ---------------------------------------------------------------------------
     def _search(self, descs: np.ndarray, metas: list[KeyframeMeta],
-                contexts: list[Any]) -> list[_Query]:
+                features: list[LocalFeatures | None]) -> list[_Query]:
         """Eligible hits of each query of a run, best first, against the map as it is."""
         cfg = self.config
         next_seq: dict[str, int] = {}
@@ -303,7 +365,7 @@ class LoopDetector:
                                                    depth, lambda kf, p=pos: eligible(p, kf),
                                                    known)
                 hits_of[pos] = hits
-        return [_Query(descs[pos], meta, seqs[pos], contexts[pos], hits_of[pos])
+        return [_Query(descs[pos], meta, seqs[pos], features[pos], hits_of[pos])
                 for pos, meta in enumerate(metas)]
 
     def _eligible_hits(self, ids: np.ndarray, sims: np.ndarray, fetched: int, depth: int,
@@ -379,10 +441,18 @@ class LoopDetector:
         return streak.count >= self.config.consistency
 
     def _test_verification(self, query: _Query, best: Candidate, state: _State) -> bool:
-        if self.verifier is None:
+        verifier = self.verifier
+        if verifier is None:
             return True
-        query.why_not_verified = self.verifier.verify(query.meta, best, query.context)
-        return not query.why_not_verified
+        start = time.monotonic()
+        eligible = [c for c in query.candidates if c.similarity >= query.threshold]
+        for tried, candidate in enumerate(eligible[:verifier.top_n]):
+            if tried and time.monotonic() - start >= verifier.budget_s:
+                break
+            candidate.verification = verifier.verify(query.meta, candidate, query.features)
+            if candidate.verification.verified:
+                return True
+        return False
 
     def _decide(self, query: _Query, state: _State, remember: bool = True) -> Detection:
         cfg = self.config
@@ -398,6 +468,7 @@ class LoopDetector:
             for rank, ((kf, sim), margin) in enumerate(zip(query.hits[:cfg.top_k],
                                                            query.margins))]
         best = detection.candidates[0]
+        query.candidates = detection.candidates
         failed = next((name for name in TESTS
                        if not getattr(self, f'_test_{name}')(query, best, state)), '')
         if failed in ('threshold', 'margin'):
@@ -405,10 +476,12 @@ class LoopDetector:
         detection.accepted = not failed
         for c in detection.candidates:
             c.reason = 'threshold' if c.similarity < query.threshold else failed
-            if c.reason == 'verification' and c is best:
-                c.reason = f'verification: {query.why_not_verified}'
+            if c.verification is not None:  # tried: its own verdict
+                c.reason = '' if c.verification.verified else (
+                    f'verification: {c.verification.reason}')
+                c.status = Status.VERIFIED if c.verification.verified else Status.REJECTED
+            elif c.reason == 'verification':
+                c.reason = 'verification: not tried (top_n or time budget reached)'
             if c.reason:
                 c.status = Status.REJECTED
-            elif c is best and self.verifier is not None:
-                c.status = Status.VERIFIED
         return detection

@@ -3,7 +3,8 @@
 Cameras publish many pixel layouts (Bayer mosaics, 16-bit, packed YUV, row padding, big-endian)
 and recordings carry JPEG/PNG bytes; everything downstream wants one of six plain layouts. This
 module is the single place that validates untrusted image bytes (sizes are checked before any
-allocation or decompression) so that the bag reader, the live node and the tests agree.
+allocation or decompression) so that the bag reader, the live node and the tests agree; depth
+images are decoded to metres by :func:`decode_depth` under the same checks.
 It is ROS-free: it works on the fields of ``sensor_msgs/Image`` and
 ``sensor_msgs/CompressedImage``.
 """
@@ -161,6 +162,49 @@ def decode_image(encoding: str, height: int, width: int, step: int,
     if array.dtype == _U16 and layout.canonical != 'mono16':
         array = (array >> 8).astype(_U8)
     return array, layout.canonical
+
+
+DEPTH_ENCODINGS = ('16UC1', 'mono16', '32FC1')
+"""Depth image encodings that :func:`decode_depth` accepts: millimetres as uint16 (RealSense,
+Kinect, 7-Scenes) or metres as float32 (depth_image_proc, simulators)."""
+
+_DEPTH_DTYPES = {'16UC1': _U16, 'mono16': _U16, '32FC1': np.dtype(np.float32)}
+
+
+def decode_depth(encoding: str, height: int, width: int, step: int,
+                 data: bytes | memoryview | np.ndarray, is_bigendian: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Turn depth ``sensor_msgs/Image`` fields into float32 metres (HxW), NaN where invalid.
+
+    Depth cameras mark missing measurements differently: uint16 millimetres use 0 (and the
+    saturated 65535), float metres use 0, NaN or inf; negative values are never a distance.
+    One NaN convention lets geometric checks use any of them. Always returns a new array.
+    """
+    dtype = _DEPTH_DTYPES.get(encoding) if isinstance(encoding, str) else None
+    if dtype is None:
+        raise ImageDecodeError(f'unsupported depth encoding {encoding!r} (supported: '
+                               f'{", ".join(DEPTH_ENCODINGS)})')
+    height, width, step = (_integer(n, v) for n, v in
+                           (('height', height), ('width', width), ('step', step)))
+    _check_pixels(height, width, max_pixels)
+    row_bytes = width * dtype.itemsize
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f'step {step} is smaller than width {width} x {dtype.itemsize} bytes per pixel '
+            f'({encoding}) = {row_bytes}')
+    buf = _byte_view(data)
+    if buf.size != step * height:
+        raise ImageDecodeError(
+            f'data has {buf.size} bytes, not step {step} x height {height} = {step * height}')
+    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :row_bytes])
+    values = rows.view(dtype.newbyteorder('>' if is_bigendian else '<')).reshape(height, width)
+    if dtype == _U16:
+        depth = values.astype(np.float32) / np.float32(1000.0)
+        depth[(values == 0) | (values == 0xFFFF)] = np.nan
+        return depth
+    depth = values.astype(np.float32)
+    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
+    return depth
 
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

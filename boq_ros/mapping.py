@@ -2,7 +2,9 @@
 
 `boq-ros map build` is a thin wrapper over :func:`build_map`. Each recording is one session; its
 frames go through the same :class:`~boq_ros.pipeline.FramePipeline` as the live node's (same
-keyframe selection, same pose lookup, same skips), and its keyframes are added to the map.
+keyframe selection, same pose lookup, same skips), and its keyframes are added to the map with
+their local features for geometric verification (unless verification is off). A bag's depth
+topic and camera_info give those features depth and intrinsics, as live.
 Adding a recording again (``append``) skips the keyframes the map already holds (same session,
 camera and stamp) and counts them. A build that would add nothing fails and writes nothing.
 """
@@ -21,7 +23,9 @@ from boq_ros.extractor import Extractor, ModelSettings
 from boq_ros.keyframe_map import KeyframeMap, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import SKIP_CAUSES, FramePipeline, PipelineConfig
+from boq_ros.settings import VerificationSettings
 from boq_ros.sources import SourceError, bag_frames, image_folder, pose_topic
+from boq_ros.verification import GeometricVerifier
 
 
 class MapBuildError(ValueError):
@@ -35,7 +39,9 @@ class Recording:
     For a bag, `image_topics` empty means its only image topic; `pose_topic` gives every
     keyframe a pose (needed for distance keyframes). `session` '' takes the MapSettings session,
     else the recording's name. `depth_ok` describes 16-bit single-channel images of a folder
-    instead of skipping them.
+    instead of skipping them. `depth_topic` is a bag's depth image topic aligned to its (one)
+    image topic; `camera_info_topic` its intrinsics ('': the conventional one if the bag has
+    it).
     """
 
     path: Path
@@ -45,11 +51,17 @@ class Recording:
     pose_child_frame: str | None = None
     session: str = ''
     depth_ok: bool = False
+    depth_topic: str = ''
+    camera_info_topic: str = ''
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'path', Path(self.path))
         if self.kind not in ('bag', 'images'):
             raise MapBuildError(f"recording kind must be 'bag' or 'images', got {self.kind!r}")
+        if (self.depth_topic or self.camera_info_topic) and (
+                self.kind != 'bag' or len(self.image_topics) > 1):
+            raise MapBuildError(f'{self.path}: a depth or camera_info topic belongs to one '
+                                'image topic of a bag')
 
 
 @dataclass
@@ -62,6 +74,8 @@ class BuildSummary:
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_CAUSES, 0))
     already_in_map: int = 0
     without_pose: int = 0
+    with_features: int = 0
+    with_depth: int = 0
     total_keyframes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -74,14 +88,17 @@ class BuildSummary:
                 f'keyframes added: {self.keyframes} (map now holds {self.total_keyframes})',
                 f'frames skipped: {sum(self.skipped.values())} ({skipped})',
                 f'keyframes already in the map (skipped): {self.already_in_map}',
-                f'keyframes without a pose: {self.without_pose}', f'time: {stages}',
+                f'keyframes without a pose: {self.without_pose}',
+                f'keyframes with local features: {self.with_features} ({self.with_depth} with '
+                'depth)', f'time: {stages}',
                 f'map: {self.out}']
 
 
 def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
               model: ModelSettings, keyframes: KeyframePolicy | None = None,
               pipeline: PipelineConfig | None = None, map_settings: MapSettings | None = None,
-              append: bool = False, on_frame: Callable[[], None] | None = None,
+              verification: VerificationSettings | None = None, append: bool = False,
+              on_frame: Callable[[], None] | None = None,
               on_note: Callable[[str], None] | None = None) -> BuildSummary:
     """Describe the keyframes of `recordings` into the map at `out` (created, or appended to).
 
@@ -93,6 +110,8 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
     keyframes = keyframes or KeyframePolicy()
     pipeline = pipeline or PipelineConfig()
     map_settings = map_settings or MapSettings()
+    verification = verification or VerificationSettings()
+    verifier = GeometricVerifier(verification) if verification.verification else None
     if not recordings:
         raise MapBuildError('no recording given')
     fresh = _check_out(out, append)
@@ -120,8 +139,8 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
     say = on_note or (lambda text: None)
     streams: dict[tuple[str, str], Path] = {}  # (session, camera) -> its recording
     for rec in recordings:
-        _add_recording(rec, kmap, extractor, keyframes, pipeline, map_settings, summary,
-                       on_frame, say, streams)
+        _add_recording(rec, kmap, extractor, keyframes, pipeline, map_settings, verifier,
+                       summary, on_frame, say, streams)
     if summary.keyframes == 0:
         why = ', '.join(f'{n} {c}' for c, n in summary.skipped.items() if n)
         raise MapBuildError(
@@ -165,8 +184,9 @@ def _check_out(out: Path, append: bool) -> bool:
 
 def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                    keyframes: KeyframePolicy, config: PipelineConfig, map_settings: MapSettings,
-                   summary: BuildSummary, on_frame: Callable[[], None] | None,
-                   say: Callable[[str], None], streams: dict[tuple[str, str], Path]) -> None:
+                   verifier: GeometricVerifier | None, summary: BuildSummary,
+                   on_frame: Callable[[], None] | None, say: Callable[[str], None],
+                   streams: dict[tuple[str, str], Path]) -> None:
     session = rec.session or map_settings.session or rec.path.stem
     with ExitStack() as stack:
         poses: Any = ()
@@ -187,7 +207,9 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                 stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
                 poses = stream.poses
                 buffer = stream.buffer(keyframes.pose_tolerance_s)
-            frames = bag_frames(bag, topics)
+            frames = bag_frames(
+                bag, topics, {topics[0]: rec.depth_topic} if rec.depth_topic else None,
+                {topics[0]: rec.camera_info_topic} if rec.camera_info_topic else None)
         cameras = [folder.camera] if rec.kind == 'images' else topics
         for camera in cameras:  # a keyframe is known by its session, camera and stamp
             other = streams.setdefault((session, camera), rec.path)
@@ -197,7 +219,8 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                     f'{camera!r}: their keyframes would be taken for one another; give each '
                     'its own session (separate builds with --session, appended)')
         pipe = FramePipeline(extractor, keyframes, config, session=session,
-                             robot_id=map_settings.robot_id, poses=buffer)
+                             robot_id=map_settings.robot_id, poses=buffer, verifier=verifier,
+                             on_note=say)
         for batch in pipe.run(frames, poses, on_frame):
             if not batch:
                 continue
@@ -207,8 +230,13 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
             summary.without_pose += sum(m.pose is None for m, n in zip(metas, new) if n)
             if new.any():
                 start = time.perf_counter()
+                features = [kf.features for kf, n in zip(batch, new) if n]
                 kmap.add(np.stack([kf.descriptor for kf, n in zip(batch, new) if n]),
-                         [m for m, n in zip(metas, new) if n])
+                         [m for m, n in zip(metas, new) if n],
+                         features if verifier is not None else None)
+                summary.with_features += sum(f is not None for f in features)
+                summary.with_depth += sum(f is not None and f.depth is not None
+                                          for f in features)
                 summary.seconds['map add'] = summary.seconds.get('map add', 0.0) + (
                     time.perf_counter() - start)
                 summary.keyframes += int(new.sum())
@@ -216,5 +244,5 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
     summary.frames += stats.totals.get('frames', 0)
     for cause, count in stats.skipped().items():
         summary.skipped[cause] += count
-    for stage in ('read', 'decode', 'describe'):
+    for stage in ('read', 'decode', 'describe', 'features'):
         summary.seconds[stage] = summary.seconds.get(stage, 0.0) + stats.seconds[stage]

@@ -1,9 +1,11 @@
 """The frame pipeline: the one path from a camera frame to a described keyframe.
 
     frame (encoded bytes or an array, stamp, camera)
-      -> pose lookup (PoseBuffer)  -> keyframe selection (KeyframeSelector)
+      -> pose lookup (PoseBuffer), aligned depth and camera model of its camera
+      -> keyframe selection (KeyframeSelector)
       -> decode (one decoder, one set of limits) -> batch -> describe (Extractor)
-      -> Keyframe (descriptor + KeyframeMeta), ready for the detector or the map
+      -> local features for verification (GeometricVerifier.features), when verifying
+      -> Keyframe (descriptor + KeyframeMeta + LocalFeatures), for the detector or the map
 
 The live node's worker, `boq-ros eval`, `boq-ros map build` and the demo all drive this class,
 so every one of them selects the same keyframes, stores the same poses and skips the same
@@ -22,20 +24,27 @@ import math
 from pathlib import Path
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from boq_ros.extractor import DescriptorError, Extractor
-from boq_ros.images import ImageDecodeError, decode_compressed, decode_image
-from boq_ros.keyframe_map import KeyframeMeta
+from boq_ros.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
+from boq_ros.keyframe_map import KeyframeMeta, LocalFeatures
 from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
 from boq_ros.poses import Pose, PoseBuffer, PoseError, make_pose
 from boq_ros.settings import DEFAULT_MAX_PIXELS, PipelineConfig
+from boq_ros.verification.camera import CameraModel
+from boq_ros.verification.features import FeatureError
 
-STAGES = ('read', 'queue', 'decode', 'describe', 'search', 'publish', 'total')
+if TYPE_CHECKING:
+    from boq_ros.verification import GeometricVerifier
+
+STAGES = ('read', 'queue', 'decode', 'describe', 'features', 'search', 'verify', 'publish',
+          'total')
 """Timing stages, everywhere: reading a recording, waiting in the node's queue, decoding,
-describing (model forward), map search and decision, publishing, and a keyframe's whole way."""
+describing (model forward), local features, map search and decision (verification included),
+the verification alone, publishing, and a keyframe's whole way."""
 
 SKIPPED_AS = {'decode': 'decode errors', 'depth': 'depth images', 'no_pose': 'without a pose',
               'descriptor': 'descriptor errors', 'stamp': 'outlier stamps'}
@@ -106,6 +115,28 @@ class Frame:
     frame_id: str = ''
     image_ref: str = ''  # where the image can be found again (bag#topic@stamp, folder/file)
     received_ns: int = 0  # monotonic clock at arrival (the node's latency), 0 offline
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """A depth image aligned to a camera's colour images (16UC1 mm or 32FC1 m)."""
+
+    stamp_ns: int
+    camera: str  # the colour camera it is aligned to
+    image: RawImage | BrokenMessage
+
+
+@dataclass(frozen=True)
+class CameraInfoUpdate:
+    """A camera's intrinsics (sensor_msgs/CameraInfo); `model` None when it was unusable."""
+
+    camera: str
+    model: CameraModel | None
+    reason: str = ''
+
+
+DEPTH_KEPT = 32
+"""Depth images kept per camera until their colour frame is decided."""
 
 
 class StreamClock:
@@ -186,10 +217,12 @@ def decode(image: Payload, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
 # -- what comes out -------------------------------------------------------------------------
 @dataclass
 class Selected:
-    """A frame chosen as a keyframe, with the pose it was taken at."""
+    """A frame chosen as a keyframe, with the pose it was taken at and its camera's data."""
 
     frame: Frame
     pose: Pose | None
+    depth: RawImage | BrokenMessage | None = None
+    camera_model: CameraModel | None = None
 
 
 @dataclass
@@ -201,6 +234,7 @@ class Keyframe:
     descriptor: np.ndarray
     image: np.ndarray
     encoding: str
+    features: LocalFeatures | None = None  # None: not verifying, or they failed (counted)
 
 
 class PipelineStats:
@@ -255,8 +289,10 @@ class FramePipeline:
                  config: PipelineConfig | None = None, *, session: str, robot_id: str = '',
                  poses: PoseBuffer | None = None, on_skip: OnSkip | None = None,
                  on_note: Callable[[str], None] | None = None,
-                 stats: PipelineStats | None = None) -> None:
+                 stats: PipelineStats | None = None,
+                 verifier: 'GeometricVerifier | None' = None) -> None:
         self.extractor = extractor
+        self.verifier = verifier
         self.policy = keyframes or KeyframePolicy()
         self.config = config or PipelineConfig()
         if self.policy.keyframe_mode == 'distance' and poses is None:
@@ -271,6 +307,9 @@ class FramePipeline:
         limit = int(self.config.time_jump_s * _NS)
         self._clocks = {s: StreamClock(limit) for s in ('frame', 'pose', 'keyframe')}
         self._on_note = on_note
+        self._depth: dict[str, deque[DepthFrame]] = {}  # camera -> recent depth images
+        self._newest_depth: dict[str, int] = {}
+        self._models: dict[str, CameraModel] = {}
 
     # -- selection --------------------------------------------------------------------------
     def offer(self, frame: Frame) -> list[Selected]:
@@ -288,7 +327,7 @@ class FramePipeline:
         if frame.stamp_ns == self._clocks['frame'].newest_ns:  # the camera clock moved on
             selected += self._release(lambda f: f.stamp_ns < frame.stamp_ns - self._tolerance())
         pending = self._pending.setdefault(frame.camera, deque())
-        if pending or (self.poses is not None and not self.poses.decidable(frame.stamp_ns)):
+        if pending or not self._ready(frame):
             pending.append(frame)
             if len(pending) > self.policy.keyframe_wait_frames:
                 selected += self._decide(pending.popleft())
@@ -310,7 +349,47 @@ class FramePipeline:
         if self._check_stream_stamp(stamp_ns, received_ns, 'pose'):
             self.poses.clear()
         self.poses.add(stamp_ns, position, quaternion_xyzw, frame)
-        return self._release(lambda f: self.poses.decidable(f.stamp_ns))
+        return self._release(self._ready)
+
+    def expect_depth(self, camera: str) -> None:
+        """Say that `camera` has an aligned depth stream: its frames wait for their depth."""
+        self._depth.setdefault(camera, deque(maxlen=DEPTH_KEPT))
+
+    def add_depth(self, depth: DepthFrame) -> list[Selected]:
+        """Take one aligned depth image; return the frames now selected."""
+        self.expect_depth(depth.camera)
+        self._depth[depth.camera].append(depth)
+        newest = self._newest_depth.get(depth.camera)
+        if newest is None or depth.stamp_ns > newest:
+            self._newest_depth[depth.camera] = depth.stamp_ns
+        return self._release(self._ready)
+
+    def set_camera_model(self, update: CameraInfoUpdate) -> None:
+        """Take a camera's intrinsics (the latest apply to the keyframes decided from now)."""
+        if update.model is None:
+            self.stats.count('camera_info_errors')
+            if self._on_note is not None:
+                self._on_note(f'{update.camera}: camera_info ignored: {update.reason}')
+        else:
+            self._models[update.camera] = update.model
+
+    def _depth_tolerance(self) -> int:
+        return int(round(self.config.depth_stamp_tolerance_s * _NS))
+
+    def _depth_of(self, frame: Frame) -> DepthFrame | None:
+        """Return the depth image nearest the frame's stamp within the tolerance, if any."""
+        near = [d for d in self._depth.get(frame.camera, ())
+                if abs(d.stamp_ns - frame.stamp_ns) <= self._depth_tolerance()]
+        return min(near, key=lambda d: abs(d.stamp_ns - frame.stamp_ns)) if near else None
+
+    def _ready(self, frame: Frame) -> bool:
+        """Whether nothing yet to come can change the frame's pose or depth."""
+        if self.poses is not None and not self.poses.decidable(frame.stamp_ns):
+            return False
+        if frame.camera not in self._depth or self._depth_of(frame) is not None:
+            return True
+        newest = self._newest_depth.get(frame.camera)
+        return newest is not None and newest > frame.stamp_ns + self._depth_tolerance()
 
     def add_keyframe_stamp(self, stamp_ns: int, received_ns: int = 0) -> list[Selected]:
         """Take a stamp the SLAM system made a keyframe (external mode); return frames selected.
@@ -402,12 +481,15 @@ class FramePipeline:
     def _decide(self, frame: Frame) -> list[Selected]:
         pose = self.poses.lookup(frame.stamp_ns) if self.poses is not None else None
         no_pose_before = self._selector.stats['no_pose']
+        depth = self._depth_of(frame)
+        item = Selected(frame, pose, depth.image if depth is not None else None,
+                        self._models.get(frame.camera))
         if self._selector.offer(frame.stamp_ns, frame.camera, pose):
-            return [Selected(frame, pose)]
+            return [item]
         if self.policy.keyframe_mode == 'external':
             waiting = self._unnamed.setdefault(
                 frame.camera, deque(maxlen=self.policy.keyframe_wait_frames))
-            waiting.append(Selected(frame, pose))  # the SLAM system may name it later
+            waiting.append(item)  # the SLAM system may name it later
         elif self._selector.stats['no_pose'] > no_pose_before:
             self._skip('no_pose', f'{frame.camera}: no pose within pose_tolerance_s of the image '
                                   f'at {frame.stamp_ns} ns (distance keyframes)')
@@ -450,8 +532,38 @@ class FramePipeline:
         keyframes = [Keyframe(item.frame, self.meta(item), desc, array, encoding)
                      for (item, array, encoding), desc in zip(decoded, descriptors)
                      if desc is not None]
+        if self.verifier is not None:
+            items = {id(item.frame): item for item, _, _ in decoded}
+            for keyframe in keyframes:
+                start = time.perf_counter()
+                keyframe.features = self._features(keyframe, items[id(keyframe.frame)])
+                self.stats.time('features', time.perf_counter() - start)
         self.stats.count('keyframes', len(keyframes))
         return keyframes
+
+    def _features(self, keyframe: Keyframe, item: Selected) -> LocalFeatures | None:
+        """Local features of a keyframe; a failure loses only them (counted, noted)."""
+        depth = None
+        if isinstance(item.depth, BrokenMessage):
+            self._feature_note('depth_errors', keyframe, item.depth.reason)
+        elif item.depth is not None:
+            d = item.depth
+            try:
+                depth = decode_depth(d.encoding, d.height, d.width, d.step, d.data,
+                                     bool(d.is_bigendian), self.config.max_image_pixels)
+            except ImageDecodeError as err:
+                self._feature_note('depth_errors', keyframe, f'depth image: {err}')
+        try:
+            return self.verifier.features(keyframe.image, keyframe.encoding,
+                                          item.camera_model, depth)
+        except FeatureError as err:
+            self._feature_note('feature_errors', keyframe, str(err))
+            return None
+
+    def _feature_note(self, counter: str, keyframe: Keyframe, message: str) -> None:
+        self.stats.count(counter)
+        if self._on_note is not None:
+            self._on_note(f'{keyframe.frame.camera} at {keyframe.frame.stamp_ns} ns: {message}')
 
     def _extract(self, decoded: list) -> list[np.ndarray | None]:
         """One batch; on a failure, one image at a time so only the bad one is lost."""
@@ -472,9 +584,12 @@ class FramePipeline:
         return out
 
     # -- a whole recording ------------------------------------------------------------------
-    def run(self, frames: Iterable[Frame], poses: Iterable[tuple[int, Pose]] = (),
+    def run(self, frames: Iterable['Frame | DepthFrame | CameraInfoUpdate'],
+            poses: Iterable[tuple[int, Pose]] = (),
             on_frame: Callable[[], None] | None = None) -> Iterator[list[Keyframe]]:
         """Describe a recording: batches of keyframes, in order.
+
+        `frames` may interleave depth images and camera_info updates, in recording order.
 
         `poses` are the recording's (stamp, pose) in stamp order; each is given to the pipeline
         once the recording's clock is within pose_tolerance_s of it, as odometry reaches a live
@@ -490,6 +605,12 @@ class FramePipeline:
             self.stats.time('read', time.perf_counter() - start)
             if frame is None:
                 break
+            if isinstance(frame, DepthFrame):
+                batch += self.add_depth(frame)
+                continue
+            if isinstance(frame, CameraInfoUpdate):
+                self.set_camera_model(frame)
+                continue
             if on_frame is not None:
                 on_frame()
             horizon = frame.stamp_ns + self._tolerance()

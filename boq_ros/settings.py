@@ -159,6 +159,8 @@ PRECISIONS = ('fp32', 'fp16', 'bf16')
 RESIZE_POLICIES = ('height', 'square')
 KEYFRAME_MODES = ('every_frame', 'interval', 'distance', 'external')
 INDEX_KINDS = ('flat', 'flat_fp16', 'hnsw', 'ivfpq')
+FEATURE_KIND_NAMES = ('sift', 'orb', 'xfeat', 'xfeat_lighterglue', 'aliked_lightglue')
+"""Local feature kinds of geometric verification (boq_ros.verification.features makes them)."""
 _BIG = 2 ** 31 - 1
 DEFAULT_MAX_PIXELS = 8192 * 8192
 """Largest image (width x height) decoded unless the caller allows more."""
@@ -244,6 +246,10 @@ class PipelineConfig:
         'before any allocation.', section='Cameras', low=1, high=2 ** 62)
     batch_size: int = setting(16, 'Images per forward pass when describing a recording.',
                               section='Model', low=1, high=4096)
+    depth_stamp_tolerance_s: float = setting(
+        0.005, 'Largest gap between an image stamp and the aligned depth image taken with it; '
+        'a keyframe of a camera with a depth topic waits (like for its pose) until that depth '
+        'arrived or the depth stream passed its stamp.', section='Cameras', low=0.0, high=1.0)
     time_jump_s: float = setting(
         10.0, 'A stamp this far behind the newest of its stream (camera, odometry, keyframe '
         'stamps), or ahead of it by more than this plus the time that passed, is an outlier: '
@@ -357,6 +363,76 @@ class DetectorConfig:
         The best's region holds at most 2 * consistency_keyframes + 1 keyframes.
         """
         return self.top_k + 2 * self.consistency_keyframes + 1
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """Geometric verification of loop candidates (docs/verification.md)."""
+
+    verification: bool = setting(
+        True, 'Verify candidates geometrically (local features + robust two-view geometry) '
+        'before a loop is accepted; off: loops are appearance-only.', section='Verification')
+    feature_kind: str = setting(
+        'sift', 'Local features: sift (default: the steadiest rejection of false pairs across '
+        'domains), orb (fastest, weakest poses), xfeat, xfeat_lighterglue, aliked_lightglue '
+        '(learned; GPU when there is one; optional packages).', section='Verification',
+        choices=FEATURE_KIND_NAMES)
+    max_keypoints: int = setting(1024, 'Keypoints detected per keyframe.',
+                                 section='Verification', low=16, high=16384)
+    match_ratio: float = setting(
+        0.8, "Lowe's ratio test: nearest / second-nearest descriptor distance must be below "
+        'this (kinds matched by nearest neighbour).', section='Verification', low=0.0,
+        high=1.0, above_low=True)
+    ransac_threshold_px: float = setting(
+        2.0, 'Inlier threshold of the robust estimators, in pixels.', section='Verification',
+        low=0.0, high=100.0, above_low=True)
+    min_inliers_pnp: int = setting(
+        15, 'Inliers a loop needs when the relative pose comes from PnP against depth (metric; '
+        'on the synthetic street false pairs stay below 10).', section='Verification', low=6,
+        high=100000, when='live')
+    min_inliers_essential: int = setting(
+        25, 'Inliers a loop needs when the relative pose comes from the essential matrix '
+        '(calibrated, no depth; real different-place pairs reach 11 with SIFT, and same-place '
+        'pairs below 20 come with wrong rotations).', section='Verification', low=8,
+        high=100000, when='live')
+    min_inliers_fundamental: int = setting(
+        40, 'Inliers a loop needs without intrinsics (fundamental matrix, no pose; false pairs '
+        'reach 20-30 there).', section='Verification', low=8, high=100000, when='live')
+    min_inlier_ratio: float = setting(
+        0.0, 'Inliers / putative matches a loop needs.', section='Verification', low=0.0,
+        high=1.0, when='live')
+    verify_top_n: int = setting(
+        10, 'Candidates verified per query, best first (at most top_k); the first verified '
+        'is the loop.', section='Verification', low=1, high=1000, when='live')
+    verify_budget_s: float = setting(
+        1.0, "No further candidate is verified once a query's verification took this long "
+        '(the first is always tried).', section='Verification', low=0.0, high=60.0,
+        when='live')
+    depth_range_m: list = setting(
+        [0.1, 20.0], 'Depth values (m) trusted at keypoints; others count as unknown.',
+        section='Verification', item=float, length=2, low=0.0, high=1e4)
+    camera_in_base: list = setting(
+        [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "The camera's optical frame in the robot's base "
+        'frame (x y z qx qy qz qw), to give relative poses in the base frame too; the default '
+        'is a camera at the base origin looking along base x (optical z forward, x right, '
+        'y down).',
+        section='Verification', item=float, length=7, low=-1e6, high=1e6)
+    feature_device: str = setting(
+        'auto', "Where learned features run: 'auto' (CUDA when present), 'cpu', 'cuda[:N]'.",
+        section='Verification')
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        low, high = self.depth_range_m
+        if not low < high:
+            raise SettingError(f'depth_range_m must be [low, high] with low < high, got '
+                               f'{self.depth_range_m}')
+        if abs(math.hypot(*self.camera_in_base[3:]) - 1.0) > 1e-3:
+            raise SettingError(f'camera_in_base needs a unit quaternion (qx qy qz qw), got '
+                               f'{self.camera_in_base[3:]}')
+        if not _DEVICE.fullmatch(self.feature_device):
+            raise SettingError(f"feature_device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                               f'got {self.feature_device!r}')
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Each source yields :class:`boq_ros.pipeline.Frame` objects still encoded (the pi
 only keyframes, with its one decoder and limits) and poses as ``(stamp_ns, Pose)`` in stamp
 order, which the pipeline takes as a live node takes odometry.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 import glob
 import math
@@ -12,9 +12,20 @@ from pathlib import Path
 import re
 
 from boq_ros.bags import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, Bag, BagReadError, stamp_to_ns
-from boq_ros.pipeline import BrokenMessage, CompressedImage, Frame, ImageFile, RawImage
+from boq_ros.pipeline import (
+    BrokenMessage,
+    CameraInfoUpdate,
+    CompressedImage,
+    DepthFrame,
+    Frame,
+    ImageFile,
+    RawImage,
+)
 from boq_ros.poses import Pose, PoseBuffer, make_pose
 from boq_ros.trajectory import Trajectory
+from boq_ros.verification.camera import CameraModel, CameraModelError
+
+CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 
 POSE_SOURCES = {'nav_msgs/msg/Odometry': 'odometry', 'geometry_msgs/msg/PoseStamped': 'pose',
                 'geometry_msgs/msg/PoseWithCovarianceStamped': 'pose',
@@ -29,22 +40,70 @@ class SourceError(ValueError):
     """Raised for a source that cannot be read as asked (missing topic, empty folder, ...)."""
 
 
-def bag_frames(bag: Bag, topics: Sequence[str]) -> Iterator[Frame]:
-    """Yield the frames of image topics of a bag in recording order (undecodable too)."""
+def camera_info_topic(image_topic: str) -> str:
+    """Return the conventional camera_info topic of an image topic (image_transport's rule).
+
+    ``/cam/image_raw`` and ``/cam/image_raw/compressed`` -> ``/cam/camera_info``.
+    """
+    base = image_topic[:-len('/compressed')] if image_topic.endswith('/compressed') else (
+        image_topic)
+    return f'{base.rsplit("/", 1)[0]}/camera_info'
+
+
+def _check_topic(bag: Bag, topic: str, types: Sequence[str], what: str) -> None:
+    info = bag.topics.get(topic)
+    if info is None:
+        raise SourceError(f'{what} topic {topic!r} is not in {bag.path} (topics: '
+                          f'{", ".join(sorted(bag.topics)) or "none"})')
+    if info.msgtype not in types:
+        raise SourceError(f'{what} topic {topic!r} of {bag.path} carries {info.msgtype}, not '
+                          f'{" or ".join(types)}')
+
+
+def bag_frames(bag: Bag, topics: Sequence[str], depth_topics: Mapping[str, str] | None = None,
+               camera_info_topics: Mapping[str, str] | None = None
+               ) -> Iterator[Frame | DepthFrame | CameraInfoUpdate]:
+    """Yield the frames of image topics of a bag in recording order (undecodable too).
+
+    With them, in recording order: the aligned depth images of `depth_topics` (image topic ->
+    depth topic) and the intrinsics of `camera_info_topics` (image topic -> camera_info topic;
+    None: each image topic's conventional camera_info topic when the bag has it).
+    """
     for topic in topics:
-        info = bag.topics.get(topic)
-        if info is None:
+        if topic in bag.topics and bag.topics[topic].msgtype not in (
+                IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
+            raise SourceError(f'topic {topic!r} of {bag.path} carries '
+                              f'{bag.topics[topic].msgtype}, not camera images')
+        if topic not in bag.topics:
             raise SourceError(f'topic {topic!r} is not in {bag.path} (image topics: '
                               f'{", ".join(bag.image_topics()) or "none"})')
-        if info.msgtype not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
-            raise SourceError(f'topic {topic!r} of {bag.path} carries {info.msgtype}, not '
-                              'camera images')
-    for message in bag.messages(list(topics)):
+    depth_of = {d: camera for camera, d in (depth_topics or {}).items()}
+    for topic in depth_of:
+        _check_topic(bag, topic, (IMAGE_TYPE,), 'depth')
+    if camera_info_topics is None:
+        camera_info_topics = {t: camera_info_topic(t) for t in topics
+                              if camera_info_topic(t) in bag.topics}
+    info_of = {i: camera for camera, i in camera_info_topics.items()}
+    for topic in info_of:
+        _check_topic(bag, topic, (CAMERA_INFO_TYPE,), 'camera_info')
+    for message in bag.messages([*topics, *depth_of, *info_of]):
         try:
             msg = message.decode()
         except BagReadError as err:
-            yield Frame(message.log_time_ns, message.topic, BrokenMessage(str(err)),
-                        image_ref=f'{bag.path.name}#{message.topic}@{message.log_time_ns}')
+            if message.topic in info_of:
+                yield CameraInfoUpdate(info_of[message.topic], None, str(err))
+            elif message.topic in depth_of:
+                yield DepthFrame(message.log_time_ns, depth_of[message.topic],
+                                 BrokenMessage(str(err)))
+            else:
+                yield Frame(message.log_time_ns, message.topic, BrokenMessage(str(err)),
+                            image_ref=f'{bag.path.name}#{message.topic}@{message.log_time_ns}')
+            continue
+        if message.topic in info_of:
+            try:
+                yield CameraInfoUpdate(info_of[message.topic], CameraModel.from_message(msg))
+            except CameraModelError as err:
+                yield CameraInfoUpdate(info_of[message.topic], None, str(err))
             continue
         if message.msgtype == IMAGE_TYPE:
             image = RawImage(msg.encoding, msg.height, msg.width, msg.step, msg.data,
@@ -52,6 +111,9 @@ def bag_frames(bag: Bag, topics: Sequence[str]) -> Iterator[Frame]:
         else:
             image = CompressedImage(msg.format, msg.data)
         stamp = stamp_to_ns(msg.header.stamp)
+        if message.topic in depth_of:
+            yield DepthFrame(stamp, depth_of[message.topic], image)
+            continue
         yield Frame(stamp, message.topic, image, frame_id=msg.header.frame_id,
                     image_ref=f'{bag.path.name}#{message.topic}@{stamp}')
 

@@ -6,7 +6,9 @@ street between two facade walls whose texture is unique per place (buildings, wi
 murals); the camera drives the loop ``laps`` times. Later laps (and other sessions of the same
 world) revisit every place from another lateral offset and yaw and under other lighting (gain,
 gamma, colour cast), so the same place looks alike and different places look different, without
-any claim to photorealism. Rendering is a vectorised column ray cast (a few ms per frame).
+any claim to photorealism. Rendering is a vectorised column ray cast (a few ms per frame); the
+same cast gives an exact z-depth image and the pinhole intrinsics are known, so recordings can
+carry ``CameraInfo`` and aligned depth for testing geometric verification.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import cv2
 import numpy as np
 
 from boq_ros.bags import (
+    make_camera_info_msg,
     make_compressed_msg,
     make_image_msg,
     make_odometry_msg,
@@ -30,9 +33,16 @@ from boq_ros.trajectory import Trajectory
 
 IMAGE_TOPIC = '/camera/image_raw'
 COMPRESSED_TOPIC = '/camera/image_raw/compressed'
+CAMERA_INFO_TOPIC = '/camera/camera_info'
+DEPTH_TOPIC = '/camera/depth/image_raw'
 ODOM_TOPIC = '/odom'
 TF_TOPIC = '/tf'
 CAMERA_FRAME = 'camera'
+"""Frame of every camera message: the ROS optical frame (x right, y down, z forward)."""
+HFOV_RAD = math.radians(90.0)
+"""Horizontal field of view of the recordings' camera."""
+MAX_DEPTH_MM = 65535
+"""Depth at or beyond this (in millimetres) does not fit ``16UC1`` and is written as 0."""
 START_NS = 1_700_000_000 * 1_000_000_000
 """Stamp of the first frame of variant 0; variant v starts v days later."""
 
@@ -56,6 +66,50 @@ class RecordingInfo:
     frame_positions: np.ndarray
     frame_yaws: np.ndarray
     frame_laps: np.ndarray
+    image_size: tuple[int, int]
+    intrinsics: tuple[float, float, float, float]
+    """(fx, fy, cx, cy) of :func:`camera_intrinsics`, as in the recording's CameraInfo."""
+    frame_camera_poses: np.ndarray
+    """[N, 4, 4] camera-to-world transforms (optical frame) of :func:`camera_pose_world`."""
+
+
+def camera_intrinsics(image_size: tuple[int, int],
+                      hfov_rad: float = HFOV_RAD) -> tuple[float, float, float, float]:
+    """Return the renderer's pinhole (fx, fy, cx, cy) in the OpenCV/ROS pixel convention.
+
+    The renderer casts column u through pixel centre u + 0.5 measured from the image's left edge;
+    OpenCV and ``CameraInfo`` put pixel centres at integer coordinates, hence the -0.5. Pixels are
+    square (fy = fx).
+    """
+    width, height = image_size
+    if width <= 0 or height <= 0:
+        raise SynthError(f'image_size must be positive, got {image_size}')
+    if not 0 < hfov_rad < math.pi:
+        raise SynthError(f'hfov_rad must be within (0, pi), got {hfov_rad}')
+    f = width / (2 * math.tan(hfov_rad / 2))
+    return f, f, width / 2 - 0.5, height / 2 - 0.5
+
+
+def camera_pose_world(x: float, y: float, yaw: float) -> np.ndarray:
+    """Return the 4x4 camera-to-world transform of the optical frame of a rendered view.
+
+    Back-projecting pixels with depth needs it. The camera sits at (x, y, CAMERA_HEIGHT), level,
+    looking along ``yaw``: optical z is (cos yaw, sin yaw, 0), x (image right) is
+    (sin yaw, -cos yaw, 0) and y (image down) is world -z.
+    """
+    c, s = math.cos(yaw), math.sin(yaw)
+    pose = np.eye(4)
+    pose[:3, 0] = (s, -c, 0.0)
+    pose[:3, 1] = (0.0, 0.0, -1.0)
+    pose[:3, 2] = (c, s, 0.0)
+    pose[:3, 3] = (x, y, World.CAMERA_HEIGHT)
+    return pose
+
+
+def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
+    """Convert z-depth in metres (0 = none) to ``16UC1`` millimetres, 0 where it does not fit."""
+    mm = np.round(np.asarray(depth_m, np.float64) * 1000.0)
+    return np.where((mm > 0) & (mm < MAX_DEPTH_MM), mm, 0).astype(np.uint16)
 
 
 def _hsv_colour(rng: np.random.Generator, sat: tuple[float, float],
@@ -140,14 +194,29 @@ class World:
         # One RGBA texel per uint32: rendering is then a single flat gather.
         self._texels = np.ascontiguousarray(levels).view(np.uint32).reshape(-1)
 
+    @overload
+    def render(self, x: float, y: float, yaw: float, image_size: tuple[int, int] = ...,
+               hfov_rad: float = ..., *, with_depth: Literal[False] = ...) -> np.ndarray: ...
+
+    @overload
+    def render(self, x: float, y: float, yaw: float, image_size: tuple[int, int] = ...,
+               hfov_rad: float = ..., *,
+               with_depth: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
     def render(self, x: float, y: float, yaw: float, image_size: tuple[int, int] = (320, 240),
-               hfov_rad: float = math.radians(90.0)) -> np.ndarray:
-        """Render the rgb8 view of a camera at (x, y) looking along ``yaw`` (level, no roll)."""
+               hfov_rad: float = math.radians(90.0), *,
+               with_depth: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Render the rgb8 view of a camera at (x, y) looking along ``yaw`` (level, no roll).
+
+        With ``with_depth``, return ``(rgb, depth)``: depth is float32 z-depth in metres along
+        the optical axis (see :func:`camera_pose_world`), exact from the same ray cast; sky
+        pixels are 0. Intrinsics: :func:`camera_intrinsics`.
+        """
         width, height = image_size
         if math.hypot(x, y) <= self.INNER_RADIUS or math.hypot(x, y) >= self.OUTER_RADIUS:
             raise SynthError(f'camera at ({x:.2f}, {y:.2f}) is not on the street')
-        f = width / (2 * math.tan(hfov_rad / 2))
-        alpha = np.arctan((np.arange(width) + 0.5 - width / 2) / f)
+        f, _, cx, cy = camera_intrinsics(image_size, hfov_rad)
+        alpha = np.arctan((np.arange(width) - cx) / f)
         beta = yaw - alpha
         dx, dy = np.cos(beta), np.sin(beta)
         b = x * dx + y * dy
@@ -170,8 +239,10 @@ class World:
         level = np.clip(np.log2(np.maximum(self.PX_PER_M * depth / f, 1.0)), 0,
                         self.LEVELS - 1).astype(np.int64)
 
-        # Texture row of every pixel: metres below the wall top times texels per metre.
-        slope = (height / 2 - np.arange(height) - 0.5) / f
+        # Texture row of every pixel: metres below the wall top times texels per metre. A wall
+        # point at z-depth `depth` seen in a row of `slope` lies CAMERA_HEIGHT + slope * depth
+        # high; rows past the wall bottom see the ground first.
+        slope = (cy - np.arange(height)) / f
         row_f = ((self.WALL_HEIGHT - self.CAMERA_HEIGHT) * self.PX_PER_M
                  - slope[:, None] * (depth * self.PX_PER_M)[None, :])
         row = np.clip(row_f.astype(np.int64), 0, tex_rows - 1)
@@ -182,8 +253,17 @@ class World:
         ground = _rgba32(np.array([95, 90, 85]) * (1.0 - 0.4 * (1 - shade)))
         alpha = texels.view(np.uint8).reshape(height, width, 4)[..., 3]
         above = (row_f < 0) | (alpha < 128)
-        texels = np.where(above, sky, np.where(row_f >= tex_rows, ground, texels))
-        return cv2.cvtColor(texels.view(np.uint8).reshape(height, width, 4), cv2.COLOR_RGBA2RGB)
+        on_ground = row_f >= tex_rows
+        texels = np.where(above, sky, np.where(on_ground, ground, texels))
+        rgb = cv2.cvtColor(texels.view(np.uint8).reshape(height, width, 4), cv2.COLOR_RGBA2RGB)
+        if not with_depth:
+            return rgb
+        # The ground plane z=0 is met at z-depth CAMERA_HEIGHT / -slope (slope < 0 there). Per
+        # row and per column vectors, in float32: a single pass over the image.
+        ground_depth = (self.CAMERA_HEIGHT / np.maximum(-slope, 1e-12)).astype(np.float32)
+        z_depth = np.where(on_ground, ground_depth[:, None], depth.astype(np.float32)[None, :])
+        z_depth[above] = 0.0
+        return rgb, z_depth
 
 
 def _rgba32(rgb: np.ndarray) -> np.ndarray:
@@ -227,13 +307,18 @@ def generate_recording(path: str | os.PathLike, *,
                        frames_per_lap: int = 60, image_size: tuple[int, int] = (320, 240),
                        rate_hz: float = 5.0, raw: bool = True, compressed: bool = True,
                        odom_rate_hz: float = 20.0, seed: int = 0, session: str = 'demo',
-                       variant: int = 0, tf: bool = False) -> RecordingInfo:
+                       variant: int = 0, tf: bool = False, camera_info: bool = True,
+                       depth: bool = True) -> RecordingInfo:
     """Write a rosbag2 recording of ``laps`` drives around the world of ``seed``.
 
     ``variant`` picks the session: 0 has reference lighting on its first lap; other variants
     of the same seed revisit the same places with other offsets, timing and lighting (see
     :func:`generate_query_recording`). Topics: /camera/image_raw (rgb8), its /compressed (JPEG),
-    /odom (exact ground truth) and, with ``tf``, /tf (odom -> base_link).
+    /odom (exact ground truth), with ``camera_info`` /camera/camera_info (the exact pinhole
+    intrinsics, no distortion), with ``depth`` /camera/depth/image_raw (16UC1 z-depth in mm,
+    0 = none, aligned with the colour image) and, with ``tf``, /tf (odom -> base_link). Camera
+    messages share the colour image's stamp and frame; camera info and depth are logged just
+    before the image, so a consumer holds them when the image arrives.
     """
     if laps < 1 or frames_per_lap < 4:
         raise SynthError(f'need laps >= 1 and frames_per_lap >= 4, got {laps}, {frames_per_lap}')
@@ -259,19 +344,32 @@ def generate_recording(path: str | os.PathLike, *,
     ox, oy, oyaw = _pose_at(odom_t, lap_s, variant, frames_per_lap)
     odom_positions = np.stack([ox, oy, np.zeros_like(ox)], axis=-1)
     odom_quaternions = _yaw_quaternions(oyaw)
+    intrinsics = camera_intrinsics(image_size, HFOV_RAD)
+    fx_px, fy_px, cx_px, cy_px = intrinsics
+    k_matrix = [fx_px, 0.0, cx_px, 0.0, fy_px, cy_px, 0.0, 0.0, 1.0]
 
     topics = {ODOM_TOPIC: 'nav_msgs/msg/Odometry'}
     if raw:
         topics[IMAGE_TOPIC] = 'sensor_msgs/msg/Image'
     if compressed:
         topics[COMPRESSED_TOPIC] = 'sensor_msgs/msg/CompressedImage'
+    if camera_info:
+        topics[CAMERA_INFO_TOPIC] = 'sensor_msgs/msg/CameraInfo'
+    if depth:
+        topics[DEPTH_TOPIC] = 'sensor_msgs/msg/Image'
     if tf:
         topics[TF_TOPIC] = 'tf2_msgs/msg/TFMessage'
 
-    # Events in log-time order: odometry is logged 1 ms after its stamp, images 3 ms after.
+    # Events in log-time order: odometry is logged 1 ms after its stamp; camera info, depth and
+    # images 2, 2.5 and 3 ms after theirs (kinds 2, 3 and 1).
     events = [(int(s) + 1_000_000, 0, k) for k, s in enumerate(odom_stamps)]
     events += [(int(s) + 3_000_000, 1, k) for k, s in enumerate(frame_stamps)]
+    if camera_info:
+        events += [(int(s) + 2_000_000, 2, k) for k, s in enumerate(frame_stamps)]
+    if depth:
+        events += [(int(s) + 2_500_000, 3, k) for k, s in enumerate(frame_stamps)]
     events.sort()
+    rendered: tuple[int, np.ndarray, np.ndarray | None] | None = None  # the frame in hand
     with write_bag(path, storage) as bag:
         for log_ns, kind, k in events:
             if kind == 0:
@@ -284,7 +382,24 @@ def generate_recording(path: str | os.PathLike, *,
                                           odom_quaternions[k]), log_ns)
                 continue
             stamp = int(frame_stamps[k])
-            image = world.render(fx[k], fy[k], fyaw[k], image_size)
+            if kind == 2:
+                bag.write(CAMERA_INFO_TOPIC, topics[CAMERA_INFO_TOPIC],
+                          make_camera_info_msg(stamp, CAMERA_FRAME, width, height, k_matrix,
+                                               [0.0] * 5), log_ns)
+                continue
+            if rendered is None or rendered[0] != k:  # one ray cast for depth and colour
+                if depth:
+                    image, z_depth = world.render(fx[k], fy[k], fyaw[k], image_size, HFOV_RAD,
+                                                  with_depth=True)
+                    rendered = (k, image, depth_to_mm(z_depth))
+                else:
+                    rendered = (k, world.render(fx[k], fy[k], fyaw[k], image_size, HFOV_RAD),
+                                None)
+            _, image, depth_mm = rendered
+            if kind == 3:
+                bag.write(DEPTH_TOPIC, topics[DEPTH_TOPIC],
+                          make_image_msg(depth_mm, '16UC1', stamp, CAMERA_FRAME), log_ns)
+                continue
             table = _lighting(seed, variant, k // frames_per_lap)
             if table is not None:
                 image = cv2.LUT(image, table)
@@ -301,7 +416,10 @@ def generate_recording(path: str | os.PathLike, *,
         trajectory=Trajectory(odom_stamps, odom_positions, odom_quaternions),
         frame_stamps_ns=frame_stamps,
         frame_positions=np.stack([fx, fy, np.zeros_like(fx)], axis=-1),
-        frame_yaws=fyaw, frame_laps=np.arange(n_frames) // frames_per_lap)
+        frame_yaws=fyaw, frame_laps=np.arange(n_frames) // frames_per_lap,
+        image_size=(width, height), intrinsics=intrinsics,
+        frame_camera_poses=np.stack([camera_pose_world(fx[k], fy[k], fyaw[k])
+                                     for k in range(n_frames)]))
 
 
 def generate_query_recording(path: str | os.PathLike, *, variant: int = 1,

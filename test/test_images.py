@@ -5,6 +5,7 @@ import pytest
 from boq_ros.images import (
     ImageDecodeError,
     decode_compressed,
+    decode_depth,
     decode_image,
     encode_compressed,
     encode_image,
@@ -272,3 +273,71 @@ def test_corrupt_jpeg_scan_data_is_refused_not_decoded_into_noise():
         jpeg[k] = int(rng.integers(0, 255))
     with pytest.raises(ImageDecodeError, match='corrupt JPEG data'):
         decode_compressed('jpeg', bytes(jpeg))
+
+
+@pytest.mark.parametrize('encoding', ['16UC1', 'mono16'])
+def test_depth_millimetres_become_metres_with_nan_where_invalid(encoding):
+    mm = np.array([[0, 1, 1234], [65534, 65535, 500]], np.uint16)
+    depth = decode_depth(encoding, 2, 3, 6, mm.tobytes())
+    assert depth.dtype == np.float32 and depth.shape == (2, 3) and depth.flags.writeable
+    np.testing.assert_array_equal(np.isnan(depth), [[True, False, False], [False, True, False]])
+    np.testing.assert_allclose(depth[[0, 0, 1, 1], [1, 2, 0, 2]], [0.001, 1.234, 65.534, 0.5],
+                               rtol=1e-7)
+    swapped = decode_depth(encoding, 2, 3, 6, mm.astype('>u2').tobytes(), is_bigendian=True)
+    np.testing.assert_array_equal(swapped, depth)
+
+
+def test_depth_float_metres_with_nan_where_invalid():
+    metres = np.array([[0.0, 1.5, np.nan], [np.inf, -2.0, 30.25]], np.float32)
+    depth = decode_depth('32FC1', 2, 3, 12, metres.tobytes())
+    np.testing.assert_array_equal(np.isnan(depth), [[True, False, True], [True, True, False]])
+    assert depth[0, 1] == 1.5 and depth[1, 2] == 30.25 and depth.dtype == np.float32
+    swapped = decode_depth('32FC1', 2, 3, 12, metres.astype('>f4').tobytes(), is_bigendian=True)
+    np.testing.assert_array_equal(swapped, depth)
+    from_array = decode_depth('32FC1', 2, 3, 12, metres)
+    metres[0, 1] = 7.0  # the result is a copy, never a view of the message data
+    assert from_array[0, 1] == 1.5
+
+
+@pytest.mark.parametrize('encoding, dtype, pad', [('16UC1', '<u2', 3), ('32FC1', '<f4', 5)])
+def test_depth_row_padding_is_skipped(encoding, dtype, pad):
+    values = np.arange(1, 13, dtype=dtype).reshape(3, 4)
+    row_bytes = 4 * values.itemsize
+    padded = np.zeros((3, row_bytes + pad), np.uint8)
+    padded[:, :row_bytes] = values.view(np.uint8)
+    depth = decode_depth(encoding, 3, 4, row_bytes + pad, padded)
+    scale = 1000.0 if encoding == '16UC1' else 1.0
+    np.testing.assert_allclose(depth, values / scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize('args, message', [
+    (('16UC1', 2, 3, 5, bytes(10)), r'step 5 is smaller than width 3 x 2 bytes per pixel '
+                                    r'\(16UC1\) = 6'),
+    (('32FC1', 2, 3, 8, bytes(16)), r'step 8 is smaller than width 3 x 4 bytes per pixel '
+                                    r'\(32FC1\) = 12'),
+    (('16UC1', 2, 3, 6, bytes(11)), 'data has 11 bytes, not step 6 x height 2 = 12'),
+    (('32FC1', 2, 3, 12, bytes(25)), 'data has 25 bytes, not step 12 x height 2 = 24'),
+    (('16UC1', 0, 3, 6, b''), r'zero size \(3x0\)'),
+    (('rgb8', 2, 3, 9, bytes(18)), "unsupported depth encoding 'rgb8' .*16UC1, mono16, 32FC1"),
+    (('8UC1', 2, 3, 3, bytes(6)), "unsupported depth encoding '8UC1'"),
+    ((None, 2, 3, 6, bytes(12)), 'unsupported depth encoding None'),
+    (('16UC1', 2.0, 3, 6, bytes(12)), 'height must be an integer, got 2.0'),
+    (('16UC1', 2, 3, True, bytes(12)), 'step must be an integer, got True'),
+    (('16UC1', 2, 3, 6, [0] * 12), 'must be bytes-like'),
+])
+def test_decode_depth_refusals(args, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_depth(*args)
+
+
+def test_decode_depth_refuses_too_many_pixels_before_touching_data():
+    with pytest.raises(ImageDecodeError, match='exceeds max_pixels=100'):
+        decode_depth('16UC1', 10, 11, 22, bytes(220), max_pixels=100)
+    with pytest.raises(ImageDecodeError, match='20000x20000 = 400000000 pixels exceeds'):
+        decode_depth('32FC1', 20000, 20000, 80000, b'')
+
+
+def test_depth_of_an_encoded_image_round_trips():
+    mm = np.random.default_rng(3).integers(1, 65535, (24, 32), dtype=np.uint16)
+    depth = decode_depth(**encode_image(mm, '16UC1'))
+    np.testing.assert_allclose(depth, mm / 1000.0, rtol=1e-6)

@@ -14,6 +14,7 @@ from boq_ros.keyframe_map import (
     IndexSpec,
     KeyframeMap,
     KeyframeMeta,
+    LocalFeatures,
     MapError,
     RecentWindow,
     SearchFilter,
@@ -106,7 +107,8 @@ def _flip_byte(path: Path, offset: int = -5) -> None:
 
 
 @pytest.mark.parametrize('damage, message', [
-    (lambda p: _edit_schema(p, schema_version=SCHEMA_VERSION + 1), 'schema version 2'),
+    (lambda p: _edit_schema(p, schema_version=SCHEMA_VERSION + 1),
+     f'schema version {SCHEMA_VERSION + 1} is not supported'),
     (lambda p: _edit_schema(p, dim=DIM * 2), r'\[40, 64\]'),
     (lambda p: _edit_schema(p, count=41), r'\[41, 32\]'),
     (lambda p: _flip_byte(p / 'descriptors.npy'), 'descriptors.npy fails its checksum'),
@@ -163,14 +165,21 @@ def test_verify_false_skips_only_the_descriptor_hash(tmp_path):
         KeyframeMap.load(path, verify=False)
 
 
+def orb(n: int) -> LocalFeatures:
+    return LocalFeatures('orb', np.full((n, 2), 3, np.float32), np.full((n, 32), n, np.uint8),
+                         (64, 48), depth=np.full(n, 1.5, np.float32))
+
+
 CRASHING_WRITER = """
 import os, signal, sys
 import numpy as np
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
-path, crash_at = sys.argv[1], int(sys.argv[2])
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures
+path, crash_at, features = sys.argv[1], int(sys.argv[2]), sys.argv[3] == 'features'
 m = KeyframeMap.load(path)
 x = np.eye(32, dtype=np.float32)[:20]
-m.add(x, [KeyframeMeta(stamp_ns=i, session='second') for i in range(20)])
+f = LocalFeatures('orb', np.zeros((7, 2), np.float32), np.ones((7, 32), np.uint8), (64, 48))
+m.add(x, [KeyframeMeta(stamp_ns=i, session='second') for i in range(20)],
+      [f] * 20 if features else None)
 calls = 0
 def deadly(real):
     def call(*args):
@@ -186,23 +195,31 @@ print('saved after', calls, 'fsync/rename calls')
 """
 
 
-def test_kill_at_every_step_of_a_save_leaves_a_loadable_map(tmp_path):
+@pytest.mark.parametrize('features', ['features', 'none'])
+def test_kill_at_every_step_of_a_save_leaves_a_loadable_map(tmp_path, features):
     seen = set()
-    for crash_at in range(1, 30):
-        path = small_map(40, IndexSpec('hnsw', hnsw_m=8)).save(tmp_path / f'map{crash_at}')
-        proc = subprocess.run([sys.executable, '-c', CRASHING_WRITER, str(path), str(crash_at)],
-                              capture_output=True, text=True, timeout=60)
+    for crash_at in range(1, 40):
+        m = small_map(40, IndexSpec('hnsw', hnsw_m=8))
+        if features == 'features':
+            m.add(unit(1, 9), metas(1, 'with'), [orb(5)])
+        path = m.save(tmp_path / f'map{crash_at}')
+        start = len(m)
+        proc = subprocess.run([sys.executable, '-c', CRASHING_WRITER, str(path), str(crash_at),
+                               features], capture_output=True, text=True, timeout=60)
         loaded = KeyframeMap.load(path)
-        assert len(loaded) in (40, 60)
-        seen.add(len(loaded))
+        assert len(loaded) in (start, start + 20)
+        if features == 'features':
+            assert loaded.features(40).descriptors[0, 0] == 5
+            assert len(loaded) == start or loaded.features(start).kind == 'orb'
+        seen.add(len(loaded) - start)
         if proc.returncode == 0:
-            assert 'saved after' in proc.stdout and len(loaded) == 60
+            assert 'saved after' in proc.stdout and len(loaded) == start + 20
             break
         assert proc.returncode == -9, proc.stderr
         shutil.rmtree(path)
     else:
         pytest.fail('the writer never completed a save')
-    assert seen == {40, 60} and crash_at > 5
+    assert seen == {0, 20} and crash_at > (10 if features == 'features' else 5)
 
 
 def test_save_while_another_thread_adds(tmp_path):

@@ -56,10 +56,12 @@ def base_params(ckpt: Path, map_dir: Path, **extra: Any) -> dict[str, Any]:
 
     The tests of one node jump between stamp ranges (each test its own); the outlier guard on
     stamps (time_jump_s) is tested on its own (test_node_lifecycle, test_pipeline), so here it
-    is wide open.
+    is wide open. Verification is off: random textures have no geometry to verify
+    (test_node_verification drives it with the synthetic street).
     """
     return {'checkpoint': str(ckpt), 'device': 'cpu', 'resize_policy': 'square',
-            'input_size': 64, 'map_directory': str(map_dir), 'time_jump_s': 1e9, **extra}
+            'input_size': 64, 'map_directory': str(map_dir), 'time_jump_s': 1e9,
+            'verification': False, **extra}
 
 
 def diagnostics(messages: list[Any], node: str = '/vpr_node') -> dict[str, str] | None:

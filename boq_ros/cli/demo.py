@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         old=('--image-size',))
     options.add(parser, ModelSettings, 'checkpoint', 'preset', 'device', 'input_size',
                 defaults={'input_size': 192})
-    parser.add_argument('--frames', type=int, default=60,
-                        help='frames in the recording, over 2 laps (default 60)')
+    parser.add_argument('--frames', type=int, default=300,
+                        help='frames in the recording, over 3 laps (default 300)')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='replay speed: bag seconds per wall second (default 1.0); the '
                              "replay also waits for the node's answer to each image")
@@ -177,8 +177,10 @@ def _replay(bag: Path, live_path: Path, node: 'NodeProcess', domain_id: int,
     from boq_ros.eval.records import write_records
     from boq_ros.ros.replay import NodeGone, ReplayOptions, replay
 
-    options = ReplayOptions(topics=(demo.IMAGE_TOPIC, demo.ODOM_TOPIC), rate=args.rate,
+    options = ReplayOptions(topics=(demo.IMAGE_TOPIC, demo.CAMERA_INFO_TOPIC, demo.DEPTH_TOPIC,
+                                    demo.ODOM_TOPIC), rate=args.rate,
                             record_topic=demo.CANDIDATE_TOPIC, lockstep=True,
+                            depth_topics=(demo.DEPTH_TOPIC,),
                             subscriber_timeout_s=300.0, answer_timeout_s=120.0)
     try:
         summary, records = replay(

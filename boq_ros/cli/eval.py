@@ -3,13 +3,18 @@
 One bag: loop closure within the run (the detector's exclusion window applies). A map bag and a
 query bag: place recognition across runs. `--records` evaluates recorded candidates instead (what
 the live node published during `boq-ros replay`), with the same metrics. The model, pipeline,
-keyframe and detector flags are generated from the settings (``boq_ros/cli/options.py``), so
-they have the node parameters' names, defaults and ranges.
+keyframe, detector and verification flags are generated from the settings
+(``boq_ros/cli/options.py``; here for the boolean and list settings it has no form for), so
+they have the node parameters' names, defaults and ranges. Verification is on by default: each
+input size gives an appearance-only row and a verified one.
 """
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from boq_ros.cli import options
+from boq_ros.settings import KIND_NAMES, Setting, SettingError, settings_of
 
 EPILOG = """\
 examples:
@@ -22,14 +27,61 @@ examples:
 
 --top-k is the number of candidates the node would publish; eval proposes at least 20 (the
 deepest Recall@K) whatever it is, and only the best candidate's acceptance uses the threshold.
+Verification (default on, --no-verification for appearance only) adds a row per input size:
+the same candidates verified with local features (--depth-topic for metric poses).
 Old flag names (--gt-topic, --heights, --radius, --keyframes, --backbone, ...) still work and
 print a deprecation note.
 """
 
 
+def _item_parser(s: Setting) -> Callable[[str], Any]:
+    """Make an argparse type for one value of a list setting, checked against its range."""
+    def parse(text: str) -> Any:
+        try:
+            value = s.item(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.item]}') from None
+        try:
+            return s.check([value] * (s.length or 1))[0]
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = s.name
+    return parse
+
+
+def add_settings(group: Any, cls: Any) -> None:
+    """Add a flag for every setting of `cls`: options.add's, plus booleans and lists.
+
+    A boolean is ``--name`` / ``--no-name``; a list takes its values after one flag (as many as
+    its length), each checked against the setting's range.
+    """
+    for s in settings_of(cls):
+        if s.kind in (int, float, str):
+            options.add(group, cls, s.name)
+            continue
+        notes = f'default {s.default!r}' + (f', each in {s.range_text()}' if s.low is not None
+                                            else '')
+        if s.kind is bool:
+            group.add_argument(options.flag(s.name), dest=s.name, default=s.default,
+                               action=argparse.BooleanOptionalAction,
+                               help=s.description.replace('%', '%%') + ' (default %(default)s)')
+        elif s.kind is list and s.item in (int, float, str):
+            group.add_argument(options.flag(s.name), dest=s.name, default=list(s.default),
+                               nargs=s.length or '+', type=_item_parser(s),
+                               help=f'{s.description} ({notes})'.replace('%', '%%'))
+        else:
+            raise TypeError(f'setting {s.name} ({s.kind.__name__}) has no flag form')
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from boq_ros.eval.metrics import EvalConfig  # numpy only
-    from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
+    from boq_ros.settings import (
+        DetectorConfig,
+        KeyframePolicy,
+        ModelSettings,
+        PipelineConfig,
+        VerificationSettings,
+    )
 
     parser = subparsers.add_parser(
         'eval', help='evaluate loop closure / place recognition on rosbags',
@@ -71,6 +123,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 'threshold_mode', 'threshold', 'adaptive_window', 'adaptive_offset',
                 'min_margin', 'consistency', 'consistency_keyframes')
     options.add(det, EvalConfig, 'radius_m')
+    ver = parser.add_argument_group('geometric verification (a verified row per input size)')
+    add_settings(ver, VerificationSettings)
+    ver.add_argument('--depth-topic', help='depth image topic aligned to the image topic (16UC1 '
+                                           'mm or 32FC1 m): metric relative poses (default: '
+                                           'none, poses up to scale)')
+    ver.add_argument('--camera-info-topic', help="intrinsics of the image topic (default: its "
+                                                 "conventional .../camera_info when the bag "
+                                                 "has it; '': none, uncalibrated)")
     run_group = parser.add_argument_group('run')
     run_group.add_argument('--records', type=Path, help='evaluate these recorded candidates '
                                                        '(JSON lines) instead of running a model')
@@ -96,7 +156,13 @@ def run(args: argparse.Namespace) -> int:
         run_evaluation,
         run_records_evaluation,
     )
-    from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
+    from boq_ros.settings import (
+        DetectorConfig,
+        KeyframePolicy,
+        ModelSettings,
+        PipelineConfig,
+        VerificationSettings,
+    )
 
     if (args.pose_topic is None) == (args.pose_file is None):
         raise UsageError('give exactly one ground truth: --pose-topic or --pose-file')
@@ -118,19 +184,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.image_topic or not args.checkpoint:
             raise UsageError('--image-topic and --checkpoint are required (or give --records)')
+        cameras = dict(depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic)
         query = None
         if args.query_bag is not None:
             query = BagInput(args.query_bag, args.query_image_topic or args.image_topic,
-                             ground_truth(args.query_pose_file), 'query')
+                             ground_truth(args.query_pose_file), 'query', **cameras)
         try:
             spec = EvalSpec(
                 map_input=BagInput(args.bag, args.image_topic, ground_truth(args.pose_file),
-                                   'map'),
+                                   'map', **cameras),
                 query_input=query, model=options.build(ModelSettings, args, input_size=0),
                 input_sizes=tuple(args.input_size),
                 pipeline=options.build(PipelineConfig, args),
                 keyframes=options.build(KeyframePolicy, args),
                 detector=options.build(DetectorConfig, args), evaluation=evaluation,
+                verification=options.build(VerificationSettings, args),
                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
                 progress=not args.no_progress)
         except ValueError as err:  # settings that cannot work together

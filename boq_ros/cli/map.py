@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument('map', type=options.path, metavar='MAP')
     info.add_argument('--json', action='store_true', help='print JSON instead of text')
     info.add_argument('--no-verify', action='store_true',
-                      help='skip hashing the descriptors (sizes are still checked)')
+                      help='skip hashing the descriptors and local feature arrays (sizes are '
+                           'still checked)')
     info.set_defaults(func=run_info)
 
 
@@ -134,11 +135,15 @@ def map_info(path: Path, verify: bool = True) -> dict[str, Any]:
 
     Reads and validates the files like a load, without building the search index.
     """
+    import numpy as np  # noqa: PLC0415
+
     from boq_ros.keyframe_map.store import read_map  # noqa: PLC0415
     stored = read_map(Path(path), mmap=True, verify=verify)
     schema = stored.schema.to_dict()
     history = schema.pop('history')
-    return {'schema': schema, 'statistics': stored.table.statistics(),
+    live = np.ones(len(stored.table), bool)
+    return {'schema': schema,
+            'statistics': {**stored.table.statistics(), **stored.features.statistics(live)},
             'history': [{k: v for k, v in h.items() if k != 'source_history'}
                         for h in history]}
 
@@ -149,13 +154,16 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
         return 0
     schema, stats = info['schema'], info['statistics']
-    for key in ('map_id', 'model_id', 'dim', 'metric', 'preprocess', 'storage_dtype', 'index',
-                'index_state', 'package_version', 'created', 'modified', 'count', 'next_id'):
-        print(f'{key + ":":19}{schema[key]}')
-    print(f'{"files:":19}' + ', '.join(f'{name} ({entry["bytes"]} B)'
+    for key in ('schema_version', 'map_id', 'model_id', 'dim', 'metric', 'preprocess',
+                'storage_dtype', 'index', 'index_state', 'package_version', 'created',
+                'modified', 'count', 'next_id'):
+        print(f'{key + ":":28}{schema[key]}')
+    print(f'{"local_features:":28}' + (', '.join(
+        f'{k["kind"]} ({k["dim"]} x {k["dtype"]})' for k in schema['local_features']) or 'none'))
+    print(f'{"files:":28}' + ', '.join(f'{name} ({entry["bytes"]} B)'
                                        for name, entry in schema['files'].items()))
     for key, value in stats.items():
-        print(f'{key + ":":19}{value}')
+        print(f'{key + ":":28}{value}')
     for event in info['history']:
-        print(f'{"history:":19}' + ', '.join(f'{k}={v}' for k, v in event.items()))
+        print(f'{"history:":28}' + ', '.join(f'{k}={v}' for k, v in event.items()))
     return 0

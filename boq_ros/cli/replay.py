@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--lockstep', action='store_true',
                         help='publish each image only after the node answered the previous '
                              'one (needs --record-out; for nodes that answer every image)')
+    parser.add_argument('--depth-topic', action='append', default=[], metavar='TOPIC',
+                        help='an image topic of depth images aligned to a camera (repeatable): '
+                             'published like the others, but no answer is waited for')
     parser.add_argument('--wait-subscribers', type=float, default=20.0, metavar='S',
                         help='how long to wait for the node before giving up (default 20)')
     parser.add_argument('--answer-timeout', type=float, default=30.0, metavar='S',
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         topics=tuple(args.topics) if args.topics else None, remap=tuple(args.remap),
         rate=args.rate, clock=args.clock, start_offset_s=args.start_offset, qos=args.qos,
         record_topic=args.record_topic if recording else None, lockstep=args.lockstep,
-        subscriber_timeout_s=args.wait_subscribers, answer_timeout_s=args.answer_timeout,
+        depth_topics=tuple(args.depth_topic), subscriber_timeout_s=args.wait_subscribers,
+        answer_timeout_s=args.answer_timeout,
         allow_network=args.allow_network)
     try:
         options.validate()

@@ -7,6 +7,9 @@ have proposed: a keyframe of another session always is; one of the query's own s
 it is in the query's past by at least ``exclusion_seconds`` and more than ``exclusion_keyframes``
 keyframes (``seq < query_seq - exclusion_keyframes`` and
 ``stamp <= query_stamp - exclusion_seconds``).
+
+Orientations are optional (a NavSatFix track has none); with them, the ground truth also gives
+the relative pose of two keyframes, which verified loops' estimated poses are scored against.
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +30,17 @@ class GroundTruthError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class KeyframePositions:
-    """Keyframes (session, stamp, seq within the session) and their true positions in metres."""
+    """Keyframes (session, stamp, seq within the session), true positions (m), orientations.
+
+    `orientations` are [N, 4] unit quaternions (x y z w) of the keyframes' base in the ground
+    truth's frame, or None when the ground truth has none.
+    """
 
     sessions: tuple[str, ...]
     stamps_ns: np.ndarray
     seqs: np.ndarray
     xyz: np.ndarray
+    orientations: np.ndarray | None = None
     _index: dict[tuple[str, int], int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +59,16 @@ class KeyframePositions:
             raise GroundTruthError('xyz contains non-finite positions')
         if xyz.shape[1] == 2:
             xyz = np.concatenate([xyz, np.zeros((n, 1))], axis=1)
+        quats = self.orientations
+        if quats is not None:
+            quats = np.asarray(quats, dtype=np.float64)
+            if quats.shape != (n, 4) or not np.isfinite(quats).all():
+                raise GroundTruthError(f'orientations must be [{n}, 4] finite quaternions '
+                                       f'(x y z w), got {list(quats.shape)}')
+            norms = np.linalg.norm(quats, axis=1)
+            if (norms < 1e-9).any():
+                raise GroundTruthError('orientations contain a zero quaternion')
+            quats = quats / norms[:, None]
         index = {}
         for i, key in enumerate(zip(self.sessions, stamps.tolist())):
             if key in index:
@@ -60,6 +78,7 @@ class KeyframePositions:
         object.__setattr__(self, 'stamps_ns', stamps)
         object.__setattr__(self, 'seqs', seqs)
         object.__setattr__(self, 'xyz', xyz)
+        object.__setattr__(self, 'orientations', quats)
         object.__setattr__(self, '_index', index)
 
     def __len__(self) -> int:
@@ -73,9 +92,19 @@ class KeyframePositions:
             raise GroundTruthError(
                 f'no ground truth for keyframe session {session!r} stamp {stamp_ns} ns') from None
 
+    def pose(self, row: int) -> np.ndarray | None:
+        """Return the 4x4 pose of a keyframe's base in the ground truth's frame (None: unknown)."""
+        if self.orientations is None:
+            return None
+        out = np.eye(4)
+        out[:3, :3] = rotation_matrix(self.orientations[row])
+        out[:3, 3] = self.xyz[row]
+        return out
+
     @classmethod
     def from_sequence(cls, sessions: Sequence[str], stamps_ns: Sequence[int],
-                      xyz: np.ndarray) -> 'KeyframePositions':
+                      xyz: np.ndarray, orientations: np.ndarray | None = None
+                      ) -> 'KeyframePositions':
         """Build positions, numbering each session's keyframes in stamp order as a map would."""
         stamps = np.asarray(stamps_ns, dtype=np.int64)
         seqs = np.zeros(len(sessions), dtype=np.int64)
@@ -83,7 +112,7 @@ class KeyframePositions:
         for name in dict.fromkeys(sessions):
             rows = np.flatnonzero(names == name)
             seqs[rows[np.argsort(stamps[rows], kind='stable')]] = np.arange(rows.size)
-        return cls(tuple(sessions), stamps, seqs, xyz)
+        return cls(tuple(sessions), stamps, seqs, xyz, orientations)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,6 +175,26 @@ class GroundTruth:
         """Distance in metres between a query keyframe and a map keyframe."""
         return float(np.linalg.norm(self.queries.xyz[query_row] - self.map.xyz[map_row]))
 
+    def relative_pose(self, query_row: int, map_row: int) -> np.ndarray | None:
+        """Return the map keyframe's base in the query's base frame (4x4), None without poses.
+
+        inv(T_world_query) @ T_world_match: what a verified loop's ``relative_pose_base``
+        estimates.
+        """
+        query, match = self.queries.pose(query_row), self.map.pose(map_row)
+        if query is None or match is None:
+            return None
+        return np.linalg.inv(query) @ match
+
+
+def rotation_matrix(quaternion: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Return the 3x3 rotation of a quaternion (x y z w; normalised here)."""
+    x, y, z, w = np.asarray(quaternion, dtype=np.float64) / np.linalg.norm(quaternion)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
 
 def ground_truth_for_records(records: Sequence['CandidateRecord'],
                              trajectories: Mapping[str, 'Trajectory'],
@@ -167,22 +216,28 @@ def ground_truth_for_records(records: Sequence['CandidateRecord'],
         if rec.has_match:
             keys.setdefault((rec.match_session, rec.match_stamp_ns), rec.match_seq)
     known: dict[tuple[str, int], np.ndarray] = {}
+    turned: dict[tuple[str, int], np.ndarray] | None = {}  # None: a session has no orientations
     for session in dict.fromkeys(s for s, _ in keys):
         if session not in trajectories:
             raise GroundTruthError(f'no trajectory for session {session!r} '
                                    f'(have: {", ".join(trajectories) or "none"})')
         stamps = np.array(sorted(t for s, t in keys if s == session), np.int64)
-        xyz, _, valid = trajectories[session].interpolate(stamps, max_gap_s)
+        xyz, quats, valid = trajectories[session].interpolate(stamps, max_gap_s)
         known.update({(session, int(t)): p for t, p, ok in zip(stamps, xyz, valid) if ok})
+        if quats is None:
+            turned = None
+        elif turned is not None:
+            turned.update({(session, int(t)): q for t, q, ok in zip(stamps, quats, valid) if ok})
     kept = [r for r in records if (r.query_session, r.query_stamp_ns) in known
             and (not r.has_match or (r.match_session, r.match_stamp_ns) in known)]
     rows = sorted(k for k in keys if k in known)
     sessions = [s for s, _ in rows]
     stamps = np.array([t for _, t in rows], np.int64)
     xyz = np.array([known[k] for k in rows]).reshape(len(rows), 3)
+    quats = None if turned is None else np.array([turned[k] for k in rows]).reshape(len(rows), 4)
     numbered = KeyframePositions.from_sequence(sessions, stamps, xyz)
     recorded = np.array([keys[k] for k in rows], np.int64)
     seqs = np.where(recorded >= 0, recorded, numbered.seqs)
-    positions = KeyframePositions(tuple(sessions), stamps, seqs, xyz)
+    positions = KeyframePositions(tuple(sessions), stamps, seqs, xyz, quats)
     return (GroundTruth(positions, positions, exclusion_seconds, exclusion_keyframes), kept,
             len(records) - len(kept))

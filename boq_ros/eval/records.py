@@ -4,9 +4,16 @@ A record is one (query, candidate) pair; a query that was searched but had no ca
 map, everything inside the exclusion window) is kept as one record with ``rank == -1`` so that the
 evaluation knows it was processed. Records are stored as JSON lines, one record per line, so that
 a recorder can append while the node runs and a crash loses at most the last line.
+
+Verification fields: ``status`` and ``pose_kind`` hold the values of boq_ros/LoopCandidate.msg
+(``boq_ros.detector.Status`` and ``PoseKind``), ``inliers`` the geometric inliers (0 when not
+verified), ``relative_pose`` the match's base in the query's base frame (x y z qx qy qz qw) of a
+verified candidate with a pose, else None. ``accepted`` marks the accepted candidate of a query,
+at whatever rank verification found it. Files written before these fields existed still read:
+the fields take their defaults.
 """
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 import json
 import math
 import os
@@ -14,6 +21,16 @@ from pathlib import Path
 from typing import Any
 
 NO_MATCH = -1  # match_id, match_seq and rank of the record of a query without candidates
+
+STATUS_NAMES = ('appearance_only', 'verified', 'rejected')
+"""Names of the status values (boq_ros.detector.Status, LoopCandidate.STATUS_*)."""
+STATUS_VERIFIED = 1
+POSE_KIND_NAMES = ('none', 'metric', 'up_to_scale', 'odometry_scale')
+"""Names of the pose kind values (boq_ros.detector.PoseKind, LoopCandidate.POSE_*)."""
+POSE_METRIC = 1
+POSE_ODOMETRY_SCALE = 3
+SCALED_POSE_KINDS = (POSE_METRIC, POSE_ODOMETRY_SCALE)
+"""Pose kinds whose translation is in metres (the others: a direction, or no pose)."""
 
 
 class RecordFormatError(ValueError):
@@ -36,6 +53,10 @@ class CandidateRecord:
     similarity: float
     rank: int
     accepted: bool
+    status: int = 0
+    inliers: int = 0
+    pose_kind: int = 0
+    relative_pose: tuple[float, ...] | None = None
 
     @property
     def has_match(self) -> bool:
@@ -52,9 +73,27 @@ class CandidateRecord:
             raise RecordFormatError('stamps must be non-negative nanoseconds')
         if not self.query_session:
             raise RecordFormatError('query_session must not be empty')
+        if not 0 <= self.status < len(STATUS_NAMES):
+            raise RecordFormatError(f'status must be 0..{len(STATUS_NAMES) - 1}, got '
+                                    f'{self.status}')
+        if not 0 <= self.pose_kind < len(POSE_KIND_NAMES):
+            raise RecordFormatError(f'pose_kind must be 0..{len(POSE_KIND_NAMES) - 1}, got '
+                                    f'{self.pose_kind}')
+        if self.inliers < 0:
+            raise RecordFormatError(f'inliers must be >= 0, got {self.inliers}')
+        pose = self.relative_pose
+        if pose is not None:
+            if len(pose) != 7 or not all(math.isfinite(v) for v in pose):
+                raise RecordFormatError(f'relative_pose must be 7 finite numbers (x y z qx qy '
+                                        f'qz qw), got {pose}')
+            if abs(math.hypot(*pose[3:]) - 1.0) > 1e-3:
+                raise RecordFormatError(f'relative_pose needs a unit quaternion, got {pose[3:]}')
 
 
-_TYPES = {f.name: f.type for f in fields(CandidateRecord)}
+_TYPES: dict[str, type] = {f.name: f.type for f in fields(CandidateRecord)
+                           if f.name != 'relative_pose'}
+_OPTIONAL = {f.name for f in fields(CandidateRecord) if f.default is not MISSING}
+"""Fields with a default: a file written before they existed lacks them."""
 
 
 def no_match_record(query_id: int, query_stamp_ns: int, query_session: str, query_camera: str,
@@ -66,19 +105,35 @@ def no_match_record(query_id: int, query_stamp_ns: int, query_session: str, quer
 
 def record_to_dict(record: CandidateRecord) -> dict[str, Any]:
     """Plain dict of a record (the JSON-lines schema)."""
-    return asdict(record)
+    data = asdict(record)
+    if record.relative_pose is not None:
+        data['relative_pose'] = list(record.relative_pose)
+    return data
+
+
+def _relative_pose(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise RecordFormatError(f'record field relative_pose must be null or a list of numbers, '
+                                f'got {type(value).__name__}')
+    return tuple(float(v) for v in value)
 
 
 def record_from_dict(data: dict[str, Any]) -> CandidateRecord:
     """Parse one record, checking that every field is present and has the right type."""
-    missing = [name for name in _TYPES if name not in data]
+    names = [*_TYPES, 'relative_pose']
+    missing = [name for name in names if name not in data and name not in _OPTIONAL]
     if missing:
         raise RecordFormatError(f'record lacks field(s) {", ".join(missing)}')
-    unknown = sorted(set(data) - set(_TYPES))
+    unknown = sorted(set(data) - set(names))
     if unknown:
         raise RecordFormatError(f'record has unknown field(s) {", ".join(unknown)}')
-    values = {}
+    values: dict[str, Any] = {}
     for name, kind in _TYPES.items():
+        if name not in data:
+            continue  # an optional field of an older file: its default
         value = data[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -86,6 +141,7 @@ def record_from_dict(data: dict[str, Any]) -> CandidateRecord:
             raise RecordFormatError(
                 f'record field {name} must be {kind.__name__}, got {type(value).__name__}')
         values[name] = value
+    values['relative_pose'] = _relative_pose(data.get('relative_pose'))
     record = CandidateRecord(**values)
     record.validate()
     return record

@@ -30,8 +30,14 @@ def _num(value: float | None, digits: int = 3) -> str:
     return '-' if value is None else f'{value:.{digits}f}'
 
 
+def _threshold(metrics: Mapping[str, Any]) -> str:
+    """Format the R@100%P threshold: a similarity, or an inlier count (verified runs)."""
+    inliers = metrics.get('pr_score') == 'inliers'
+    return _num(metrics['threshold_at_100_precision'], 0 if inliers else 3)
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
-    """Short Markdown summary of a report (one table row per inference height)."""
+    """Short Markdown summary of a report (one row per run: input size, then verified)."""
     runs = report['runs']
     ks = list(runs[0]['metrics']['recall_at']) if runs else []
     lines = [f'# boq-ros eval: {report["task"].replace("_", " ")}', '']
@@ -57,16 +63,51 @@ def markdown_summary(report: dict[str, Any]) -> str:
         lines.append(
             f'| {run["label"]} | ' + ' | '.join(_pct(m['recall_at'][k]) for k in ks)
             + f' | {_pct(m["auc_pr"])} | {_pct(m["max_recall_at_100_precision"])} '
-            f'({_num(m["threshold_at_100_precision"])}) | {_pct(m["f1_max"])} | '
+            f'({_threshold(m)}) | {_pct(m["f1_max"])} | '
             f'{_pct(m["extended_precision"])} | {_pct(acc["precision"])} / '
             f'{_pct(acc["recall"])} |')
     lines += ['', 'Percentages; `-`: undefined (no positives) or deeper than the candidate lists']
+    if any(run['metrics'].get('pr_score') == 'inliers' for run in runs):
+        evaluation = report.get('evaluation', {})
+        lines += ['', "Verified rows (`+ <features>`): R@K are retrieval's (the same candidates); "
+                  'AUC-PR, R@100%P (threshold in inliers), F1-max and EP sweep the inliers of '
+                  'the accepted loops; an accepted loop is correct within the radius, or with a '
+                  f'metric relative pose within {evaluation.get("pose_translation_m", 1.0):g} m '
+                  f'and {evaluation.get("pose_rotation_deg", 5.0):g} deg of the truth']
+        lines += _verification_table(runs)
     stages = _stages(runs)
     if stages:
         lines += _timing_table(runs, stages)
     if report.get('plots'):
         lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in report['plots'])]
     return '\n'.join(lines) + '\n'
+
+
+def _spread(entry: Mapping[str, Any] | None, digits: int) -> str:
+    if not entry or entry.get('median') is None:
+        return '-'
+    return f'{entry["median"]:.{digits}f} / {entry["p90"]:.{digits}f}'
+
+
+def _verification_table(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Pose kinds, pose errors, rejections by cause and verification time of verified runs."""
+    lines = ['', '| input | loops by pose kind | rotation error p50 / p90 (deg) | translation '
+             'error p50 / p90 (m) | rejected by cause | verify p50 / p90 (ms/query) |',
+             '|---|---|---|---|---|---|']
+    for run in runs:
+        m = run['metrics']
+        if m.get('pr_score') != 'inliers':
+            continue
+        pose = m.get('pose_errors') or {}
+        kinds = ', '.join(f'{k} {n}' for k, n in pose.get('loops_by_pose_kind', {}).items()
+                          if n) or '0'
+        info = run.get('verification') or {}
+        causes = ', '.join(f'{c} {n}' for c, n in info.get('rejected_by_cause', {}).items()
+                           if n) or ('0' if info else '-')
+        lines.append(f'| {run["label"]} | {kinds} | {_spread(pose.get("rotation_deg"), 2)} | '
+                     f'{_spread(pose.get("translation_m"), 3)} | {causes} | '
+                     f'{_spread(info.get("ms_per_query"), 1)} |')
+    return lines
 
 
 def _timing_table(runs: Sequence[dict[str, Any]], stages: list[str]) -> list[str]:
@@ -149,7 +190,9 @@ def write_report(out_dir: str | os.PathLike, *, task: str, inputs: Mapping[str, 
         'inputs': dict(inputs),
         'detector': dict(detector),
         'evaluation': {'radius_m': evaluation.radius_m,
-                       'recall_ks': list(evaluation.recall_ks)},
+                       'recall_ks': list(evaluation.recall_ks),
+                       'pose_translation_m': evaluation.pose_translation_m,
+                       'pose_rotation_deg': evaluation.pose_rotation_deg},
         'runs': [dict(run) for run in runs],
         'plots': list(plots),
         'files': ['report.json', 'summary.md', *files],
@@ -180,7 +223,10 @@ def _pyplot():
 
 
 def plot_pr_curves(path: str | os.PathLike, results: Sequence[tuple[str, EvalResult]]) -> None:
-    """Precision-recall curves of several runs on one set of axes."""
+    """Precision-recall curves of several runs on one set of axes.
+
+    Appearance-only runs sweep the top-1 similarity, verified runs the accepted loops' inliers.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     for label, result in results:
@@ -188,14 +234,16 @@ def plot_pr_curves(path: str | os.PathLike, results: Sequence[tuple[str, EvalRes
         if recall is None or recall.size == 0:
             continue
         auc = result.summary.auc_pr
+        score = 'inliers' if result.pr_score == 'inliers' else 'similarity'
         ax.step(np.r_[0.0, recall], np.r_[result.curve.precision[0], result.curve.precision],
-                where='pre', label=f'{label} (AUC {auc:.3f})')
+                where='pre', label=f'{label} (AUC {auc:.3f}, over {score})')
     ax.set_xlabel('recall')
     ax.set_ylabel('precision')
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title('top-1 precision-recall over the similarity threshold', fontsize=10)
+    ax.set_title('precision-recall: top-1 similarity, or inliers of verified loops',
+                 fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc='lower left', fontsize=8)
     else:
@@ -227,7 +275,7 @@ def plot_similarity_matrix(path: str | os.PathLike, queries: np.ndarray, databas
 
 def plot_trajectory(path: str | os.PathLike, ground_truth: GroundTruth, result: EvalResult,
                     title: str) -> None:
-    """Ground-truth paths with the accepted top-1 loop edges (green correct, red wrong)."""
+    """Ground-truth paths with the accepted loop edges (green correct, red wrong)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
     m_xy = ground_truth.map.xyz[:, :2]
@@ -239,12 +287,12 @@ def plot_trajectory(path: str | os.PathLike, ground_truth: GroundTruth, result: 
     counts = {}
     for correct, colour, name in ((True, 'tab:green', 'true positive'),
                                   (False, 'tab:red', 'false positive')):
-        keep = result.top1_accepted & (result.top1_correct == correct)
+        keep = result.accepted_correct == correct
         counts[name] = int(keep.sum())
         if not keep.any():
             continue
-        a = q_xy[result.top1_query_rows[keep]]
-        b = m_xy[result.top1_map_rows[keep]]
+        a = q_xy[result.accepted_query_rows[keep]]
+        b = m_xy[result.accepted_map_rows[keep]]
         segments = np.stack([a, b], axis=1)
         for k, seg in enumerate(segments):
             ax.plot(seg[:, 0], seg[:, 1], '-', color=colour, lw=0.8, alpha=0.7,

@@ -9,6 +9,11 @@ keyframes form a static map that the query bag's keyframes search. Descriptors a
 `cache.py`), so a re-run with other thresholds or radii only repeats the search and the
 metrics. Keyframes without ground truth (outside the trajectory's time range or in a gap of it)
 take no part.
+
+With verification on (``EvalSpec.verification``), the pipeline also computes each keyframe's
+local features (cached with the descriptors), and the detector runs twice from the same
+descriptors: appearance-only (no verifier, as with verification off) and verified (the node's
+GeometricVerifier), so that one report shows what verification changes.
 """
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +27,7 @@ from tqdm import tqdm
 
 from boq_ros import sources
 from boq_ros.bags import open_bag
-from boq_ros.detector import Detection, LoopDetector
+from boq_ros.detector import REJECTION_CAUSES, Detection, LoopDetector
 from boq_ros.eval import report as report_mod
 from boq_ros.eval.cache import (
     CachedDescriptors,
@@ -33,18 +38,41 @@ from boq_ros.eval.cache import (
 )
 from boq_ros.eval.groundtruth import GroundTruth, KeyframePositions, ground_truth_for_records
 from boq_ros.eval.metrics import EvalConfig, EvalResult, evaluate
-from boq_ros.eval.records import CandidateRecord, no_match_record, read_records, write_records
+from boq_ros.eval.records import (
+    STATUS_VERIFIED,
+    CandidateRecord,
+    no_match_record,
+    read_records,
+    write_records,
+)
 from boq_ros.extractor import Extractor
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures
 from boq_ros.model import BoQModel
 from boq_ros.model.checkpoint import is_released
-from boq_ros.pipeline import SKIP_CAUSES, SKIPPED_AS, Frame, FramePipeline
+from boq_ros.pipeline import (
+    SKIP_CAUSES,
+    SKIPPED_AS,
+    CameraInfoUpdate,
+    DepthFrame,
+    Frame,
+    FramePipeline,
+)
 from boq_ros.preprocess import PreprocessConfig
-from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, PipelineConfig
+from boq_ros.settings import (
+    DetectorConfig,
+    KeyframePolicy,
+    ModelSettings,
+    PipelineConfig,
+    VerificationSettings,
+)
 from boq_ros.trajectory import Trajectory
+from boq_ros.verification import GeometricVerifier
+from boq_ros.verification.verifier import xyz_quaternion
 
 STAGES = ('read', 'decode', 'describe', 'search')
-"""The stages of ``boq_ros.pipeline.STAGES`` an offline run times, in report order."""
+"""The stages of ``boq_ros.pipeline.STAGES`` an appearance-only run times, in report order."""
+VERIFIED_STAGES = ('read', 'decode', 'describe', 'features', 'search', 'verify')
+"""Those of a verified run: plus local features and verification (not counted in search)."""
 
 class EvalInputError(ValueError):
     """Raised for evaluation inputs that cannot work together (topics, ground truth, sessions)."""
@@ -93,12 +121,28 @@ class GroundTruthSource:
 
 @dataclass(frozen=True)
 class BagInput:
-    """One recording to describe: its image topic, its ground truth and its session name."""
+    """One recording to describe: its image topic, its ground truth and its session name.
+
+    With verification: `depth_topic` is the depth image aligned to the image topic (None: no
+    depth, poses are then up to scale), `camera_info_topic` its intrinsics (None: the
+    conventional ``.../camera_info`` beside the image topic when the bag has it; '': none, an
+    uncalibrated camera).
+    """
 
     path: Path
     image_topic: str
     ground_truth: GroundTruthSource
     session: str
+    depth_topic: str | None = None
+    camera_info_topic: str | None = None
+
+    def camera_topics(self) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        """Return the depth and camera_info arguments of ``sources.bag_frames``."""
+        depth = {self.image_topic: self.depth_topic} if self.depth_topic else None
+        info = None
+        if self.camera_info_topic is not None:
+            info = {self.image_topic: self.camera_info_topic} if self.camera_info_topic else {}
+        return depth, info
 
 
 @dataclass(frozen=True)
@@ -109,6 +153,7 @@ class EvalSpec:
     ``ModelSettings.input_size``: 0 is the preset's default, else at least 16, rounded to the
     backbone's patch multiple); empty means ``model.input_size`` alone. The detector runs with
     at least max(recall_ks) candidates per query, so that every Recall@K is defined.
+    `verification` on: every run is reported appearance-only and verified.
     """
 
     map_input: BagInput
@@ -119,6 +164,7 @@ class EvalSpec:
     keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: bool = True
@@ -163,31 +209,44 @@ class EvalSpec:
                        top_k=max(self.detector.top_k, *self.evaluation.recall_ks))
 
 
+    @property
+    def verifies(self) -> bool:
+        """Whether the verified run is made (and local features computed)."""
+        return self.verification.verification
+
+
 @dataclass
 class DescribedBag:
-    """Keyframe descriptors of one bag at one preprocessing, with their true positions."""
+    """Keyframe descriptors of one bag at one preprocessing, with their true poses."""
 
     entry: CachedDescriptors
     cached: bool
     positions: np.ndarray
     valid: np.ndarray
+    orientations: np.ndarray | None = None  # None: the ground truth has none
 
 
-def _noting_stamps(frames: Iterable[Frame], stamps: list[int]) -> Iterator[Frame]:
-    """Yield the frames, appending each one's stamp (KITTI ground truth: a pose per frame)."""
+def _noting_stamps(frames: Iterable[Frame | DepthFrame | CameraInfoUpdate], stamps: list[int]
+                   ) -> Iterator[Frame | DepthFrame | CameraInfoUpdate]:
+    """Yield the frames, noting each image's stamp (KITTI ground truth: a pose per frame)."""
     for frame in frames:
-        stamps.append(frame.stamp_ns)
+        if isinstance(frame, Frame):
+            stamps.append(frame.stamp_ns)
         yield frame
 
 
 def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePolicy,
-                 config: PipelineConfig | None = None, progress: bool = False
-                 ) -> CachedDescriptors:
+                 config: PipelineConfig | None = None, progress: bool = False,
+                 verification: VerificationSettings | None = None) -> CachedDescriptors:
     """Describe the keyframes of a bag's image topic with the node's frame pipeline.
 
     Distance keyframes take their poses from the ground-truth pose topic, fed as the bag clock
-    passes them, as odometry reaches the node. NoUsableFrameError when no keyframe results.
+    passes them, as odometry reaches the node. With `verification` on, the keyframes' local
+    features too (with the source's depth and camera_info topics). NoUsableFrameError when no
+    keyframe results.
     """
+    verifier = (GeometricVerifier(verification)
+                if verification is not None and verification.verification else None)
     first_skip: list[str] = []
 
     def on_skip(cause: str, message: str) -> None:
@@ -203,8 +262,10 @@ def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePoli
                                        source.ground_truth.child_frame)
             poses = track.buffer(keyframes.pose_tolerance_s)
         pipeline = FramePipeline(extractor, keyframes, config, session=source.session,
-                                 poses=poses, on_skip=on_skip)
-        frames = _noting_stamps(sources.bag_frames(bag, [source.image_topic]), frame_stamps)
+                                 poses=poses, on_skip=on_skip, verifier=verifier)
+        depth, info = source.camera_topics() if verifier is not None else (None, {})
+        frames = _noting_stamps(sources.bag_frames(bag, [source.image_topic], depth, info),
+                                frame_stamps)
         info = bag.topics.get(source.image_topic)
         with tqdm(total=info.count if info else None, unit='frame', disable=not progress,
                   desc=f'{source.path.name} @ {extractor.preprocess_config.size} px') as bar:
@@ -217,12 +278,17 @@ def describe_bag(source: BagInput, extractor: Extractor, keyframes: KeyframePoli
             f'no usable frame on {source.image_topic} in {source.path.name}: '
             f'{len(frame_stamps)} frames{causes}'
             + (f' (first: {first_skip[0]})' if first_skip else ''))
+    stages = VERIFIED_STAGES if verifier is not None else STAGES
+    totals = pipeline.stats.totals
     return CachedDescriptors(
         np.stack([kf.descriptor for kf in keyframes_out]).astype(np.float32, copy=False),
         np.array([kf.meta.stamp_ns for kf in keyframes_out], np.int64),
         [kf.frame.frame_id for kf in keyframes_out], np.array(frame_stamps, np.int64),
-        {stage: pipeline.stats.seconds[stage] for stage in STAGES if stage != 'search'},
-        skipped)
+        {stage: pipeline.stats.seconds[stage] for stage in stages
+         if stage not in ('search', 'verify')},
+        skipped, None if verifier is None else [kf.features for kf in keyframes_out],
+        {} if verifier is None else {name: totals.get(name, 0)
+                                     for name in ('feature_errors', 'depth_errors')})
 
 
 def _describe_cached(source: BagInput, extractor: Extractor, spec: EvalSpec,
@@ -232,40 +298,62 @@ def _describe_cached(source: BagInput, extractor: Extractor, spec: EvalSpec,
     if not source.ground_truth.needs_frames:  # ground-truth errors before the slow part
         trajectory = source.ground_truth.load(source.path, np.zeros(0, np.int64))
     distance = spec.keyframes.keyframe_mode == 'distance'
+    v = spec.verification
     parts = {'bag': bag_identity(source.path), 'topic': source.image_topic,
              'model_id': extractor.model_id, 'preprocess': extractor.preprocess_config.to_dict(),
              'precision': extractor.precision, 'keyframes': asdict(spec.keyframes),
              'keyframe_poses': source.ground_truth.describe() if distance else None,
-             'max_image_pixels': spec.pipeline.max_image_pixels}
+             'max_image_pixels': spec.pipeline.max_image_pixels,
+             'features': {'feature_kind': v.feature_kind, 'max_keypoints': v.max_keypoints,
+                          'depth_range_m': list(v.depth_range_m),
+                          'feature_device': v.feature_device,
+                          'depth_topic': source.depth_topic,
+                          'camera_info_topic': source.camera_info_topic,
+                          'depth_stamp_tolerance_s': spec.pipeline.depth_stamp_tolerance_s}
+             if spec.verifies else None}
     key = cache_key(parts)
     entry = cache.load(key) if cache is not None else None
     cached = entry is not None
     if entry is None:
-        entry = describe_bag(source, extractor, spec.keyframes, spec.pipeline, spec.progress)
+        entry = describe_bag(source, extractor, spec.keyframes, spec.pipeline, spec.progress,
+                             spec.verification)
         if cache is not None:
             cache.store(key, entry, parts)
     if trajectory is None:
         trajectory = source.ground_truth.load(source.path, entry.frame_stamps_ns)
-    positions, _, valid = trajectory.interpolate(entry.stamps_ns)
+    positions, orientations, valid = trajectory.interpolate(entry.stamps_ns)
     if not valid.any():
         raise EvalInputError(
             f'none of the {len(valid)} keyframes on {source.image_topic} in {source.path.name} '
             f'has ground truth ({source.ground_truth.describe()}): their stamps are outside the '
             'trajectory or in its gaps')
-    return DescribedBag(entry, cached, positions, valid)
+    return DescribedBag(entry, cached, positions, valid, orientations)
 
 
 def records_from_detection(detection: Detection) -> list[CandidateRecord]:
-    """Candidate records of one decision, as the replay recorder makes them from messages."""
+    """Candidate records of one decision, as the replay recorder makes them from messages.
+
+    The accepted record is that of ``detection.match`` (the verified candidate at any rank, or
+    the best one appearance-only); `relative_pose` is the verified base-frame pose if any.
+    """
     q = detection.query
     if not detection.candidates:
         return [no_match_record(q.id, q.stamp_ns, q.session, q.camera, q.seq)]
-    return [CandidateRecord(
-        query_id=q.id, query_stamp_ns=q.stamp_ns, query_session=q.session, query_camera=q.camera,
-        query_seq=q.seq, match_id=c.keyframe_id, match_stamp_ns=c.meta.stamp_ns,
-        match_session=c.meta.session, match_seq=c.meta.seq, similarity=float(c.similarity),
-        rank=c.rank, accepted=detection.accepted and c.rank == 0)
-        for c in detection.candidates]
+    match = detection.match
+    records = []
+    for c in detection.candidates:
+        v = c.verification
+        pose = None
+        if v is not None and v.verified and v.relative_pose_base is not None:
+            pose = xyz_quaternion(v.relative_pose_base)
+        records.append(CandidateRecord(
+            query_id=q.id, query_stamp_ns=q.stamp_ns, query_session=q.session,
+            query_camera=q.camera, query_seq=q.seq, match_id=c.keyframe_id,
+            match_stamp_ns=c.meta.stamp_ns, match_session=c.meta.session, match_seq=c.meta.seq,
+            similarity=float(c.similarity), rank=c.rank, accepted=c is match,
+            status=int(c.status), inliers=0 if v is None else int(v.inliers),
+            pose_kind=0 if v is None else int(v.pose_kind), relative_pose=pose))
+    return records
 
 
 def _metas(described: DescribedBag, source: BagInput) -> list[KeyframeMeta]:
@@ -275,27 +363,41 @@ def _metas(described: DescribedBag, source: BagInput) -> list[KeyframeMeta]:
             for i in np.flatnonzero(described.valid)]
 
 
+def _features(described: DescribedBag) -> list[LocalFeatures | None] | None:
+    features = described.entry.features
+    if features is None:
+        return None
+    return [features[i] for i in np.flatnonzero(described.valid)]
+
+
 def _positions(described: DescribedBag, session: str) -> KeyframePositions:
     rows = np.flatnonzero(described.valid)
+    quats = None if described.orientations is None else described.orientations[rows]
     return KeyframePositions((session,) * len(rows), described.entry.stamps_ns[rows],
-                             np.arange(len(rows)), described.positions[rows])
+                             np.arange(len(rows)), described.positions[rows], quats)
 
 
 def _detect(detector: LoopDetector, descriptors: np.ndarray, metas: list[KeyframeMeta],
-            progress: bool, step: int = 512) -> list[Detection]:
+            features: list[LocalFeatures | None] | None, progress: bool, desc: str = 'search',
+            step: int = 512) -> list[Detection]:
     """Run the detector over a whole recording, with a progress bar (same result as one call)."""
     detections: list[Detection] = []
-    with tqdm(total=len(metas), unit='keyframe', desc='search', disable=not progress) as bar:
+    with tqdm(total=len(metas), unit='keyframe', desc=desc, disable=not progress) as bar:
         for start in range(0, len(metas), step):
-            detections += detector.process_batch(descriptors[start:start + step],
-                                                 metas[start:start + step])
+            detections += detector.process_batch(
+                descriptors[start:start + step], metas[start:start + step],
+                None if features is None else features[start:start + step])
             bar.update(min(step, len(metas) - start))
     return detections
 
 
 @dataclass
 class RunOutcome:
-    """One evaluated configuration (one input size): what the report and plots need."""
+    """One evaluated configuration (one input size): what the report and plots need.
+
+    With verification, `verified` is the verified run from the same descriptors (its own label,
+    records, result and summary; the same ground truth and descriptors); None otherwise.
+    """
 
     label: str
     preprocess: PreprocessConfig
@@ -305,60 +407,161 @@ class RunOutcome:
     map_descriptors: np.ndarray
     query_descriptors: np.ndarray
     summary: dict[str, Any]
+    verified: 'RunOutcome | None' = None
+
+    @property
+    def runs(self) -> list['RunOutcome']:
+        """Return the appearance-only run, then the verified one if any (report order)."""
+        return [self] if self.verified is None else [self, self.verified]
+
+
+@dataclass
+class _Search:
+    """One detector pass over the queries."""
+
+    detections: list[Detection]
+    search_s: float  # detector time, verification excluded
+    verify_s: float
+
+
+def _search(spec: EvalSpec, extractor: Extractor, map_desc: np.ndarray,
+            map_metas: list[KeyframeMeta], map_features: list[LocalFeatures | None] | None,
+            queries: tuple[np.ndarray, list[KeyframeMeta], list[LocalFeatures | None] | None]
+            | None, verify: bool) -> _Search:
+    """Run the detector (grow: the map run queries itself; static: the query run searches)."""
+    kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
+                       preprocess=extractor.preprocess_config.to_dict())
+    verifier = GeometricVerifier(spec.verification, kmap) if verify else None
+    detector = LoopDetector(kmap, spec.detector_config(), verifier)
+    start = time.perf_counter()
+    if queries is None:
+        detections = _detect(detector, map_desc, map_metas, map_features if verify else None,
+                             spec.progress, 'verify' if verify else 'search')
+    else:
+        kmap.add(map_desc, map_metas, map_features if verify else None)
+        descs, metas, features = queries
+        detections = _detect(detector, descs, metas, features if verify else None,
+                             spec.progress, 'verify' if verify else 'search')
+    total = time.perf_counter() - start
+    verify_s = sum(c.verification.seconds for d in detections for c in d.candidates
+                   if c.verification is not None)
+    return _Search(detections, max(total - verify_s, 0.0), verify_s)
+
+
+def _spread_ms(seconds: list[float]) -> dict[str, float | None]:
+    if not seconds:
+        return {'median': None, 'p90': None}
+    values = 1000 * np.array(seconds)
+    return {'median': float(np.median(values)), 'p90': float(np.percentile(values, 90))}
+
+
+def verification_summary(detections: list[Detection], settings: VerificationSettings,
+                         inputs: list[DescribedBag]) -> dict[str, Any]:
+    """Say what verification did: candidates tried, rejections by cause, time, features."""
+    rejected = dict.fromkeys(REJECTION_CAUSES, 0)
+    tried = verified = 0
+    per_query: list[float] = []
+    for detection in detections:
+        results = [c.verification for c in detection.candidates if c.verification is not None]
+        if not results:
+            continue
+        per_query.append(sum(v.seconds for v in results))
+        for v in results:
+            tried += 1
+            if v.verified:
+                verified += 1
+            else:
+                rejected[v.cause] = rejected.get(v.cause, 0) + 1
+    features = [f for d in inputs for f in (d.entry.features or [])]
+    notes: dict[str, int] = {}
+    for described in inputs:
+        for name, count in described.entry.feature_notes.items():
+            notes[name] = notes.get(name, 0) + count
+    return {
+        'feature_kind': settings.feature_kind, 'queries_verified': len(per_query),
+        'candidates_tried': tried, 'candidates_verified': verified,
+        'rejected_by_cause': rejected, 'ms_per_query': _spread_ms(per_query),
+        'keyframes_with_features': sum(f is not None for f in features),
+        'keyframes_calibrated': sum(f is not None and f.intrinsics is not None
+                                    for f in features),
+        'keyframes_with_depth': sum(f is not None and f.depth is not None for f in features),
+        'feature_errors': notes.get('feature_errors', 0),
+        'depth_errors': notes.get('depth_errors', 0),
+    }
 
 
 def run_once(spec: EvalSpec, extractor: Extractor,
              cache: DescriptorCache | None) -> RunOutcome:
-    """Describe, detect and evaluate at the extractor's preprocessing."""
+    """Describe, detect and evaluate at the extractor's preprocessing.
+
+    With verification on, the detector runs twice from the same descriptors: the returned
+    outcome is appearance-only, its `verified` the verified run.
+    """
     described_map = _describe_cached(spec.map_input, extractor, spec, cache)
     described_query = (described_map if spec.query_input is None
                        else _describe_cached(spec.query_input, extractor, spec, cache))
     map_desc = described_map.entry.descriptors[described_map.valid]
     map_metas = _metas(described_map, spec.map_input)
-    kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
-                       preprocess=extractor.preprocess_config.to_dict())
-    detector = LoopDetector(kmap, spec.detector_config())
-    start = time.perf_counter()
+    map_features = _features(described_map)
+    queries = None
     if spec.query_input is None:
-        detections = _detect(detector, map_desc, map_metas, spec.progress)
         query_desc = map_desc
         gt_map = gt_query = _positions(described_map, spec.map_input.session)
+        inputs = [described_map]
     else:
-        kmap.add(map_desc, map_metas)
         query_desc = described_query.entry.descriptors[described_query.valid]
-        detections = _detect(detector, query_desc, _metas(described_query, spec.query_input),
-                             spec.progress)
+        queries = (query_desc, _metas(described_query, spec.query_input),
+                   _features(described_query))
         gt_map = _positions(described_map, spec.map_input.session)
         gt_query = _positions(described_query, spec.query_input.session)
-    search_s = time.perf_counter() - start
-    records = [r for d in detections for r in records_from_detection(d)]
+        inputs = [described_map, described_query]
     ground_truth = GroundTruth(gt_map, gt_query, spec.detector.exclusion_seconds,
                                spec.detector.exclusion_keyframes)
-    result = evaluate(records, ground_truth, spec.evaluation)
-    inputs = [described_map] if spec.query_input is None else [described_map, described_query]
     # Stage timings are those measured when the descriptors were computed (stored with them in
     # the cache), so that a re-run from the cache still reports the pipeline's throughput.
-    timings = dict.fromkeys(STAGES, 0.0)
+    measured: dict[str, float] = {}
     skipped = dict.fromkeys(SKIP_CAUSES, 0)
     for described in inputs:
         for stage, seconds in described.entry.timings_s.items():
-            timings[stage] += seconds
+            measured[stage] = measured.get(stage, 0.0) + seconds
         for cause, count in described.entry.skipped.items():
             skipped[cause] = skipped.get(cause, 0) + count
-    timings['search'] = search_s
-    frames = sum(d.entry.frames for d in inputs)
-    total = sum(timings.values())
     pre = extractor.preprocess_config
-    label = f'{pre.policy} {pre.size} px'
-    summary = {
-        'label': label, 'preprocess': pre.to_dict(), 'frames': frames,
+    common = {
+        'preprocess': pre.to_dict(), 'frames': sum(d.entry.frames for d in inputs),
         'keyframes': sum(len(d.entry.stamps_ns) for d in inputs), 'skipped': skipped,
         'keyframes_without_ground_truth': int(sum((~d.valid).sum() for d in inputs)),
         'cached': all(d.cached for d in inputs),
-        'timings_s': timings, 'frames_per_s': frames / total if total > 0 else None,
-        'metrics': result.to_dict(),
     }
-    return RunOutcome(label, pre, records, result, ground_truth, map_desc, query_desc, summary)
+
+    def outcome(label: str, search: _Search, stages: tuple[str, ...],
+                pr_score: str) -> RunOutcome:
+        records = [r for d in search.detections for r in records_from_detection(d)]
+        result = evaluate(records, ground_truth, spec.evaluation, pr_score)
+        timings = {stage: measured.get(stage, 0.0) for stage in stages}
+        timings['search'] = search.search_s
+        if 'verify' in timings:
+            timings['verify'] = search.verify_s
+        total = sum(timings.values())
+        frames = common['frames']
+        summary = {'label': label, **common, 'timings_s': timings,
+                   'frames_per_s': frames / total if total > 0 else None,
+                   'verification': None, 'metrics': result.to_dict()}
+        return RunOutcome(label, pre, records, result, ground_truth, map_desc, query_desc,
+                          summary)
+
+    label = f'{pre.policy} {pre.size} px'
+    appearance = outcome(label, _search(spec, extractor, map_desc, map_metas, map_features,
+                                        queries, verify=False), STAGES, 'similarity')
+    if spec.verifies:
+        search = _search(spec, extractor, map_desc, map_metas, map_features, queries,
+                         verify=True)
+        verified = outcome(f'{label} + {spec.verification.feature_kind}', search,
+                           VERIFIED_STAGES, 'inliers')
+        verified.summary['verification'] = verification_summary(search.detections,
+                                                                spec.verification, inputs)
+        appearance.verified = verified
+    return appearance
 
 
 def _extractors(spec: EvalSpec, model: BoQModel) -> list[Extractor]:
@@ -384,21 +587,28 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
     extractors = _extractors(spec, model)
     outcomes = [run_once(spec, extractor, cache) for extractor in extractors]
     several = len(outcomes) > 1
-    suffixes = [f'_{o.preprocess.size}' if several else '' for o in outcomes]
+    runs: list[RunOutcome] = []
+    files: list[str] = []
     with report_mod.staged_output(out_dir) as out:
         plots = ['pr_curve.png']
-        for outcome, suffix in zip(outcomes, suffixes):
-            write_records(out / f'records{suffix}.jsonl', outcome.records)
+        for outcome in outcomes:
+            suffix = f'_{outcome.preprocess.size}' if several else ''
             title = f'{model.model_id}, {outcome.label}'
             report_mod.plot_similarity_matrix(out / f'similarity{suffix}.png',
                                               outcome.query_descriptors,
                                               outcome.map_descriptors, title)
-            report_mod.plot_trajectory(out / f'trajectory{suffix}.png', outcome.ground_truth,
-                                       outcome.result,
-                                       f'{title}: accepted loops (threshold '
-                                       f'{spec.detector.threshold:g})')
-            plots += [f'similarity{suffix}.png', f'trajectory{suffix}.png']
-        report_mod.plot_pr_curves(out / 'pr_curve.png', [(o.label, o.result) for o in outcomes])
+            plots.append(f'similarity{suffix}.png')
+            for run in outcome.runs:
+                name = suffix + ('_verified' if run is outcome.verified else '')
+                write_records(out / f'records{name}.jsonl', run.records)
+                files.append(f'records{name}.jsonl')
+                report_mod.plot_trajectory(out / f'trajectory{name}.png', run.ground_truth,
+                                           run.result,
+                                           f'{model.model_id}, {run.label}: accepted loops '
+                                           f'(threshold {spec.detector.threshold:g})')
+                plots.append(f'trajectory{name}.png')
+                runs.append(run)
+        report_mod.plot_pr_curves(out / 'pr_curve.png', [(r.label, r.result) for r in runs])
         detector = spec.detector_config()
         return report_mod.write_report(
             out, task=spec.task,
@@ -412,17 +622,20 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
                 'checkpoint': spec.model.checkpoint, 'model_id': model.model_id,
                 'device': str(extractors[0].device), 'precision': spec.model.precision,
                 'pipeline': asdict(spec.pipeline), 'keyframes': asdict(spec.keyframes),
+                'verification': asdict(spec.verification),
                 'random_weights': not is_released(model),
             },
             detector={**asdict(spec.detector), 'mode': detector.mode,
                       'candidates_per_query': detector.top_k},
-            evaluation=spec.evaluation, runs=[o.summary for o in outcomes], plots=plots,
-            files=[f'records{suffix}.jsonl' for suffix in suffixes])
+            evaluation=spec.evaluation, runs=[r.summary for r in runs], plots=plots,
+            files=files)
 
 
 def _describe_input(source: BagInput) -> dict[str, Any]:
     return {'path': str(source.path), 'image_topic': source.image_topic,
-            'session': source.session, 'ground_truth': source.ground_truth.describe()}
+            'session': source.session, 'ground_truth': source.ground_truth.describe(),
+            'depth_topic': source.depth_topic,
+            'camera_info_topic': source.camera_info_topic}
 
 
 def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
@@ -432,7 +645,9 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
     """Evaluate recorded candidates (e.g. what the live node published during a replay).
 
     Ground truth comes from `source` (the replayed bag); the map is taken to be the keyframes
-    the records mention (a map that grew during the recording).
+    the records mention (a map that grew during the recording). Records of a verifying node
+    (a verified candidate, or inliers) are scored as a verified run: the PR curve over the
+    accepted loops' inliers.
     """
     evaluation.validate()
     records = read_records(records_path)
@@ -447,7 +662,8 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
     if not len(ground_truth.queries):
         raise EvalInputError(f'none of the {len(records)} records of {records_path} names a '
                              f'keyframe with ground truth ({source.ground_truth.describe()})')
-    result = evaluate(kept, ground_truth, evaluation)
+    verified = any(r.status == STATUS_VERIFIED or r.inliers > 0 for r in kept)
+    result = evaluate(kept, ground_truth, evaluation, 'inliers' if verified else 'similarity')
     with report_mod.staged_output(out_dir) as out:
         plots = report_mod.plot_loop_closure(out, [('recorded', result)], ground_truth,
                                              f'{Path(records_path).name}: accepted loops')

@@ -1,8 +1,9 @@
 """The keyframe map: what loop closure and relocalisation search, online and offline.
 
 Descriptors (full dimension, always kept so that any index can be rebuilt), per-keyframe
-metadata and a schema, behind one lock so that a detector thread can search while another adds.
-Removal only hides rows (ids are never reused); the next save writes the live rows.
+metadata, optional local features (for geometric verification) and a schema, behind one lock so
+that a detector thread can search while another adds.  Removal only hides rows (ids are never
+reused); the next save writes the live rows.
 """
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ import numpy as np
 
 from boq_ros import __version__
 from boq_ros.keyframe_map import store
+from boq_ros.keyframe_map.features import FeatureStore, LocalFeatures
 from boq_ros.keyframe_map.index import IndexSpec, SearchIndex
 from boq_ros.keyframe_map.meta import KeyframeMeta, MetaTable, check_meta
 from boq_ros.keyframe_map.rows import ChunkedRows
@@ -26,6 +28,8 @@ from boq_ros.keyframe_map.schema import SCHEMA_VERSION, MapError, MapSchema
 NORM_TOLERANCE = 1e-2
 """Descriptors must have |norm - 1| <= this (BoQ descriptors are L2-normalised; fp16 drift)."""
 METRICS = ('ip',)
+Savepoint = tuple[int, int, dict[str, int], int]
+"""Rows, next id, next seq per session and feature kinds of a map at one moment."""
 
 
 def utc_now() -> str:
@@ -115,6 +119,7 @@ class KeyframeMap:
         self._lock = threading.RLock()
         self._rows = ChunkedRows(self.dim, np.dtype(storage_dtype))
         self._table = MetaTable()
+        self._features = FeatureStore()
         self._search = SearchIndex(index, self.dim)
         self._next_seq: dict[str, int] = {}
         now = utc_now()
@@ -141,7 +146,7 @@ class KeyframeMap:
                 storage_dtype=self._rows.dtype.name, package_version=__version__,
                 created=self._state.created, modified=self._state.modified, count=len(self),
                 next_id=self._state.next_id, history=tuple(dict(h) for h in self._state.history),
-                files=dict(self._state.files))
+                files=dict(self._state.files), local_features=self._features.specs())
 
     def __len__(self) -> int:
         with self._lock:
@@ -161,9 +166,10 @@ class KeyframeMap:
             return {words[c]: int(n) for c, n in enumerate(counts) if n}
 
     def statistics(self) -> dict[str, Any]:
-        """Count what a user checks before trusting a map: sessions, robots, stamps, poses."""
+        """Count what a user checks before trusting a map: sessions, poses, local features."""
         with self._lock:
-            return self._table.statistics()
+            return {**self._table.statistics(),
+                    **self._features.statistics(self._table.live_mask())}
 
     # -- validation ---------------------------------------------------------------------------
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:
@@ -192,15 +198,24 @@ class KeyframeMap:
         return row
 
     # -- growth -------------------------------------------------------------------------------
-    def add(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta]) -> np.ndarray:
-        """Append keyframes; returns their new ids (input id/seq are ignored and assigned here)."""
+    def add(self, descriptors: np.ndarray, metas: Sequence[KeyframeMeta],
+            features: Sequence[LocalFeatures | None] | None = None) -> np.ndarray:
+        """Append keyframes; returns their new ids (input id/seq are ignored and assigned here).
+
+        `features` holds each keyframe's local features (None: it has none).
+        """
         x = self._check_vectors(descriptors, 'descriptors')
         metas = list(metas)
         if len(metas) != len(x):
             raise MapError(f'got {len(x)} descriptors but {len(metas)} metadata entries')
         for i, meta in enumerate(metas):
             check_meta(meta, f'metas[{i}]')
+        features = [None] * len(metas) if features is None else list(features)
+        if len(features) != len(metas):
+            raise MapError(f'got {len(features)} local features entries for {len(metas)} '
+                           f'keyframes')
         with self._lock:
+            self._features.check(features, 'features')
             ids = self._state.next_id + np.arange(len(x), dtype=np.int64)
             seqs = np.empty(len(x), np.int64)
             next_seq = dict(self._next_seq)
@@ -209,41 +224,44 @@ class KeyframeMap:
                 next_seq[meta.session] = int(seqs[i]) + 1
             # Nothing is committed until every part took the keyframes: a failure half way
             # (memory, index training) leaves the map exactly as it was, rows and index aligned.
-            count = len(self._rows)
+            count, kinds = len(self._rows), len(self._features.kinds)
             self._table.append(metas, ids, seqs, self.map_id, ids)
             try:
+                self._features.append(count, features)
                 self._rows.append(x)
                 self._search.add(x, self._rows)
             except BaseException:
-                self._rollback(count)
+                self._rollback(count, kinds)
                 raise
             self._next_seq = next_seq
             self._state.next_id += len(x)
             self._state.modified = utc_now()
             return ids
 
-    def _rollback(self, count: int) -> None:
+    def _rollback(self, count: int, kinds: int) -> None:
         """Forget the rows from `count` on and re-index the rest (after a failed append)."""
         self._table.truncate(count)
+        self._features.truncate(count, kinds)
         self._rows.truncate(count)
         search = SearchIndex(self._search.spec, self.dim)
         search.rebuild(self._rows)
         self._search = search
 
-    def savepoint(self) -> tuple[int, int, dict[str, int]]:
+    def savepoint(self) -> Savepoint:
         """Mark the map's growth so far, for :meth:`rollback` (a caller's all-or-nothing step)."""
         with self._lock:
-            return len(self._rows), self._state.next_id, dict(self._next_seq)
+            return (len(self._rows), self._state.next_id, dict(self._next_seq),
+                    len(self._features.kinds))
 
-    def rollback(self, savepoint: tuple[int, int, dict[str, int]]) -> None:
+    def rollback(self, savepoint: Savepoint) -> None:
         """Forget every keyframe added since `savepoint` (ids and seqs are handed out again)."""
-        count, next_id, next_seq = savepoint
+        count, next_id, next_seq, kinds = savepoint
         with self._lock:
             if len(self._rows) == count:
                 return
             if len(self._rows) < count or self._state.next_id < next_id:
                 raise MapError('rollback to a savepoint this map has not passed')
-            self._rollback(count)
+            self._rollback(count, kinds)
             self._state.next_id, self._next_seq = next_id, dict(next_seq)
 
     def skip_ids_below(self, next_id: int) -> None:
@@ -311,15 +329,17 @@ class KeyframeMap:
                 raise MapError(f'cannot merge map {other.map_id}: both maps hold session(s) '
                                f'{overlap}; remove or rename them first')
             rows = np.flatnonzero(other._table.live_mask())
+            self._features.check_from(other._features, rows, f'cannot merge map {other.map_id}')
             ids = self._state.next_id + np.arange(len(rows), dtype=np.int64)
-            count = len(self._rows)
+            count, kinds = len(self._rows), len(self._features.kinds)
             self._table.append_rows(other._table, rows, ids)
             try:
+                self._features.append_from(other._features, rows, count)
                 for block in other._rows.raw_blocks(rows):
                     self._rows.append(block)
                     self._search.add(np.asarray(block, np.float32), self._rows)
             except BaseException:
-                self._rollback(count)
+                self._rollback(count, kinds)
                 raise
             self._next_seq.update(other._next_seq)
             self._state.next_id += len(rows)
@@ -344,6 +364,11 @@ class KeyframeMap:
     def descriptor(self, keyframe_id: int) -> np.ndarray:
         with self._lock:
             return self._rows.take(np.array([self._row_of(keyframe_id)]))[0]
+
+    def features(self, keyframe_id: int) -> LocalFeatures | None:
+        """Return a keyframe's local features (fresh arrays), None when it was added without."""
+        with self._lock:
+            return self._features.get(self._row_of(keyframe_id))
 
     def _mask(self, flt: SearchFilter | None) -> np.ndarray | None:
         live = self._table.live_mask()
@@ -410,12 +435,13 @@ class KeyframeMap:
             block, blob = self._table.compacted()
             cache = self._search.cache() if live.all() else None
             rows = np.flatnonzero(live)
+            features = self._features.snapshot(rows)
             vocab = {n: list(v.words) for n, v in self._table.vocab.items()}
             modified = utc_now()
             schema = replace(self.schema, modified=modified, files={})
         target, files = store.write_map(Path(path), schema, self._rows.raw_blocks(rows),
                                         len(rows), self._rows.dtype, block, vocab, blob,
-                                        cache or {})
+                                        cache or {}, features)
         with self._lock:
             self._state.modified, self._state.files = modified, files
         return target
@@ -445,6 +471,7 @@ class KeyframeMap:
                    index=spec, metric=schema.metric, storage_dtype=schema.storage_dtype)
         self._rows = ChunkedRows(self.dim, self._rows.dtype, stored.descriptors)
         self._table = stored.table
+        self._features = stored.features
         if schema.next_id <= (int(self._table.rows['id'][-1]) if len(self._table) else -1):
             raise MapError(f'{path}: schema next_id {schema.next_id} is not above the largest '
                            f'keyframe id')

@@ -6,8 +6,10 @@ changes the meaning of a descriptor (model, dimension, metric, preprocessing) li
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the on-disk layout; bumped on any incompatible change (see docs/map.md)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions a loader reads: version 1 maps have no local features (`local_features` absent)."""
 
 
 class MapError(ValueError):
@@ -35,11 +37,13 @@ class MapSchema:
     next_id: int
     history: tuple[dict[str, Any], ...] = ()
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    local_features: tuple[dict[str, Any], ...] = ()  # kind, dim, dtype of each feature kind
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready copy (the form written to schema.json)."""
         out = asdict(self)
         out['history'] = [dict(h) for h in self.history]
+        out['local_features'] = [dict(k) for k in self.local_features]
         return out
 
     @classmethod
@@ -48,14 +52,17 @@ class MapSchema:
         if not isinstance(data, dict):
             raise MapError('schema.json: expected a JSON object')
         version = data.get('schema_version')
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise MapError(f'schema.json: schema version {version!r} is not supported '
-                           f'(this boq_ros reads version {SCHEMA_VERSION})')
+                           f'(this boq_ros reads versions '
+                           f'{", ".join(map(str, READABLE_VERSIONS))})')
         types = {'map_id': str, 'model_id': str, 'dim': int, 'metric': str, 'preprocess': dict,
                  'index': dict, 'index_state': str, 'index_trained_on': int,
                  'storage_dtype': str,
                  'package_version': str, 'created': str, 'modified': str, 'count': int,
                  'next_id': int, 'history': list, 'files': dict}
+        if version >= 2:
+            types['local_features'] = list
         for key, kind in types.items():
             if key not in data:
                 raise MapError(f'schema.json: missing field {key!r}')
@@ -64,4 +71,5 @@ class MapSchema:
                                f'got {type(data[key]).__name__}')
         values = {key: data[key] for key in types}
         values['history'] = tuple(values['history'])
+        values['local_features'] = tuple(values.get('local_features', ()))
         return cls(schema_version=version, **values)

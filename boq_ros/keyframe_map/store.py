@@ -1,6 +1,6 @@
 """The map on disk: a directory of numpy arrays, a JSON vocabulary and a JSON schema; no pickle.
 
-Layout of MAP_DIR (schema version 1):
+Layout of MAP_DIR (schema version 2; version 1 is the same without local features):
 
     schema.json       MapSchema: model, dim, metric, preprocessing, index, times, and the size
                       and sha256 of every other file (written last: its presence marks a
@@ -10,6 +10,12 @@ Layout of MAP_DIR (schema version 1):
     strings.json      the vocabularies that keyframes.npy's string codes index
     image_refs.npy    uint8 blob of the UTF-8 image references
     index.faiss, pca_mean.npy, pca_components.npy   optional cache of the trained index
+    features.npy      [count] features.FEATURE_DTYPE: each keyframe's local feature kind, count,
+                      offsets into the arrays below, image size, intrinsics (all written only
+                      when schema.json's local_features names a kind)
+    features_keypoints.npy             [M, 2] float32 keypoints of all keyframes
+    features_depth.npy                 [M_depth] float32 depth of the keyframes that have it
+    features_descriptors_<kind>.npy    [M_kind, dim] uint8 or float16, one file per kind
 
 Saving is atomic: everything is written and fsynced into `.NAME.new-TOKEN` beside the target,
 then the old map is renamed to `.NAME.old-TOKEN`, the new one renamed in, and the old one
@@ -30,6 +36,7 @@ import uuid
 import numpy as np
 
 from boq_ros.checksum import file_sha256
+from boq_ros.keyframe_map import features as feat
 from boq_ros.keyframe_map.meta import MetaTable
 from boq_ros.keyframe_map.schema import MapError, MapSchema
 
@@ -45,6 +52,7 @@ class StoredMap:
     descriptors: np.ndarray
     table: MetaTable
     cache: dict[str, np.ndarray]
+    features: feat.FeatureStore
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -84,24 +92,26 @@ def _siblings(target: Path, kind: str) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _descriptor_chunks(blocks: Iterable[np.ndarray], count: int, dim: int,
-                       dtype: np.dtype) -> Iterable[bytes]:
+def _npy_chunks(name: str, stream: feat.ArrayStream) -> Iterable[bytes]:
+    """Yield an .npy file's header, then its rows block by block (bounded memory)."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
-                 'shape': (count, dim)})
+        header, {'descr': np.lib.format.dtype_to_descr(stream.dtype), 'fortran_order': False,
+                 'shape': stream.shape})
     yield header.getvalue()
     written = 0
-    for block in blocks:
+    for block in stream.blocks:
         written += len(block)
-        yield np.ascontiguousarray(block, dtype).tobytes()
-    if written != count:
-        raise MapError(f'internal error: wrote {written} descriptors, expected {count}')
+        yield np.ascontiguousarray(block, stream.dtype).tobytes()
+    if written != stream.shape[0]:
+        raise MapError(f'internal error: wrote {written} rows of {name}, expected '
+                       f'{stream.shape[0]}')
 
 
 def write_map(target: Path, schema: MapSchema, blocks: Iterable[np.ndarray], count: int,
               dtype: np.dtype, table: np.ndarray, vocab: dict[str, list[str]], blob: bytes,
-              cache: dict[str, np.ndarray]) -> tuple[Path, dict[str, dict[str, Any]]]:
+              cache: dict[str, np.ndarray], features: dict[str, feat.ArrayStream]
+              ) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Write a map directory atomically; returns (directory, files entry of its schema)."""
     target = target.absolute()
     if not target.parent.is_dir():
@@ -116,12 +126,15 @@ def write_map(target: Path, schema: MapSchema, blocks: Iterable[np.ndarray], cou
     tmp = target.parent / f'.{target.name}.new-{token}'
     tmp.mkdir()
     try:
-        files = {'descriptors.npy': _write(tmp / 'descriptors.npy', _descriptor_chunks(
-            blocks, count, schema.dim, np.dtype(dtype)))}
+        descriptors = feat.ArrayStream((count, schema.dim), np.dtype(dtype), blocks)
+        files = {'descriptors.npy': _write(tmp / 'descriptors.npy',
+                                           _npy_chunks('descriptors.npy', descriptors))}
         files['keyframes.npy'] = _write(tmp / 'keyframes.npy', [_npy_bytes(table)])
         files['strings.json'] = _write(tmp / 'strings.json', [json.dumps(vocab).encode()])
         files['image_refs.npy'] = _write(tmp / 'image_refs.npy',
                                          [_npy_bytes(np.frombuffer(blob, np.uint8))])
+        for name, stream in features.items():
+            files[name] = _write(tmp / name, _npy_chunks(name, stream))
         for name, array in cache.items():
             files[name] = _write(tmp / name, [array.tobytes() if name == 'index.faiss'
                                               else _npy_bytes(array)])
@@ -172,7 +185,8 @@ def recover(target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def _check_file(root: Path, name: str, entry: Any, verify: bool) -> Path:
+def _check_file(root: Path, name: str, entry: Any, hash_it: bool) -> Path:
+    """Check a file's size against schema.json, and its sha256 when `hash_it`."""
     path = root / name
     if not isinstance(entry, dict) or not isinstance(entry.get('bytes'), int) \
             or not isinstance(entry.get('sha256'), str):
@@ -183,7 +197,7 @@ def _check_file(root: Path, name: str, entry: Any, verify: bool) -> Path:
     if size != entry['bytes']:
         raise MapError(f'{root}: {name} has {size} bytes, schema.json says {entry["bytes"]} '
                        f'(truncated or replaced)')
-    if verify or name != 'descriptors.npy':
+    if hash_it:
         found = file_sha256(path)
         if found != entry['sha256']:
             raise MapError(f'{root}: {name} fails its checksum (sha256 {found[:16]}..., '
@@ -217,7 +231,8 @@ def read_map(target: Path, *, mmap: bool, verify: bool,
     schema = MapSchema.from_dict(raw)
     if expect is not None:
         expect(schema)
-    paths = {name: _check_file(target, name, schema.files.get(name), verify)
+    paths = {name: _check_file(target, name, schema.files.get(name),
+                               verify or name != 'descriptors.npy')
              for name in REQUIRED_FILES}
     descriptors = _load_npy(paths['descriptors.npy'], mmap)
     if descriptors.dtype.name != schema.storage_dtype or \
@@ -249,4 +264,27 @@ def read_map(target: Path, *, mmap: bool, verify: bool,
         except MapError:
             continue  # a cache is never trusted blindly: rebuilt from the descriptors instead
         cache[name] = np.fromfile(path, np.uint8) if name == 'index.faiss' else _load_npy(path)
-    return StoredMap(schema, descriptors, table, cache)
+    return StoredMap(schema, descriptors, table, cache, _read_features(target, schema, mmap,
+                                                                       verify))
+
+
+def _read_features(target: Path, schema: MapSchema, mmap: bool,
+                   verify: bool) -> feat.FeatureStore:
+    """Check and open the local feature files (memory-mapped arrays: read only when sliced).
+
+    `verify=False` skips hashing the arrays, like the descriptors; the table is always hashed.
+    """
+    kinds = feat.parse_kinds(schema.local_features)
+    if not kinds:
+        return feat.FeatureStore()
+    names = [feat.TABLE_FILE, feat.KEYPOINTS_FILE, feat.DEPTH_FILE,
+             *(feat.descriptor_file(kind) for kind, _, _ in kinds)]
+    paths = [_check_file(target, name, schema.files.get(name),
+                         verify or name == feat.TABLE_FILE) for name in names]
+    table, keypoints, depth, *descriptors = (_load_npy(path, mmap and name != feat.TABLE_FILE)
+                                             for name, path in zip(names, paths))
+    try:
+        return feat.FeatureStore.from_arrays(kinds, table, keypoints, depth, descriptors,
+                                             schema.count)
+    except MapError as exc:
+        raise MapError(f'{target}: {exc}') from exc

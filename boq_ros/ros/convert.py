@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from builtin_interfaces.msg import Time
 import cv2
-from geometry_msgs.msg import Point, PoseWithCovarianceStamped
+from geometry_msgs.msg import Point, PoseWithCovariance, PoseWithCovarianceStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
@@ -21,7 +21,9 @@ from boq_ros.detector import Candidate, Detection
 from boq_ros.images import encode_image
 from boq_ros.keyframe_map.meta import KeyframeMeta
 from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
-from boq_ros.pipeline import Frame
+from boq_ros.pipeline import CameraInfoUpdate, DepthFrame, Frame
+from boq_ros.verification.camera import CameraModel, CameraModelError
+from boq_ros.verification.verifier import xyz_quaternion
 
 NO_ID = 2 ** 64 - 1
 """KeyframeRef.id of a query that did not join the map (mode static)."""
@@ -41,6 +43,21 @@ def frame(msg: Image | CompressedImage, camera: str, received_ns: int = 0) -> Fr
                                     bool(msg.is_bigendian))
     return Frame(stamp_to_ns(msg.header.stamp), camera, payload, frame_id=msg.header.frame_id,
                  received_ns=received_ns)
+
+
+def depth_frame(msg: Image, camera: str) -> DepthFrame:
+    """Make the pipeline's depth image of a depth message aligned to `camera`."""
+    payload = pipeline.RawImage(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                bool(msg.is_bigendian))
+    return DepthFrame(stamp_to_ns(msg.header.stamp), camera, payload)
+
+
+def camera_info(msg: object, camera: str) -> CameraInfoUpdate:
+    """Make the pipeline's intrinsics update of a sensor_msgs/CameraInfo message."""
+    try:
+        return CameraInfoUpdate(camera, CameraModel.from_message(msg))
+    except CameraModelError as err:
+        return CameraInfoUpdate(camera, None, str(err))
 
 
 def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
@@ -79,10 +96,32 @@ def keyframe_ref(meta: KeyframeMeta) -> KeyframeRef:
                        frame_id=meta.frame_id)
 
 
+def pose_with_covariance(pose: np.ndarray, covariance: np.ndarray | None
+                         ) -> PoseWithCovariance:
+    """Build a PoseWithCovariance of a 4x4 transform (covariance None: all -1, unknown)."""
+    msg = PoseWithCovariance()
+    p = msg.pose
+    (p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
+     p.orientation.z, p.orientation.w) = xyz_quaternion(pose)
+    cov = np.full(36, -1.0) if covariance is None else np.asarray(covariance).reshape(36)
+    msg.covariance = [float(v) for v in cov]
+    return msg
+
+
 def _candidate(candidate: Candidate, threshold: float) -> LoopCandidate:
-    return LoopCandidate(match=keyframe_ref(candidate.meta), similarity=candidate.similarity,
-                         rank=candidate.rank, margin=candidate.margin, threshold=threshold,
-                         status=int(candidate.status), has_relative_pose=False)
+    msg = LoopCandidate(match=keyframe_ref(candidate.meta), similarity=candidate.similarity,
+                        rank=candidate.rank, margin=candidate.margin, threshold=threshold,
+                        status=int(candidate.status), reason=candidate.reason)
+    v = candidate.verification
+    if v is not None:
+        msg.matches, msg.inliers = v.matches, v.inliers
+        msg.inlier_ratio, msg.pose_kind = float(v.inlier_ratio), int(v.pose_kind)
+        if v.verified and v.relative_pose is not None:
+            msg.has_relative_pose = True
+            msg.relative_pose = pose_with_covariance(v.relative_pose, v.covariance)
+            msg.relative_pose_base = pose_with_covariance(v.relative_pose_base,
+                                                          v.covariance_base)
+    return msg
 
 
 def candidate_array(detection: Detection, model_id: str, map_id: str) -> LoopCandidateArray:
@@ -93,6 +132,14 @@ def candidate_array(detection: Detection, model_id: str, map_id: str) -> LoopCan
         query=keyframe_ref(query),
         candidates=[_candidate(c, detection.threshold) for c in detection.candidates],
         accepted=detection.accepted, model=model_id, map_id=map_id)
+
+
+def stamped_pose(pose: np.ndarray, covariance: np.ndarray, stamp_ns: int, frame_id: str
+                 ) -> PoseWithCovarianceStamped:
+    """Build a PoseWithCovarianceStamped of a 4x4 pose."""
+    return PoseWithCovarianceStamped(
+        header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id),
+        pose=pose_with_covariance(pose, covariance))
 
 
 def relocalization_pose(query: KeyframeMeta, match: KeyframeMeta,

@@ -39,14 +39,14 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
 from boq_ros.bags import stamp_to_ns
-from boq_ros.detector import Detection, DetectorConfig, LoopDetector
+from boq_ros.detector import REJECTION_CAUSES, Detection, DetectorConfig, LoopDetector, PoseKind
 from boq_ros.extractor import ModelSettings
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, MapError, MapSettings
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.msg import LoopCandidateArray
 from boq_ros.pipeline import (
@@ -60,8 +60,11 @@ from boq_ros.pipeline import (
 from boq_ros.poses import PoseBuffer, PoseError
 from boq_ros.ros import convert, params
 from boq_ros.ros.map_paths import map_root, resolve_map_path
-from boq_ros.settings import SettingError, from_values
+from boq_ros.settings import SettingError, VerificationSettings, from_values
+from boq_ros.sources import camera_info_topic
 from boq_ros.srv import LoadMap, Relocalize, SaveMap
+from boq_ros.verification import GeometricVerifier
+from boq_ros.verification.verifier import relocalized
 
 CANDIDATE_TOPIC = 'loop_candidates'
 POSE_TOPIC = 'relocalization_pose'
@@ -70,7 +73,7 @@ MARKER_TOPIC = 'loop_closure_markers'
 DEBUG_IMAGE_TOPIC = 'loop_closure_debug_image'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 
-STAGES = ('queue', 'decode', 'describe', 'search', 'publish', 'total')
+STAGES = ('queue', 'decode', 'describe', 'features', 'search', 'verify', 'publish', 'total')
 """Latency stages in /diagnostics (the pipeline's names): waiting in the queue, then each step."""
 ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'configure', 'internal', 'service')
 _ERROR_OF_SKIP = {'decode': 'decode', 'depth': 'decode', 'descriptor': 'descriptor',
@@ -91,13 +94,17 @@ class _Runtime:
     pipeline: FramePipeline
     kmap: KeyframeMap
     detector: LoopDetector
+    verifier: GeometricVerifier | None
+    camera_infos: dict[str, str]  # camera -> its camera_info topic
+    depths: dict[str, str]  # camera -> its aligned depth topic
     root: Path  # the map directory, resolved
     publishers: dict[str, Any]
     services: list[Any]
     queues: dict[str, deque] = field(default_factory=dict)  # camera -> Selected, oldest first
     subscriptions: list[Any] = field(default_factory=list)
     pose_timer: Any = None  # releases frames that waited pose_tolerance_s for odometry
-    latest: dict[str, tuple[np.ndarray, KeyframeMeta]] = field(default_factory=dict)
+    latest: dict[str, tuple[np.ndarray, KeyframeMeta, LocalFeatures | None]] = field(
+        default_factory=dict)
     thumbnails: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -171,6 +178,15 @@ class VprNode(LifecycleNode):
                 rt.subscriptions.append(self.create_subscription(
                     msg_type, topic, lambda msg, camera=camera: self._on_image(msg, camera),
                     qos, callback_group=self._input_group))
+        for camera, topic in rt.camera_infos.items():
+            rt.subscriptions.append(self.create_subscription(
+                CameraInfo, topic,
+                lambda msg, camera=camera: rt.pipeline.set_camera_model(
+                    convert.camera_info(msg, camera)), qos, callback_group=self._input_group))
+        for camera, topic in rt.depths.items():
+            rt.subscriptions.append(self.create_subscription(
+                Image, topic, lambda msg, camera=camera: self._on_depth(msg, camera), qos,
+                callback_group=self._input_group))
         if node.odometry_topic:
             rt.subscriptions.append(self.create_subscription(
                 Odometry, node.odometry_topic, self._on_odometry,
@@ -227,6 +243,11 @@ class VprNode(LifecycleNode):
                 'no camera: set image_topics and/or compressed_topics')
         if len(set(cameras)) != len(cameras):
             raise params.ParameterValueError(f'a camera topic is listed twice: {cameras}')
+        camera_infos = self._per_camera(node.camera_info_topics, 'camera_info_topics', cameras)
+        if not node.camera_info_topics:
+            camera_infos = {c: camera_info_topic(c) for c in cameras}
+        depths = self._per_camera(node.depth_topics, 'depth_topics', cameras)
+        verification = from_values(VerificationSettings, values)
         model_settings = from_values(ModelSettings, values)
         detector_config = from_values(DetectorConfig, values)
         map_settings = from_values(MapSettings, values)
@@ -261,10 +282,15 @@ class VprNode(LifecycleNode):
                                index=map_settings.index_spec())
         poses = (PoseBuffer(policy.pose_tolerance_s, source=f'odometry:{odometry}')
                  if odometry else None)
+        verifier = (GeometricVerifier(verification, kmap) if verification.verification
+                    else None)
         pipeline = FramePipeline(extractor, policy, pipeline_config, session=session,
                                  robot_id=map_settings.robot_id, poses=poses,
                                  on_skip=self._on_skip, stats=self._stats,
-                                 on_note=lambda text: self.get_logger().warning(text))
+                                 on_note=lambda text: self.get_logger().warning(text),
+                                 verifier=verifier)
+        for camera in depths:
+            pipeline.expect_depth(camera)
         reliable = QoSProfile(depth=10)
         publishers = {
             'candidates': self.create_publisher(LoopCandidateArray, CANDIDATE_TOPIC, reliable),
@@ -284,11 +310,21 @@ class VprNode(LifecycleNode):
                                 callback_group=self._service_group),
         ]
         rt = _Runtime(settings=node, pipeline=pipeline, kmap=kmap,
-                      detector=LoopDetector(kmap, detector_config), root=root,
+                      detector=LoopDetector(kmap, detector_config, verifier), verifier=verifier,
+                      camera_infos=camera_infos, depths=depths, root=root,
                       publishers=publishers, services=services)
         for camera in cameras:
             rt.queues[camera] = deque()
         return rt
+
+    def _per_camera(self, topics: list[str], param: str, cameras: list[str]) -> dict[str, str]:
+        """Pair a per-camera topic list with the cameras ('' entries: that camera has none)."""
+        if topics and len(topics) != len(cameras):
+            raise params.ParameterValueError(
+                f'{param} needs one entry per camera ({len(cameras)}: {cameras}), got '
+                f'{len(topics)}')
+        return {camera: self._topic(topic, param)
+                for camera, topic in zip(cameras, topics) if topic}
 
     def _topic(self, name: str, param: str) -> str:
         """Resolve a topic parameter now, so a bad name fails configure and not activate."""
@@ -360,10 +396,16 @@ class VprNode(LifecycleNode):
             try:
                 config = from_values(DetectorConfig, {**asdict(rt.detector.config), **live})
                 node = from_values(params.NodeSettings, {**asdict(rt.settings), **live})
+                verification = None
+                if rt.verifier is not None:
+                    verification = from_values(VerificationSettings,
+                                               {**asdict(rt.verifier.settings), **live})
             except SettingError as err:
                 return SetParametersResult(successful=False, reason=str(err))
             with self._map_lock:
                 rt.settings, rt.detector.config = node, config
+                if verification is not None:
+                    rt.verifier.settings = verification
         return SetParametersResult(successful=True)
 
     # -- inputs (executor threads, serialised: no decoding, no computing) ---------------------
@@ -389,6 +431,13 @@ class VprNode(LifecycleNode):
             self._cond.notify()
         if dropped:
             self._stats.count('queue_drops', dropped)
+
+    def _on_depth(self, msg: Image, camera: str) -> None:
+        rt = self._rt
+        if rt is None:
+            return
+        self._enqueue(rt, rt.pipeline.add_depth(convert.depth_frame(msg, camera)))
+        self._stats.count('depth_images')  # after its effect
 
     def _on_odometry(self, msg: Odometry) -> None:
         rt = self._rt
@@ -471,7 +520,8 @@ class VprNode(LifecycleNode):
             detector = rt.detector
             try:
                 return list(detector.process_batch(
-                    np.stack([kf.descriptor for kf in keyframes]), metas))
+                    np.stack([kf.descriptor for kf in keyframes]), metas,
+                    [kf.features for kf in keyframes]))
             except ValueError as err:
                 if len(metas) == 1:
                     self._fail('map', f'{metas[0].camera}: {err}')
@@ -479,7 +529,7 @@ class VprNode(LifecycleNode):
             results: list[Detection | None] = []
             for kf in keyframes:
                 try:
-                    results.append(detector.process(kf.descriptor, kf.meta))
+                    results.append(detector.process(kf.descriptor, kf.meta, kf.features))
                 except ValueError as err:
                     self._fail('map', f'{kf.meta.camera}: {err}')
                     results.append(None)
@@ -488,13 +538,15 @@ class VprNode(LifecycleNode):
     def _publish(self, rt: _Runtime, kf: Keyframe, detection: Detection) -> None:
         node, pubs = rt.settings, rt.publishers
         query = detection.query
-        match = detection.candidates[0].meta if detection.accepted else None
+        accepted = detection.match
+        match = accepted.meta if accepted is not None else None
+        self._count_verification(detection)
         debug = node.publish_debug_image
         thumb = None  # needed for a debug view now, or to show this keyframe as a match later
         if debug and (match is not None or query.id >= 0):
             thumb = convert.thumbnail(kf.image, kf.encoding, _THUMBNAIL_HEIGHT)
         with self._map_lock:
-            rt.latest[kf.frame.camera] = (kf.descriptor, query)
+            rt.latest[kf.frame.camera] = (kf.descriptor, query, kf.features)
             map_id = rt.kmap.map_id
             match_thumb = rt.thumbnails.get(match.id) if debug and match else None
             if debug and query.id >= 0:
@@ -509,7 +561,7 @@ class VprNode(LifecycleNode):
         if match is None:
             return
         if node.publish_pose:
-            pose = convert.relocalization_pose(query, match, node.relocalization_covariance)
+            pose = self._relocalization(accepted, query, node)
             if pose is not None:
                 pubs['pose'].publish(pose)
         if node.publish_lio_sam:
@@ -522,6 +574,30 @@ class VprNode(LifecycleNode):
             view = convert.side_by_side(thumb, match_thumb)
             header = Header(stamp=convert.ns_to_stamp(query.stamp_ns), frame_id=query.frame_id)
             pubs['debug_image'].publish(convert.image_msg(view, 'rgb8', header))
+
+    def _count_verification(self, detection: Detection) -> None:
+        tried = [c.verification for c in detection.candidates if c.verification is not None]
+        if not tried:
+            return
+        self._stats.time('verify', sum(v.seconds for v in tried))
+        for v in tried:
+            self._stats.count('verified' if v.verified else f'verification_{v.cause}')
+
+    @staticmethod
+    def _relocalization(candidate: Any, query: KeyframeMeta, node: params.NodeSettings
+                        ) -> PoseWithCovarianceStamped | None:
+        """Return the query's map pose: the match's composed with the verified relative pose.
+
+        Without a metric verified pose: the match's own pose with the configured covariance.
+        """
+        v = candidate.verification
+        match = candidate.meta
+        if (v is not None and v.verified and match.pose is not None
+                and v.pose_kind == PoseKind.METRIC and v.covariance_base is not None):
+            found = relocalized(match.pose, v.relative_pose_base, v.covariance_base)
+            if found is not None:
+                return convert.stamped_pose(*found, query.stamp_ns, match.pose_frame)
+        return convert.relocalization_pose(query, match, node.relocalization_covariance)
 
     # -- services -------------------------------------------------------------------------
     def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response
@@ -557,7 +633,9 @@ class VprNode(LifecycleNode):
             with self._map_lock:
                 if kmap.map_id == rt.kmap.map_id:  # an older save of this map: ids published
                     kmap.skip_ids_below(rt.kmap.schema.next_id)  # since then are never reused
-                detector = LoopDetector(kmap, rt.detector.config)
+                if rt.verifier is not None:
+                    rt.verifier.map = kmap
+                detector = LoopDetector(kmap, rt.detector.config, rt.verifier)
                 rt.kmap, rt.detector = kmap, detector
                 rt.latest.clear()
                 rt.thumbnails.clear()
@@ -601,8 +679,9 @@ class VprNode(LifecycleNode):
                 response.message = (f'no keyframe from camera {camera!r} yet'
                                     if camera else 'no keyframe yet')
                 return response
-            descriptor, query = latest
-            detection = rt.detector.query(descriptor, query, top_k=request.top_k or None)
+            descriptor, query, features = latest
+            detection = rt.detector.query(descriptor, query, top_k=request.top_k or None,
+                                          features=features)
             map_id = rt.kmap.map_id
         response.success = True
         response.candidates = convert.candidate_array(detection, rt.extractor.model_id, map_id)
@@ -611,12 +690,14 @@ class VprNode(LifecycleNode):
         elif not detection.accepted:
             response.message = f'best candidate rejected ({detection.candidates[0].reason})'
         else:
-            pose = convert.relocalization_pose(query, detection.candidates[0].meta,
-                                               rt.settings.relocalization_covariance)
+            match = detection.match
+            pose = self._relocalization(match, query, rt.settings)
             response.has_pose = pose is not None
             if pose is not None:
                 response.pose = pose
-            response.message = 'relocalised' if pose is not None else 'match has no pose'
+            verified = match.verification is not None and match.verification.verified
+            response.message = ('match has no pose' if pose is None else
+                                'relocalised, verified' if verified else 'relocalised')
         return response
 
     # -- diagnostics ----------------------------------------------------------------------
@@ -638,8 +719,13 @@ class VprNode(LifecycleNode):
                    ('keyframe_rate_hz', f'{window.get("keyframes", 0) * rate:.2f}'),
                    ('accepted_rate_hz', f'{window.get("accepted", 0) * rate:.2f}')]
         for key in ('frames', 'keyframes', 'answered', 'accepted', 'queue_drops', 'odometry',
-                    'keyframe_stamps'):
+                    'keyframe_stamps', 'depth_images', 'verified',
+                    *(f'verification_{c}' for c in REJECTION_CAUSES), 'feature_errors',
+                    'depth_errors', 'camera_info_errors'):
             values.append((f'{key}_total', totals.get(key, 0)))
+        if rt is not None:
+            values.append(('verification', rt.verifier.settings.feature_kind
+                           if rt.verifier is not None else 'off'))
         for kind in ERROR_KINDS:
             values.append((f'{kind}_errors_total', totals.get(f'{kind}_errors', 0)))
         for stage in STAGES:

@@ -23,7 +23,14 @@ from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import PipelineConfig
-from boq_ros.settings import Setting, SettingError, check_settings, iter_settings, setting
+from boq_ros.settings import (
+    Setting,
+    SettingError,
+    VerificationSettings,
+    check_settings,
+    iter_settings,
+    setting,
+)
 
 _TYPES: dict[type, int] = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -55,6 +62,15 @@ class NodeSettings:
     compressed_topics: list = setting(
         [], 'sensor_msgs/CompressedImage topics (JPEG or PNG), one per camera.',
         section='Cameras', item=str)
+    camera_info_topics: list = setting(
+        [], 'sensor_msgs/CameraInfo topics, one per camera in the order image_topics then '
+        "compressed_topics; empty: each camera's conventional camera_info beside its image "
+        "topic (image_raw -> camera_info). Without intrinsics verification is uncalibrated "
+        '(an inlier test, no pose).', section='Cameras', item=str)
+    depth_topics: list = setting(
+        [], 'Depth images aligned to the cameras (sensor_msgs/Image 16UC1 mm or 32FC1 m), one '
+        "per camera in the same order ('' for a camera without); empty: no depth. With depth "
+        'the relative pose is metric (PnP).', section='Cameras', item=str)
     input_qos: str = setting(
         'sensor_data', 'QoS of the camera subscriptions: sensor_data (best effort, as most '
         'cameras publish), reliable, or system_default.', section='Cameras',
@@ -106,13 +122,13 @@ class NodeSettings:
 
 
 SETTING_CLASSES = (NodeSettings, ModelSettings, PipelineConfig, KeyframePolicy, DetectorConfig,
-                   MapSettings)
+                   VerificationSettings, MapSettings)
 """Every class whose settings are node parameters."""
 NOT_PARAMETERS = frozenset({'batch_size', 'pca_dim'})
 """Offline-only settings: the node batches one image per camera, and PCA is learned from a whole
 map (build it with `boq-ros map build --pca-dim`)."""
 SECTION_ORDER = ('Lifecycle', 'Model', 'Cameras', 'Keyframe selection', 'Candidate logic',
-                 'Keyframe map', 'Outputs')
+                 'Verification', 'Keyframe map', 'Outputs')
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class ReplayOptions:
     depth: int = 100  # history depth of the publishers and of the recorder
     record_topic: str | None = None  # the node's candidate topic (LoopCandidateArray)
     lockstep: bool = False  # publish an image only after the previous one was answered
+    depth_topics: tuple[str, ...] = ()  # image topics that are depth, not cameras: never answered
     subscriber_timeout_s: float = 20.0  # bounded wait for the node's endpoints before starting
     answer_timeout_s: float = 30.0  # max wait for one answer (lockstep) / the last answers
     allow_network: bool = False  # accept DDS discovery beyond localhost
@@ -212,7 +213,8 @@ def _select_streams(bag_topics: dict[str, Any], options: ReplayOptions,
                 raise
             summary.skipped_topics[topic] = str(exc)
             continue
-        streams[topic] = _Stream(remap.get(topic, topic), msgtype, msgtype in IMAGE_TYPES)
+        streams[topic] = _Stream(remap.get(topic, topic), msgtype,
+                                 msgtype in IMAGE_TYPES and topic not in options.depth_topics)
     if not streams:
         raise ReplayError('nothing to replay: no topic of the bag has a message type rclpy has')
     return streams
