@@ -431,11 +431,13 @@ def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_tru
 
 
 def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation: EvalConfig,
-                progress: bool = True) -> tuple[DemoRun, Any]:
+                progress: bool = True) -> tuple[list[DemoRun], Any]:
     """Run `boq-ros eval`'s runner on the recording with the node's model and settings objects.
 
     Both sides run the frame pipeline (boq_ros.pipeline) and the detector with the same
-    settings; one image per forward pass, as the node with one camera computes them.
+    settings; one image per forward pass, as the node with one camera computes them. Returns
+    the run that decides as the node does (verified when the node verifies) first, then the
+    appearance-only run from the same descriptors, for comparison.
     """
     from boq_ros.eval.runner import BagInput, EvalSpec, GroundTruthSource, run_once
     from boq_ros.settings import PipelineConfig
@@ -448,7 +450,9 @@ def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation
         verification=settings.verification, evaluation=evaluation, use_cache=False,
         progress=progress)
     outcome = run_once(spec, settings.model.extractor(model, batch_size=1), None)
-    run = DemoRun('offline pipeline', outcome.records, outcome.result,
-                  outcome.summary['frames'], dict(outcome.summary['timings_s']),
-                  dict(outcome.summary['skipped']))
-    return run, outcome
+    runs = [DemoRun(label, o.records, o.result, o.summary['frames'],
+                    dict(o.summary['timings_s']), dict(o.summary['skipped']))
+            for label, o in (('offline pipeline', outcome.verified or outcome),
+                             ('offline, appearance only', outcome))
+            if o is not None]
+    return runs if outcome.verified is not None else runs[:1], outcome

@@ -30,7 +30,7 @@ from boq_ros.eval.metrics import EvalConfig, evaluate
 from boq_ros.eval.records import CandidateRecord, no_match_record, read_records
 from boq_ros.pipeline import SKIP_CAUSES
 
-TINY = ['--frames', '16', '--camera-size', '96', '72', '--input-size', '64', '--device', 'cpu',
+TINY = ['--frames', '18', '--camera-size', '96', '72', '--input-size', '64', '--device', 'cpu',
         '--no-progress']
 
 
@@ -56,19 +56,22 @@ def test_demo_runs_the_main_job(demo_env, tmp_path, ros_domain_id):
     assert 'node: stopped cleanly' in text
     assert 'they agree' in text and 'metrics live vs offline: identical' in text
     report = json.loads((out / 'report' / 'report.json').read_text())
-    assert [r['label'] for r in report['runs']] == ['live node', 'offline pipeline']
+    assert [r['label'] for r in report['runs']] == ['live node', 'offline pipeline',
+                                                    'offline, appearance only']
+    assert report['runs'][0]['metrics']['pr_score'] == 'inliers'  # verified, as offline
+    assert set(report['kept_revisits']['by_run']) == {r['label'] for r in report['runs']}
     assert report['inputs']['random_weights'] is True
     assert report['runs'][1]['skipped'] == dict.fromkeys(SKIP_CAUSES, 0)
     assert report['inputs']['node_parameters']['input_size'] == 64
-    assert report['replay']['images'] == report['replay']['answered'] == 16
+    assert report['replay']['images'] == report['replay']['answered'] == 18
     assert report['agreement']['records_agree'] and report['agreement']['metric_differences'] == []
     live = report['runs'][0]['metrics']
-    assert live['num_queries'] == 16 and live['num_positive_queries'] > 0
+    assert live['num_queries'] == 18 and live['num_positive_queries'] > 0
     for name in report['plots'] + report['files']:
         assert (out / 'report' / name).stat().st_size > 0
     assert '| live node |' in (out / 'report' / 'summary.md').read_text()
     records = read_records(out / 'run' / 'live_candidates.jsonl')
-    assert len({r.query_stamp_ns for r in records}) == 16
+    assert len({r.query_stamp_ns for r in records}) == 18
     assert list((out / 'recordings').glob('recording-*/recording.json'))
 
 
@@ -134,7 +137,7 @@ def test_demo_deprecated_flag_names_still_work_and_say_so(capsys):
 
 
 def test_recording_is_generated_once_per_parameters(tmp_path):
-    spec = DemoRecording(frames=8, image_size=(32, 24))
+    spec = DemoRecording(frames=12, image_size=(32, 24))
     bag, reused = ensure_recording(tmp_path, spec)
     assert not reused and bag.exists()
     mtime = bag.stat().st_mtime_ns
@@ -212,7 +215,7 @@ def test_compare_records_finds_every_disagreement():
         'similarities at equal ranks differ': [base[0], _rec(5, 0, 1, 0.95, True)] + base[2:],
         'keyframe 4 proposed live only': base[:2] + [_rec(5, 1, 4, 0.8), base[3]],
         '2 candidates live, 3 offline': base[:3],
-        'accepted False live, True offline': [base[0], _rec(5, 0, 1, 0.9)] + base[2:],
+        'accepted none live, [1] offline': [base[0], _rec(5, 0, 1, 0.9)] + base[2:],
     }
     for problem, live in cases.items():
         result = compare_records(live, base)

@@ -4,6 +4,8 @@ Random-weight descriptors are nearly parallel, but their small differences still
 image: on the synthetic loop the true revisit ranks high far more often than chance. The tests
 claim exactly that (recall well above the chance level computed from the ground truth), plus the
 report's structure, the cache, and that recorded candidates evaluate to the same numbers.
+Most tests run appearance-only (--no-verification); the verified tests at the end run the
+default (appearance-only and verified rows) on a recording with depth.
 """
 import contextlib
 import io
@@ -14,11 +16,13 @@ import numpy as np
 import pytest
 
 from boq_ros.cli import main
+from boq_ros.detector import REJECTION_CAUSES
 from boq_ros.eval.records import read_records
 from boq_ros.model.checkpoint import write_random_checkpoint
 from boq_ros.pipeline import SKIP_CAUSES
 from boq_ros.synth import (
     COMPRESSED_TOPIC,
+    DEPTH_TOPIC,
     IMAGE_TOPIC,
     ODOM_TOPIC,
     generate_query_recording,
@@ -27,7 +31,8 @@ from boq_ros.synth import (
 
 SMALL = dict(laps=2, frames_per_lap=20, image_size=(160, 120))
 COMMON = ['--pose-topic', ODOM_TOPIC, '--radius-m', '3', '--exclusion-seconds', '2',
-          '--exclusion-keyframes', '5', '--device', 'cpu', '--no-progress']
+          '--exclusion-keyframes', '5', '--device', 'cpu', '--no-progress',
+          '--no-verification']
 NO_SKIPS = dict.fromkeys(SKIP_CAUSES, 0)
 
 
@@ -287,7 +292,7 @@ def test_deprecated_flag_names_still_work_and_say_so(loop_run, data, capsys):
             '--heights', '128', '--policy', 'height', '--backbone', 'resnet50',
             '--keyframes', 'every_frame', '--keyframe-interval', '1',
             '--exclusion-seconds', '2', '--exclusion-keyframes', '5', '--device', 'cpu',
-            '--no-progress']
+            '--no-progress', '--no-verification']
     assert boq_eval(argv) == 0
     err = capsys.readouterr().err
     for old, new in (('--topic', '--image-topic'), ('--gt-topic', '--pose-topic'),
@@ -325,7 +330,8 @@ def test_write_report_skeleton_shared_by_eval_and_demo(tmp_path):
     assert report['files'] == ['report.json', 'summary.md', 'records.jsonl']
     assert report['plots'] == ['pr_curve.png', 'trajectory.png']
     assert all((tmp_path / p).stat().st_size > 0 for p in plots)
-    assert report['evaluation'] == {'radius_m': 5.0, 'recall_ks': [1]}
+    assert report['evaluation'] == {'radius_m': 5.0, 'recall_ks': [1], 'pose_translation_m': 1.0,
+                                    'pose_rotation_deg': 5.0}
     assert report['replay'] == {'published': 6} and report['boq_ros_version']
     summary = (tmp_path / 'summary.md').read_text()
     assert '| node | 100.0 |' in summary and '100.0 (0.700)' in summary
@@ -342,3 +348,152 @@ def test_distance_keyframes_take_their_poses_from_the_pose_topic(data, tmp_path)
     assert run['frames'] == 40 and 0 < run['keyframes'] < 40  # the ring is 6 m a frame
     assert run['skipped'] == NO_SKIPS  # every frame had a pose from /odom
     assert report['inputs']['keyframes']['keyframe_mode'] == 'distance'
+
+
+# --- geometric verification: appearance-only and verified rows side by side ------------------
+VERIFIED = dict(laps=2, frames_per_lap=30, image_size=(320, 240))
+# The largest time budget: which candidates are verified must not depend on the machine's load.
+VERIFIED_ARGS = ['--pose-topic', ODOM_TOPIC, '--radius-m', '5', '--exclusion-seconds', '3',
+                 '--exclusion-keyframes', '15', '--threshold', '-1', '--input-size', '96',
+                 '--verify-budget-s', '60', '--device', 'cpu', '--no-progress']
+
+
+def verified_argv(root, checkpoint, out, *extra):
+    return [str(root / 'loop_depth'), '--image-topic', IMAGE_TOPIC, '--checkpoint',
+            str(checkpoint), '--out', str(out), '--cache-dir', str(root / 'cache'),
+            *VERIFIED_ARGS, *extra]
+
+
+@pytest.fixture(scope='module')
+def verified_run(tmp_path_factory, resnet_checkpoint):
+    """The default evaluation (verification on) of a 2-lap recording with aligned depth."""
+    root = tmp_path_factory.mktemp('verified')
+    generate_recording(root / 'loop_depth', storage='mcap', **VERIFIED)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert boq_eval(verified_argv(root, resnet_checkpoint, root / 'out',
+                                      '--depth-topic', DEPTH_TOPIC)) == 0
+    return root, printed.getvalue()
+
+
+def test_verified_and_appearance_rows_side_by_side(verified_run):
+    root, printed = verified_run
+    out = root / 'out'
+    report = json.loads((out / 'report.json').read_text())
+    appearance, verified = report['runs']
+    assert (appearance['label'], verified['label']) == ('height 96 px', 'height 96 px + sift')
+    assert '| height 96 px |' in printed and '| height 96 px + sift |' in printed
+    assert 'rotation error p50 / p90 (deg)' in printed
+    assert report['files'] == ['report.json', 'summary.md', 'records.jsonl',
+                               'records_verified.jsonl']
+    for name in ('pr_curve.png', 'trajectory.png', 'trajectory_verified.png'):
+        assert (out / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert report['inputs']['map']['depth_topic'] == DEPTH_TOPIC
+    assert report['inputs']['verification']['feature_kind'] == 'sift'
+    assert list(appearance['timings_s']) == ['read', 'decode', 'describe', 'search']
+    assert list(verified['timings_s']) == ['read', 'decode', 'describe', 'features', 'search',
+                                           'verify']
+    a, v = appearance['metrics'], verified['metrics']
+    assert (a['pr_score'], v['pr_score']) == ('similarity', 'inliers')
+    assert a['recall_at'] == v['recall_at']  # the same candidates: retrieval's R@K
+    assert appearance['verification'] is None
+    info = verified['verification']
+    assert set(info['rejected_by_cause']) == set(REJECTION_CAUSES)
+    assert info['keyframes_with_features'] == info['keyframes_with_depth'] == 60
+    assert info['keyframes_calibrated'] == 60  # the conventional /camera/camera_info
+    assert info['candidates_tried'] >= info['candidates_verified'] == v['accepted']['count']
+    assert info['ms_per_query']['median'] > 0
+    # Verification is deterministic: every loop it accepts on the street is a true one.
+    assert v['accepted']['count'] >= 10 and v['accepted']['precision'] == 1.0
+    assert v['accepted']['precision'] >= a['accepted']['precision']
+    # With depth the poses are metric (PnP), and close to the truth.
+    pose = v['pose_errors']
+    assert pose['loops_by_pose_kind']['metric'] == v['accepted']['count']
+    assert pose['rotation_deg']['count'] == pose['translation_m']['count'] == v['accepted'][
+        'count']
+    assert pose['rotation_deg']['median'] < 2.0 and pose['translation_m']['median'] < 0.5
+    assert a['pose_errors']['rotation_deg']['count'] == 0  # appearance-only: no poses
+    # The verified PR curve's points are the accepted loops, at their inlier counts.
+    assert float(v['threshold_at_100_precision']).is_integer()
+    assert v['pr_curve']['precision'] and all(p == 1.0 for p in v['pr_curve']['precision'])
+
+
+def test_verified_records_carry_the_accepted_loop_and_its_pose(verified_run):
+    from boq_ros.eval.records import POSE_METRIC, STATUS_VERIFIED
+    from boq_ros.settings import VerificationSettings
+
+    need = VerificationSettings().min_inliers_pnp
+    root, _ = verified_run
+    records = read_records(root / 'out' / 'records_verified.jsonl')
+    accepted = [r for r in records if r.accepted]
+    assert len({r.query_stamp_ns for r in accepted}) == len(accepted) >= 10
+    assert all(r.status == STATUS_VERIFIED and r.pose_kind == POSE_METRIC and r.inliers >= need
+               and r.relative_pose is not None for r in accepted)
+    assert all(r.status != STATUS_VERIFIED for r in records if not r.accepted)
+    appearance = read_records(root / 'out' / 'records.jsonl')
+    assert all(r.rank == 0 for r in appearance if r.accepted)
+    assert all(r.relative_pose is None and r.inliers == 0 for r in appearance)
+    key = [(r.query_stamp_ns, r.match_stamp_ns, r.rank, r.similarity) for r in records]
+    assert key == [(r.query_stamp_ns, r.match_stamp_ns, r.rank, r.similarity)
+                   for r in appearance]  # the same candidates, verified or not
+
+
+def test_verified_rerun_from_the_cache_gives_identical_numbers(verified_run, resnet_checkpoint):
+    root, _ = verified_run
+    again = root / 'again'
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert boq_eval(verified_argv(root, resnet_checkpoint, again,
+                                      '--depth-topic', DEPTH_TOPIC)) == 0
+    first = json.loads((root / 'out' / 'report.json').read_text())['runs']
+    second = json.loads((again / 'report.json').read_text())['runs']
+    assert [r['cached'] for r in first] == [False, False]
+    assert [r['cached'] for r in second] == [True, True]
+    for a, b in zip(first, second):
+        assert a['metrics'] == b['metrics']
+        assert a['keyframes'] == b['keyframes'] and a['skipped'] == b['skipped']
+    info = {k: v for k, v in second[1]['verification'].items() if k != 'ms_per_query'}
+    assert info == {k: v for k, v in first[1]['verification'].items() if k != 'ms_per_query'}
+    for name in ('records.jsonl', 'records_verified.jsonl'):
+        assert read_records(again / name) == read_records(root / 'out' / name)
+
+
+def test_recorded_verified_candidates_evaluate_to_the_same_numbers(verified_run):
+    root, _ = verified_run
+    recorded_out = root / 'recorded'
+    argv = [str(root / 'loop_depth'), '--records', str(root / 'out' / 'records_verified.jsonl'),
+            '--out', str(recorded_out), *VERIFIED_ARGS]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert boq_eval(argv) == 0
+    recorded = json.loads((recorded_out / 'report.json').read_text())['runs'][0]['metrics']
+    original = json.loads((root / 'out' / 'report.json').read_text())['runs'][1]['metrics']
+    assert recorded == original  # pose errors included: the records carry the poses
+
+
+def test_no_verification_is_the_appearance_only_row(verified_run, resnet_checkpoint):
+    root, _ = verified_run
+    plain = root / 'plain'
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert boq_eval(verified_argv(root, resnet_checkpoint, plain, '--no-verification')) == 0
+    (run,) = json.loads((plain / 'report.json').read_text())['runs']
+    both = json.loads((root / 'out' / 'report.json').read_text())['runs']
+    assert run['label'] == 'height 96 px' and not run['cached']  # a key without features
+    assert run['metrics'] == both[0]['metrics']
+    assert read_records(plain / 'records.jsonl') == read_records(root / 'out' / 'records.jsonl')
+
+
+def test_verification_flags_are_the_settings():
+    from boq_ros.cli import build_parser
+    from boq_ros.settings import VerificationSettings, settings_of
+
+    parser = build_parser()
+    args = parser.parse_args(['eval', 'bag', '--out', 'o'])
+    assert all(getattr(args, s.name) == s.default for s in settings_of(VerificationSettings))
+    assert (args.depth_topic, args.camera_info_topic) == (None, None)
+    args = parser.parse_args(['eval', 'bag', '--out', 'o', '--no-verification',
+                              '--feature-kind', 'orb', '--depth-range-m', '0.5', '8',
+                              '--camera-in-base', '0', '0', '1', '0', '0', '0', '1',
+                              '--camera-info-topic', ''])
+    assert (args.verification, args.feature_kind, args.depth_range_m, args.camera_in_base,
+            args.camera_info_topic) == (False, 'orb', [0.5, 8.0], [0, 0, 1, 0, 0, 0, 1], '')
+    with pytest.raises(SystemExit):
+        parser.parse_args(['eval', 'bag', '--out', 'o', '--depth-range-m', '-1', '8'])

@@ -320,3 +320,175 @@ def test_radius_is_a_setting():
     assert (radius.name, radius.section, radius.range_text()) == (
         'radius_m', 'Evaluation', '(0, 1e+06]')
     assert radius.default == EvalConfig().radius_m == 25.0
+
+
+# --- verification: accepted loops at any rank, their poses, the inliers curve ----------------
+def yaw_quaternion(yaw):
+    return [0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)]
+
+
+def posed_run(x, yaw):
+    """A run along x with headings `yaw` (radians), one keyframe per second."""
+    n = len(x)
+    quats = np.array([yaw_quaternion(a) for a in yaw])
+    return KeyframePositions(('run',) * n, (np.arange(n) + 1) * 10**9, np.arange(n),
+                             np.c_[x, np.zeros((n, 2))], quats)
+
+
+def vrec(q, m, rank, pos, accepted=False, inliers=0, pose=None, kind=1):
+    """Verified-run record of query row q -> map row m with a relative pose (x y yaw)."""
+    relative = None
+    if pose is not None:
+        relative = (pose[0], pose[1], 0.0, *yaw_quaternion(pose[2]))
+    return CandidateRecord(q, int(pos.stamps_ns[q]), 'run', 'cam', q, m, int(pos.stamps_ns[m]),
+                           'run', m, 0.9 - 0.1 * rank, rank, accepted,
+                           status=1 if accepted else 2, inliers=inliers,
+                           pose_kind=kind if pose is not None else 0, relative_pose=relative)
+
+
+def test_accepted_loops_at_any_rank_judged_by_radius_or_pose():
+    # x = 0, 10, 20, 0, 12, 30 m, all heading +x; exclusion 1 keyframe; radius 3 m.
+    pos = posed_run([0, 10, 20, 0, 12, 30], [0.0] * 6)
+    gt = GroundTruth(pos, pos, exclusion_seconds=0.0, exclusion_keyframes=1)
+    config = EvalConfig(radius_m=3.0, recall_ks=(1, 2))
+    records = [
+        # q3 at x=0: rank 0 (x=10) rejected, rank 1 (x=0) verified with a true pose
+        vrec(3, 1, 0, pos, inliers=9), vrec(3, 0, 1, pos, True, 40, (0.05, 0.0, 0.01)),
+        # q4 at x=12: the match at x=10 is 2 m away (within the radius), its pose is off
+        vrec(4, 1, 0, pos, True, 30, (-1.0, 0.5, 0.3)),
+        # q5 at x=30: the match at x=20 is 10 m away, but its metric pose is right: correct
+        vrec(5, 2, 0, pos, True, 20, (-10.2, 0.1, 0.02)),
+    ]
+    result = evaluate(records, gt, config, pr_score='inliers')
+    assert result.num_positive_queries == 2  # q3 (matches 0) and q4 (matches 1)
+    assert result.recall_at == {1: 0.5, 2: 1.0}  # retrieval: q3's correct match at rank 1
+    d = result.decisions
+    assert (d.accepted, d.true_positives, d.correct_by_pose) == (3, 3, 1)
+    assert d.precision == 1.0 and d.recall == 1.0  # q5 is no positive: not in the recall
+    np.testing.assert_array_equal(result.accepted_map_rows, [0, 1, 2])
+    # curve over inliers 40 (q3), 30 (q4), 20 (q5): all correct, q5 adds no recall
+    np.testing.assert_allclose(result.curve.thresholds, [40, 30, 20])
+    np.testing.assert_allclose(result.curve.precision, [1, 1, 1])
+    np.testing.assert_allclose(result.curve.recall, [0.5, 1.0, 1.0])
+    assert result.summary.threshold_at_full_precision == 20.0
+    errors = result.to_dict()['pose_errors']
+    assert errors['loops_by_pose_kind'] == {'none': 0, 'metric': 3, 'up_to_scale': 0,
+                                            'odometry_scale': 0}
+    assert errors['rotation_deg']['count'] == errors['translation_m']['count'] == 3
+    rotations = sorted(math.degrees(a) for a in (0.01, 0.3, 0.02))
+    assert errors['rotation_deg']['median'] == pytest.approx(rotations[1])
+    assert errors['rotation_deg']['p90'] == pytest.approx(np.percentile(rotations, 90))
+    translations = sorted([0.05, math.hypot(1.0, 0.5), math.hypot(0.2, 0.1)])
+    assert errors['translation_m']['median'] == pytest.approx(translations[1])
+    # The same records scored by similarity: the top-1 decisions, as for appearance-only.
+    by_similarity = evaluate(records, gt, config)
+    assert by_similarity.pr_score == 'similarity'
+    np.testing.assert_allclose(by_similarity.curve.precision, [1 / 3])  # one tie at 0.9
+    assert by_similarity.decisions == d  # the accepted loops do not depend on the curve
+
+
+def test_pose_rule_needs_a_metric_pose_and_ground_truth_orientations():
+    pos = posed_run([0, 10, 20, 30], [0.0, 0.0, 0.0, math.pi / 2])
+    gt = GroundTruth(pos, pos, exclusion_seconds=0.0, exclusion_keyframes=0)
+    # q3 (x=30, turned 90 deg left) -> m2 (x=20): truth is m2 10 m behind, i.e. at y = -10
+    # in q3's base frame, turned -90 deg.
+    truth = gt.relative_pose(3, 2)
+    np.testing.assert_allclose(truth[:3, 3], [0, 10, 0], atol=1e-9)
+    right = (0.0, 10.0, -math.pi / 2)
+    for kind, correct in ((1, True), (3, True), (2, False)):  # up to scale: radius only
+        result = evaluate([vrec(3, 2, 0, pos, True, 50, right, kind)], gt,
+                          EvalConfig(radius_m=5.0))
+        assert result.decisions.true_positives == int(correct), kind
+        spread = result.pose_errors.to_dict()
+        assert spread['rotation_deg']['count'] == 1
+        assert spread['translation_m']['count'] == (0 if kind == 2 else 1)
+    flat = KeyframePositions(pos.sessions, pos.stamps_ns, pos.seqs, pos.xyz)  # no orientations
+    result = evaluate([vrec(3, 2, 0, flat, True, 50, right)], GroundTruth(flat, flat),
+                      EvalConfig(radius_m=5.0))
+    assert result.decisions.true_positives == 0
+    assert result.to_dict()['pose_errors']['ground_truth_orientations'] is False
+    with pytest.raises(ValueError, match='two accepted records'):
+        evaluate([vrec(3, 2, 0, pos, True), vrec(3, 1, 1, pos, True)], gt)
+
+
+def test_recalled_subset_of_a_curve():
+    curve = precision_recall_curve(np.array([3.0, 2.0, 1.0]), np.array([1, 1, 0]), 1,
+                                   recalled=np.array([0, 1, 0]))
+    np.testing.assert_allclose(curve.precision, [1, 1, 2 / 3])
+    np.testing.assert_allclose(curve.recall, [0, 1, 1])
+    with pytest.raises(ValueError, match='correct ones'):
+        precision_recall_curve(np.array([1.0]), np.array([0]), 1, recalled=np.array([1]))
+
+
+def test_records_with_verification_fields_round_trip(tmp_path):
+    import json
+
+    pos = posed_run([0, 10, 20, 0], [0.0] * 4)
+    verified = vrec(3, 0, 2, pos, True, 42, (0.1, -0.2, 0.05), kind=3)
+    records = [vrec(3, 1, 0, pos, inliers=7), verified, no_match_record(1, 5, 'run', 'cam', 1)]
+    path = tmp_path / 'records.jsonl'
+    write_records(path, records)
+    back = read_records(path)
+    assert back == records and back[1].relative_pose == verified.relative_pose
+    assert json.loads(path.read_text().splitlines()[1])['relative_pose'][3:5] == [0.0, 0.0]
+    # a file written before the verification fields existed reads with their defaults
+    old = {k: v for k, v in json.loads(path.read_text().splitlines()[0]).items()
+           if k not in ('status', 'inliers', 'pose_kind', 'relative_pose')}
+    path.write_text(json.dumps(old) + '\n')
+    (record,) = read_records(path)
+    assert (record.status, record.inliers, record.pose_kind, record.relative_pose) == (
+        0, 0, 0, None)
+    for field, value, message in (('status', 5, 'status must be'),
+                                  ('pose_kind', -1, 'pose_kind must be'),
+                                  ('inliers', -3, 'inliers must be'),
+                                  ('relative_pose', [1, 2, 3], 'relative_pose must be 7'),
+                                  ('relative_pose', [0, 0, 0, 0, 0, 0, 2], 'unit quaternion'),
+                                  ('relative_pose', 'x', 'null or a list')):
+        path.write_text(json.dumps({**old, field: value}) + '\n')
+        with pytest.raises(RecordFormatError, match=message):
+            read_records(path)
+
+
+def test_record_values_are_the_message_and_detector_values():
+    from boq_ros.detector import PoseKind, Status
+    from boq_ros.eval import records
+
+    assert records.STATUS_NAMES == tuple(s.name.lower() for s in Status)
+    assert records.POSE_KIND_NAMES[1:] == tuple(k.name.lower() for k in PoseKind)[1:]
+    assert records.STATUS_VERIFIED == Status.VERIFIED
+    assert records.SCALED_POSE_KINDS == (PoseKind.METRIC, PoseKind.ODOMETRY_SCALE)
+
+
+def test_cached_local_features_round_trip(tmp_path):
+    from boq_ros.eval.cache import CachedDescriptors, DescriptorCache
+    from boq_ros.keyframe_map import LocalFeatures
+
+    rng = np.random.default_rng(0)
+
+    def features(n, depth=True, calibrated=True):
+        return LocalFeatures('sift', rng.uniform(0, 100, (n, 2)).astype(np.float32),
+                             rng.integers(0, 255, (n, 128)).astype(np.uint8), (320, 240),
+                             (200.0, 200.0, 160.0, 120.0) if calibrated else None,
+                             rng.uniform(1, 5, n).astype(np.float32) if depth else None)
+
+    kept = [features(5), None, features(0), features(3, depth=False, calibrated=False)]
+    entry = CachedDescriptors(np.eye(4, dtype=np.float32), np.arange(4), list('abcd'),
+                              np.arange(6), {'features': 0.5}, {}, kept,
+                              {'feature_errors': 1, 'depth_errors': 0})
+    cache = DescriptorCache(tmp_path)
+    cache.store('k', entry, {})
+    back = cache.load('k')
+    assert back.feature_notes == entry.feature_notes and back.features[1] is None
+    for a, b in zip(kept, back.features):
+        if a is None:
+            continue
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+        np.testing.assert_array_equal(a.descriptors, b.descriptors)
+        assert (a.kind, a.image_size, a.intrinsics) == (b.kind, b.image_size, b.intrinsics)
+        assert (a.depth is None) == (b.depth is None)
+        if a.depth is not None:
+            np.testing.assert_array_equal(a.depth, b.depth)
+    assert back.features[2].descriptors.shape == (0, 128)
+    entry.features = None  # without verification: no feature arrays at all
+    cache.store('plain', entry, {})
+    assert cache.load('plain').features is None

@@ -221,6 +221,39 @@ def test_recorder_keeps_unassigned_queries_apart():
     assert not record.has_match and np.isfinite(record.similarity)
 
 
+def test_recorder_takes_the_verified_candidate_and_its_base_pose():
+    from boq_ros.msg import LoopCandidate, LoopCandidateArray
+
+    msg = LoopCandidateArray()
+    msg.query.id, msg.query.session, msg.query.camera = 7, 'run', 'cam'
+    msg.header.stamp.sec = 9
+    msg.accepted = True
+    for rank in range(3):
+        c = LoopCandidate(rank=rank, similarity=0.9 - 0.1 * rank)
+        c.match.id, c.match.session, c.match.stamp.sec = rank, 'run', rank + 1
+        c.status = LoopCandidate.STATUS_REJECTED
+        c.matches, c.inliers = 30, 5
+        msg.candidates.append(c)
+    verified = msg.candidates[1]
+    verified.status, verified.inliers = LoopCandidate.STATUS_VERIFIED, 48
+    verified.pose_kind, verified.has_relative_pose = LoopCandidate.POSE_METRIC, True
+    verified.relative_pose.pose.position.z = 5.0  # camera frame: not what the record keeps
+    base = verified.relative_pose_base.pose
+    base.position.x, base.position.y = 4.0, -0.5
+    base.orientation.z, base.orientation.w = 0.6, 0.8
+    records = CandidateRecorder().add(msg)
+    assert [r.accepted for r in records] == [False, True, False]
+    assert [(r.status, r.inliers, r.pose_kind) for r in records] == [(2, 5, 0), (1, 48, 1),
+                                                                     (2, 5, 0)]
+    assert records[1].relative_pose == (4.0, -0.5, 0.0, 0.0, 0.0, 0.6, 0.8)
+    assert records[0].relative_pose is None and records[2].relative_pose is None
+    for c in msg.candidates:  # verification off: the best candidate, appearance-only
+        c.status, c.has_relative_pose = LoopCandidate.STATUS_APPEARANCE_ONLY, False
+    assert [r.accepted for r in CandidateRecorder().add(msg)] == [True, False, False]
+    msg.accepted = False
+    assert not any(r.accepted for r in CandidateRecorder().add(msg))
+
+
 def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id):
     """The node, fed the bag over DDS, proposes what the offline pipeline proposes."""
     from boq_ros.demo import (
@@ -238,15 +271,17 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
     from boq_ros.eval.metrics import EvalConfig, evaluate
     from boq_ros.extractor import ModelSettings
     from boq_ros.model.checkpoint import write_random_checkpoint
+    from boq_ros.settings import VerificationSettings
     from boq_ros.trajectory import Trajectory
 
-    recording = DemoRecording(frames=16, image_size=(96, 72))
+    recording = DemoRecording(frames=18, image_size=(96, 72))
     bag, _ = ensure_recording(tmp_path / 'recordings', recording)
     checkpoint = write_random_checkpoint(tmp_path / 'random.pth', 'resnet50-16384')
     model_settings = ModelSettings(checkpoint=str(checkpoint), device='cpu',
                                    resize_policy='height', input_size=64)
     model = model_settings.load()
-    settings = NodeSettings(model_settings, tmp_path / 'maps', demo_detector(recording))
+    settings = NodeSettings(model_settings, tmp_path / 'maps', demo_detector(recording),
+                            verification=VerificationSettings(verification=False))
     node = start_node(params_file=write_params_file(tmp_path / 'params.yaml',
                                                     settings.parameters()))
     options = ReplayOptions(topics=(IMAGE_TOPIC, ODOM_TOPIC), rate=5.0,
@@ -254,17 +289,17 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
                             subscriber_timeout_s=120.0, answer_timeout_s=60.0)
     summary, live = replay(bag, options, domain_id=ros_domain_id, peer_alive=node.alive,
                            progress=False)
-    assert (summary.images, summary.answered) == (16, 16)
+    assert (summary.images, summary.answered) == (18, 18)
     assert summary.model_ids and summary.model_ids[0].startswith('resnet50-16384@')
 
     evaluation = EvalConfig(radius_m=5.0)
-    offline, _ = offline_run(bag, model, settings, evaluation, progress=False)
+    (offline,), _ = offline_run(bag, model, settings, evaluation, progress=False)
     agreement = compare_records(live, offline.records, threshold=settings.detector.threshold)
     assert agreement.agree, agreement.format()
-    assert agreement.live_queries == agreement.offline_queries == 16
+    assert agreement.live_queries == agreement.offline_queries == 18
     # Not vacuous: the second lap has candidates (the first is inside the exclusion window).
     assert sum(r.has_match for r in live) >= 8 and any(r.accepted for r in live)
-    assert {r.query_id for r in live} == set(range(16))
+    assert {r.query_id for r in live} == set(range(18))
     ground_truth, kept, unknown = ground_truth_for_records(
         live, {'demo': Trajectory.from_bag(bag, ODOM_TOPIC)},
         settings.detector.exclusion_seconds, settings.detector.exclusion_keyframes)

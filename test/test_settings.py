@@ -24,6 +24,7 @@ COMMAND_INPUTS = {
     'frames', 'rate', 'domain_id', 'no_offline', 'camera_size', 'queries', 'block',
     'topics', 'remap', 'clock', 'start_offset', 'qos', 'record_topic', 'record_out', 'lockstep',
     'wait_subscribers', 'answer_timeout', 'allow_network', 'force', 'map', 'help',
+    'depth_topic', 'camera_info_topic',
 }
 DEMO_SCENARIO = {'input_size': 192, 'radius_m': 5.0}
 """The demo's own defaults for its small synthetic street (documented in docs/demo.md)."""

@@ -6,6 +6,7 @@ metrics, runs the offline pipeline on the same recording to show that both agree
 report and plots.
 """
 import argparse
+from dataclasses import replace
 import os
 from pathlib import Path
 import shutil
@@ -31,7 +32,7 @@ and print a deprecation note.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from boq_ros.eval.metrics import EvalConfig  # numpy only
-    from boq_ros.settings import ModelSettings
+    from boq_ros.settings import ModelSettings, VerificationSettings
 
     parser = subparsers.add_parser(
         'demo', help='the main job: generate a recording, run the node on it, evaluate what it '
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help='replay speed: bag seconds per wall second (default 1.0); the '
                              "replay also waits for the node's answer to each image")
     options.add(parser, EvalConfig, 'radius_m', defaults={'radius_m': 5.0})
+    options.add(parser, VerificationSettings, 'verification', 'feature_kind')
     parser.add_argument('--domain-id', type=int,
                         help='ROS_DOMAIN_ID of the node and the replay (default: from the pid)')
     parser.add_argument('--no-offline', action='store_true',
@@ -100,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
          f'of {recording.image_size[0]}x{recording.image_size[1]} over {recording.laps} laps '
          f'at {recording.rate_hz:g} Hz)')
 
+    verification = replace(demo.demo_verification(), verification=args.verification,
+                           feature_kind=args.feature_kind)
     settings = demo.NodeSettings(model=model_settings, map_directory=run_dir / 'maps',
-                                 detector=demo.demo_detector(recording))
+                                 detector=demo.demo_detector(recording),
+                                 verification=verification)
     env = safe_dds_environment(domain_id, run_dir / 'ros_log')
     os.environ.update(env)  # this process's replay joins the node's domain, loopback only
     params = demo.write_params_file(run_dir / 'node_params.yaml', settings.parameters())
@@ -131,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise demo.DemoError(f'{unknown} records of the node name keyframes that the recording '
                              'has no ground truth for')
-    live = demo.DemoRun('live node', kept, evaluate(kept, ground_truth, evaluation),
+    verifying = settings.verification.verification
+    live = demo.DemoRun('live node', kept, evaluate(kept, ground_truth, evaluation,
+                                                    pr_score='inliers' if verifying
+                                                    else 'similarity'),
                         summary.images, {'replay': summary.wall_s})
     runs = [live]
     extra = {'replay': {'published': summary.published, 'images': summary.images,
@@ -140,10 +148,11 @@ def run(args: argparse.Namespace) -> int:
     agreement, differences = None, []
     if not args.no_offline:
         _say('offline: the same recording through the offline pipeline (same model, settings)')
-        offline, _ = demo.offline_run(bag, model, settings, evaluation,
-                                      progress=not args.no_progress)
+        offline_runs, _ = demo.offline_run(bag, model, settings, evaluation,
+                                           progress=not args.no_progress)
+        offline = offline_runs[0]
         write_records(run_dir / 'offline_candidates.jsonl', offline.records)
-        runs.append(offline)
+        runs += offline_runs
         agreement = demo.compare_records(records, offline.records,
                                          threshold=settings.detector.threshold)
         differences = demo.metric_differences(live.result, offline.result)
@@ -153,10 +162,17 @@ def run(args: argparse.Namespace) -> int:
               'ground_truth': f'topic {demo.ODOM_TOPIC}', 'checkpoint': str(weights.path),
               'model_id': ', '.join(summary.model_ids), 'random_weights': not is_released(model),
               'node_parameters': settings.parameters()}
+    top_n = settings.verification.verify_top_n
+    kept_revisits = {r.label: r.result.kept_in_top(top_n) for r in runs}
+    extra['kept_revisits'] = {'top_n': top_n, 'by_run': kept_revisits}
     report = demo.write_report(out / 'report', runs, ground_truth, inputs, settings.detector,
                                evaluation, extra)
     _say('')
     _say((out / 'report' / 'summary.md').read_text(encoding='utf-8'))
+    for label, kept_fraction in kept_revisits.items():
+        if kept_fraction is not None:
+            _say(f'{label}: {100 * kept_fraction:.1f} % of the revisits retrieval put in its '
+                 f'top {top_n} became correct loops')
     if agreement is not None:
         _say(agreement.format())
         _say('metrics live vs offline: ' + ('identical' if not differences else

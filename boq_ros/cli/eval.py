@@ -4,17 +4,13 @@ One bag: loop closure within the run (the detector's exclusion window applies). 
 query bag: place recognition across runs. `--records` evaluates recorded candidates instead (what
 the live node published during `boq-ros replay`), with the same metrics. The model, pipeline,
 keyframe, detector and verification flags are generated from the settings
-(``boq_ros/cli/options.py``; here for the boolean and list settings it has no form for), so
-they have the node parameters' names, defaults and ranges. Verification is on by default: each
-input size gives an appearance-only row and a verified one.
+(``boq_ros/cli/options.py``), so they have the node parameters' names, defaults and ranges.
+Verification is on by default: each input size gives an appearance-only row and a verified one.
 """
 import argparse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from boq_ros.cli import options
-from boq_ros.settings import KIND_NAMES, Setting, SettingError, settings_of
 
 EPILOG = """\
 examples:
@@ -32,45 +28,6 @@ the same candidates verified with local features (--depth-topic for metric poses
 Old flag names (--gt-topic, --heights, --radius, --keyframes, --backbone, ...) still work and
 print a deprecation note.
 """
-
-
-def _item_parser(s: Setting) -> Callable[[str], Any]:
-    """Make an argparse type for one value of a list setting, checked against its range."""
-    def parse(text: str) -> Any:
-        try:
-            value = s.item(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.item]}') from None
-        try:
-            return s.check([value] * (s.length or 1))[0]
-        except SettingError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    parse.__name__ = s.name
-    return parse
-
-
-def add_settings(group: Any, cls: Any) -> None:
-    """Add a flag for every setting of `cls`: options.add's, plus booleans and lists.
-
-    A boolean is ``--name`` / ``--no-name``; a list takes its values after one flag (as many as
-    its length), each checked against the setting's range.
-    """
-    for s in settings_of(cls):
-        if s.kind in (int, float, str):
-            options.add(group, cls, s.name)
-            continue
-        notes = f'default {s.default!r}' + (f', each in {s.range_text()}' if s.low is not None
-                                            else '')
-        if s.kind is bool:
-            group.add_argument(options.flag(s.name), dest=s.name, default=s.default,
-                               action=argparse.BooleanOptionalAction,
-                               help=s.description.replace('%', '%%') + ' (default %(default)s)')
-        elif s.kind is list and s.item in (int, float, str):
-            group.add_argument(options.flag(s.name), dest=s.name, default=list(s.default),
-                               nargs=s.length or '+', type=_item_parser(s),
-                               help=f'{s.description} ({notes})'.replace('%', '%%'))
-        else:
-            raise TypeError(f'setting {s.name} ({s.kind.__name__}) has no flag form')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -124,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 'min_margin', 'consistency', 'consistency_keyframes')
     options.add(det, EvalConfig, 'radius_m')
     ver = parser.add_argument_group('geometric verification (a verified row per input size)')
-    add_settings(ver, VerificationSettings)
+    options.add_all(ver, VerificationSettings)
     ver.add_argument('--depth-topic', help='depth image topic aligned to the image topic (16UC1 '
                                            'mm or 32FC1 m): metric relative poses (default: '
                                            'none, poses up to scale)')

@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         MapSettings,
         ModelSettings,
         PipelineConfig,
+        VerificationSettings,
     )
 
     parser = subparsers.add_parser(
@@ -73,6 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='child frame of the transforms to use when --pose-topic is TF'))
     stored = build.add_argument_group('map')
     options.add(stored, MapSettings, 'session', 'robot_id', 'index_kind', 'pca_dim')
+    features = build.add_argument_group('local features for verification (docs/verification.md)')
+    options.add(features, VerificationSettings, 'verification', 'feature_kind', 'max_keypoints',
+                'depth_range_m', 'feature_device')
+    features.add_argument('--depth-topic', metavar='TOPIC',
+                          help='depth images aligned to the (one) image topic (16UC1 mm or '
+                               '32FC1 m): keyframe features with depth, metric loop poses')
+    features.add_argument('--camera-info-topic', metavar='TOPIC',
+                          help='CameraInfo of the image topic (default: the conventional '
+                               '.../camera_info beside it, when the bag has it)')
     build.set_defaults(func=run_build)
     info = commands.add_parser('info', help="print a map's schema and statistics")
     info.add_argument('map', type=options.path, metavar='MAP')
@@ -95,12 +105,15 @@ def run_build(args: argparse.Namespace) -> int:
         ModelSettings,
         PipelineConfig,
         SettingError,
+        VerificationSettings,
     )
 
     if args.images and args.keyframe_mode == 'distance':
         raise UsageError('--keyframe-mode distance needs poses, which image folders do not '
                          'have: use --bag with --pose-topic, or interval keyframes')
-    for flag, given in (('--pose-topic', args.pose_topic), ('--image-topic', args.image_topic)):
+    for flag, given in (('--pose-topic', args.pose_topic), ('--image-topic', args.image_topic),
+                        ('--depth-topic', args.depth_topic),
+                        ('--camera-info-topic', args.camera_info_topic)):
         if args.images and given:
             raise UsageError(f'{flag} needs --bag (image folders have no topics)')
     if args.keyframe_mode == 'distance' and not args.pose_topic:
@@ -109,21 +122,26 @@ def run_build(args: argparse.Namespace) -> int:
         raise UsageError('--keyframe-mode external needs a SLAM system; offline use '
                          'every_frame, interval or distance')
     try:
-        settings = [options.build(cls, args) for cls in (ModelSettings, KeyframePolicy,
-                                                         PipelineConfig, MapSettings)]
+        settings = [options.build(cls, args) for cls in (
+            ModelSettings, KeyframePolicy, PipelineConfig, MapSettings, VerificationSettings)]
     except SettingError as err:
         raise UsageError(str(err)) from None
-    model, keyframes, pipeline, map_settings = settings
+    model, keyframes, pipeline, map_settings, verification = settings
+    if (args.depth_topic or args.camera_info_topic) and len(args.image_topic or ()) > 1:
+        raise UsageError('--depth-topic and --camera-info-topic belong to one --image-topic')
     if args.bag:
         recordings = [Recording(path, 'bag', tuple(args.image_topic or ()), args.pose_topic,
-                                args.pose_child_frame) for path in args.bag]
+                                args.pose_child_frame, depth_topic=args.depth_topic or '',
+                                camera_info_topic=args.camera_info_topic or '')
+                      for path in args.bag]
     else:
         recordings = [Recording(Path(spec), 'images', depth_ok=args.include_depth)
                       for spec in args.images]
     with tqdm(unit='frame', desc='map build', disable=args.no_progress or None,
               file=sys.stderr) as bar:
         summary = build_map(recordings, args.out, model=model, keyframes=keyframes,
-                            pipeline=pipeline, map_settings=map_settings, append=args.append,
+                            pipeline=pipeline, map_settings=map_settings,
+                            verification=verification, append=args.append,
                             on_frame=lambda: bar.update(1),
                             on_note=lambda text: print(text, file=sys.stderr))
     print('\n'.join(summary.lines()))

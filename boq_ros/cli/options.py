@@ -2,7 +2,8 @@
 
 ``add(group, ModelSettings, 'checkpoint', 'device')`` adds ``--checkpoint`` and ``--device`` with
 the setting's type, choices, range, default and description, so a flag can never drift from the
-node parameter of the same name. Old flag names keep working as hidden aliases that print a
+node parameter of the same name; a boolean is ``--name`` / ``--no-name``, a list takes its
+values after one flag. Old flag names keep working as hidden aliases that print a
 deprecation note (``ALIASES``). Imports nothing heavy: ``boq-ros --help`` stays fast.
 """
 import argparse
@@ -58,6 +59,21 @@ def parse_value(s: Setting) -> Callable[[str], Any]:
 
 
 
+def _item_parser(s: Setting) -> Callable[[str], Any]:
+    """Make an argparse type for one value of a list setting, checked against its range."""
+    def parse(text: str) -> Any:
+        try:
+            value = s.item(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.item]}') from None
+        try:
+            return s.check([value] * (s.length or 1))[0]
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = s.name
+    return parse
+
+
 def _help(s: Setting, default: Any) -> str:
     notes = [f'default {default!r}']
     if s.low is not None:
@@ -76,9 +92,21 @@ def add(group: Any, cls: Any, *names: str, several: Sequence[str] = (),
     known = {s.name: s for s in settings_of(cls)}
     for name in names:
         s = known[name]
+        default = (defaults or {}).get(name, s.default)
+        if s.kind is bool:  # --name / --no-name
+            group.add_argument(flag(name), dest=name, default=default,
+                               action=argparse.BooleanOptionalAction,
+                               help=s.description.replace('%', '%%') + ' (default %(default)s)')
+            continue
+        if s.kind is list and s.item in (int, float, str):  # its values after one flag
+            notes = f'default {default!r}' + (f', each in {s.range_text()}'
+                                              if s.low is not None else '')
+            group.add_argument(flag(name), dest=name, default=list(default),
+                               nargs=s.length or '+', type=_item_parser(s),
+                               help=f'{s.description} ({notes})'.replace('%', '%%'))
+            continue
         if s.kind not in (int, float, str):
             raise TypeError(f'setting {name} ({s.kind.__name__}) has no flag form')
-        default = (defaults or {}).get(name, s.default)
         kwargs: dict[str, Any] = dict(type=parse_value(s), dest=name, default=default,
                                       help=_help(s, default))
         if s.choices:
@@ -89,6 +117,11 @@ def add(group: Any, cls: Any, *names: str, several: Sequence[str] = (),
         if name in required:
             kwargs.update(required=True, default=None)
         add_aliases(group, group.add_argument(flag(name), **kwargs))
+
+
+def add_all(group: Any, cls: Any, defaults: Mapping[str, Any] | None = None) -> None:
+    """Add the flags of every setting of configuration class `cls`."""
+    add(group, cls, *(s.name for s in settings_of(cls)), defaults=defaults)
 
 
 class _Deprecated(argparse.Action):

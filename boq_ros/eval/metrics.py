@@ -228,6 +228,21 @@ class EvalResult:
     accepted_map_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64),
                                           repr=False)
     accepted_correct: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    first_correct_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64),
+                                           repr=False)  # per query; int64 max: none correct
+
+    def kept_in_top(self, n: int) -> float | None:
+        """Return the share of revisits in the top `n` that became correct loops.
+
+        That is, of the positive queries with a correct candidate in their top `n`, those whose
+        accepted loop is correct: what verification keeps of what retrieval found there.
+        """
+        found = (self.first_correct_rank < n) & self.positive_queries
+        if not found.any():
+            return None
+        kept = np.zeros_like(found)
+        kept[self.accepted_query_rows[self.accepted_correct]] = True
+        return float((kept & found).sum() / found.sum())
 
     def to_dict(self, include_curve: bool = True) -> dict[str, Any]:
         """JSON-ready metrics (None for undefined values)."""
@@ -251,6 +266,8 @@ class EvalResult:
                 'precision': self.decisions.precision,
                 'recall': self.decisions.recall,
             },
+            'loops_kept_at': {str(k): self.kept_in_top(k) for k in self.recall_at
+                              if k <= self.candidate_depth},
             'pr_score': self.pr_score,
             'pose_errors': None if self.pose_errors is None else self.pose_errors.to_dict(),
         }
@@ -376,4 +393,5 @@ def evaluate(records: Sequence[CandidateRecord], ground_truth: GroundTruth,
     return EvalResult(config, n_queries, n_pos, len(top1), depth, recall_at, curve,
                       summarize_curve(curve), decisions, q_rows, m_rows, sims, good, acc,
                       positive, pr_score, pose_errors, acc_q,
-                      np.array([a.map_row for a in loops], dtype=np.int64), acc_good)
+                      np.array([a.map_row for a in loops], dtype=np.int64), acc_good,
+                      first_correct)

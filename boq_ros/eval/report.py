@@ -131,8 +131,16 @@ def _skipped(skipped: Mapping[str, int] | None) -> str:
     return ', '.join(f'{cause} {n}' for cause, n in skipped.items() if n) or '0'
 
 
+STAGE_ORDER = ('read', 'queue', 'decode', 'describe', 'features', 'search', 'verify',
+               'publish', 'total')
+"""boq_ros.pipeline.STAGES (not imported: that would load the model code)."""
+
+
 def _stages(runs: Sequence[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(s for run in runs for s in run['timings_s']))
+    """Stages of any run, in pipeline order (others after, as they come)."""
+    names = list(dict.fromkeys(s for run in runs for s in run['timings_s']))
+    return sorted(names, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER
+                                        else len(STAGE_ORDER), names.index(s)))
 
 
 def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:

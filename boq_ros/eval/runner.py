@@ -428,20 +428,19 @@ def _search(spec: EvalSpec, extractor: Extractor, map_desc: np.ndarray,
             map_metas: list[KeyframeMeta], map_features: list[LocalFeatures | None] | None,
             queries: tuple[np.ndarray, list[KeyframeMeta], list[LocalFeatures | None] | None]
             | None, verify: bool) -> _Search:
-    """Run the detector (grow: the map run queries itself; static: the query run searches)."""
+    """Run the detector over the queries (None: the map run queries the map it grows)."""
     kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
                        preprocess=extractor.preprocess_config.to_dict())
     verifier = GeometricVerifier(spec.verification, kmap) if verify else None
     detector = LoopDetector(kmap, spec.detector_config(), verifier)
-    start = time.perf_counter()
-    if queries is None:
-        detections = _detect(detector, map_desc, map_metas, map_features if verify else None,
-                             spec.progress, 'verify' if verify else 'search')
-    else:
+    if queries is None:  # loop closure: the recording queries the map it grows
+        queries = (map_desc, map_metas, map_features)
+    else:  # place recognition: the map run is a static map (not timed: no search)
         kmap.add(map_desc, map_metas, map_features if verify else None)
-        descs, metas, features = queries
-        detections = _detect(detector, descs, metas, features if verify else None,
-                             spec.progress, 'verify' if verify else 'search')
+    descs, metas, features = queries
+    start = time.perf_counter()
+    detections = _detect(detector, descs, metas, features if verify else None, spec.progress,
+                         'verify' if verify else 'search')
     total = time.perf_counter() - start
     verify_s = sum(c.verification.seconds for d in detections for c in d.candidates
                    if c.verification is not None)

@@ -44,7 +44,14 @@ from std_msgs.msg import Float64MultiArray, Header
 from visualization_msgs.msg import MarkerArray
 
 from boq_ros.bags import stamp_to_ns
-from boq_ros.detector import REJECTION_CAUSES, Detection, DetectorConfig, LoopDetector, PoseKind
+from boq_ros.detector import (
+    REJECTION_CAUSES,
+    Candidate,
+    Detection,
+    DetectorConfig,
+    LoopDetector,
+    PoseKind,
+)
 from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
@@ -284,6 +291,11 @@ class VprNode(LifecycleNode):
                  if odometry else None)
         verifier = (GeometricVerifier(verification, kmap) if verification.verification
                     else None)
+        if verifier is not None and len(kmap) and not kmap.statistics()['with_features']:
+            self.get_logger().warning(
+                f'the map {map_file} stores no local features (built before verification, or '
+                'with it off): verification will reject all of its keyframes; rebuild it with '
+                '`boq-ros map build`, or set verification to false')
         pipeline = FramePipeline(extractor, policy, pipeline_config, session=session,
                                  robot_id=map_settings.robot_id, poses=poses,
                                  on_skip=self._on_skip, stats=self._stats,
@@ -584,7 +596,7 @@ class VprNode(LifecycleNode):
             self._stats.count('verified' if v.verified else f'verification_{v.cause}')
 
     @staticmethod
-    def _relocalization(candidate: Any, query: KeyframeMeta, node: params.NodeSettings
+    def _relocalization(candidate: Candidate, query: KeyframeMeta, node: params.NodeSettings
                         ) -> PoseWithCovarianceStamped | None:
         """Return the query's map pose: the match's composed with the verified relative pose.
 

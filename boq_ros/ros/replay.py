@@ -134,6 +134,24 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
+def accepted_index(msg: Any) -> int | None:
+    """Return the index of the accepted candidate: the VERIFIED one, else the best.
+
+    None when the array is not accepted (as ``boq_ros.detector.Detection.match``).
+    """
+    if not msg.accepted or not msg.candidates:
+        return None
+    verified = type(msg.candidates[0]).STATUS_VERIFIED
+    return next((i for i, c in enumerate(msg.candidates) if c.status == verified), 0)
+
+
+def _pose(msg: Any) -> tuple[float, ...]:
+    """Return (x y z qx qy qz qw) of a geometry_msgs/PoseWithCovariance."""
+    p, q = msg.pose.position, msg.pose.orientation
+    return (float(p.x), float(p.y), float(p.z), float(q.x), float(q.y), float(q.z),
+            float(q.w))
+
+
 class CandidateRecorder:
     """Turns the node's candidate arrays into candidate records, as the offline runner makes them.
 
@@ -166,6 +184,7 @@ class CandidateRecorder:
         if not msg.candidates:
             records = [no_match_record(query_id, query_stamp, session, query.camera, query_seq)]
         else:
+            accepted = accepted_index(msg)
             records = [
                 CandidateRecord(
                     query_id=query_id, query_stamp_ns=query_stamp, query_session=session,
@@ -173,9 +192,10 @@ class CandidateRecorder:
                     match_id=int(c.match.id), match_stamp_ns=stamp_to_ns(c.match.stamp),
                     match_session=c.match.session,
                     match_seq=self._seq_of.get(int(c.match.id), -1),
-                    similarity=float(c.similarity), rank=int(c.rank),
-                    accepted=bool(msg.accepted) and int(c.rank) == 0)
-                for c in msg.candidates]
+                    similarity=float(c.similarity), rank=int(c.rank), accepted=i == accepted,
+                    status=int(c.status), inliers=int(c.inliers), pose_kind=int(c.pose_kind),
+                    relative_pose=_pose(c.relative_pose_base) if c.has_relative_pose else None)
+                for i, c in enumerate(msg.candidates)]
         for record in records:
             record.validate()
         self.records.extend(records)

@@ -5,8 +5,13 @@ Three estimators, by what the keyframes carry:
 - ``pnp``: the match keyframe's keypoints have depth: 3D points in the match camera against
   the query's pixels, RANSAC then Levenberg-Marquardt on the inliers; a metric pose.
 - ``essential``: both cameras are calibrated but no depth: rotation and the direction of the
-  translation (the essential matrix cannot see scale).
+  translation (the essential matrix cannot see scale), RANSAC then Gauss-Newton on the Sampson
+  errors of the inliers.
 - ``fundamental``: no intrinsics: an inlier test only, no pose.
+
+Inliers along one line in an image (collinear points, or a plane through a camera centre) fit
+a whole family of models: every estimator refuses them (GeometryError) rather than return an
+arbitrary one.
 
 Poses are ``T_query_match``: the match camera's pose in the query camera's frame (optical
 frames, x right, y down, z forward), so ``X_query = R @ X_match + t``.
@@ -185,17 +190,20 @@ def essential(pixels_match: np.ndarray, k_match: np.ndarray, pixels_query: np.nd
     inliers = mask.reshape(-1) > 0
     if inliers.sum() < 5:
         raise GeometryError('fewer than 5 correspondences in front of both cameras')
+    # RANSAC's model is not the least-squares fit of its inliers (with outliers about, 5-10
+    # times the error the covariance states): refine, drop what no longer fits, refine again.
+    for _ in range(2):
+        rotation, translation, res, jac = _refine_essential(xm[inliers], xq[inliers], rotation,
+                                                            translation, focal)
+        keep = np.abs(res) <= threshold_px
+        if keep.all():
+            break
+        inliers[np.flatnonzero(inliers)[~keep]] = False
+        if inliers.sum() < 5:
+            raise GeometryError('fewer than 5 correspondences fit the refined essential matrix')
+    else:
+        res, jac = _sampson_jacobian(xm[inliers], xq[inliers], rotation, translation, focal)
     _check_spread(threshold_px, match=pm[inliers], query=pq[inliers])
-    res = _sampson(xm[inliers], xq[inliers], rotation, translation) * focal
-    jac = np.zeros((len(res), 6))
-    step = 1e-6
-    for i in range(6):  # numerical: Sampson's error has no short analytic Jacobian
-        d = np.zeros(6)
-        d[i] = step
-        r2 = _rodrigues(d[3:]) @ rotation
-        t2 = _rodrigues(d[3:]) @ translation + d[:3]
-        jac[:, i] = (_sampson(xm[inliers], xq[inliers], r2, t2 / np.linalg.norm(t2)) * focal
-                     - res) / step
     # Scale is not observed: the translation's covariance is that of its direction (rank 2);
     # the caller scales it and states the scale's own uncertainty.
     cov = None
@@ -206,6 +214,43 @@ def essential(pixels_match: np.ndarray, k_match: np.ndarray, pixels_query: np.nd
         cov = 0.5 * (cov + cov.T)
     return Geometry('essential', inliers, rotation, translation, cov,
                     float(np.sqrt(np.mean(res ** 2))))
+
+
+def _moved(rotation: np.ndarray, translation: np.ndarray,
+           delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the perturbation (d_t, d_rot) of the module docstring; the direction stays unit."""
+    moved = translation + delta[:3]
+    return _rodrigues(delta[3:]) @ rotation, moved / np.linalg.norm(moved)
+
+
+def _sampson_jacobian(xm: np.ndarray, xq: np.ndarray, rotation: np.ndarray,
+                      translation: np.ndarray, focal: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sampson errors (pixels) [n] and their Jacobian [n, 6] in the module's convention."""
+    res = _sampson(xm, xq, rotation, translation) * focal
+    jac = np.zeros((len(res), 6))
+    step = 1e-6
+    for i in range(6):  # numerical: Sampson's error has no short analytic Jacobian
+        d = np.zeros(6)
+        d[i] = step
+        jac[:, i] = (_sampson(xm, xq, *_moved(rotation, translation, d)) * focal - res) / step
+    return res, jac
+
+
+def _refine_essential(xm: np.ndarray, xq: np.ndarray, rotation: np.ndarray,
+                      translation: np.ndarray, focal: float, iterations: int = 10
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gauss-Newton on the Sampson errors; return R, t, residuals and Jacobian at the end."""
+    res, jac = _sampson_jacobian(xm, xq, rotation, translation, focal)
+    for _ in range(iterations):
+        delta = np.linalg.lstsq(jac, -res, rcond=1e-8)[0]  # minimum norm: scale is free
+        r2, t2 = _moved(rotation, translation, delta)
+        res2, jac2 = _sampson_jacobian(xm, xq, r2, t2, focal)
+        if not res2 @ res2 < res @ res:
+            break
+        rotation, translation, res, jac = r2, t2, res2, jac2
+        if np.abs(delta).max() < 1e-10:
+            break
+    return rotation, translation, res, jac
 
 
 def fundamental(pixels_match: np.ndarray, pixels_query: np.ndarray,
