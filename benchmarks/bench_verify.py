@@ -147,50 +147,55 @@ def main() -> None:
             continue
         verifiers[kind] = verifier
 
-    extract_s = {k: [] for k in verifiers}
-    match_s = {k: [] for k in verifiers}
-    verify_s = {k: [] for k in verifiers}
+    # samples[kind][source]: extraction seconds, match seconds, match+geometry seconds
+    sources = ['street'] + (['7-Scenes'] if len(views) > n_synth else [])
+    source_of = ['street'] * n_synth + ['7-Scenes'] * (len(views) - n_synth)
+    samples = {k: {src: ([], [], []) for src in sources} for k in verifiers}
     stored: dict[str, list[LocalFeatures]] = {}
-    outcome: dict[str, list[tuple[bool, int, str]]] = {k: [] for k in verifiers}
+    outcome = {k: {src: [] for src in sources} for k in verifiers}
     for rep in range(args.repeats):
         for kind, verifier in verifiers.items():
             feats = []
-            for _, rgb, depth, cam in views:
+            for i, (_, rgb, depth, cam) in enumerate(views):
                 start = time.perf_counter()
                 feats.append(verifier.features(rgb, 'rgb8', cam, depth))
-                extract_s[kind].append(time.perf_counter() - start)
+                samples[kind][source_of[i]][0].append(time.perf_counter() - start)
             stored[kind] = feats
             for q, m in pairs:
+                extract, match, verify = samples[kind][source_of[q]]
                 start = time.perf_counter()
                 verifier.kind.match(feats[q], feats[m])
-                match_s[kind].append(time.perf_counter() - start)
+                match.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 result = verifier.verify_features(feats[q], feats[m])
-                verify_s[kind].append(time.perf_counter() - start)
+                verify.append(time.perf_counter() - start)
                 if rep == 0:
-                    outcome[kind].append((result.verified, result.inliers, result.estimator))
+                    outcome[kind][source_of[q]].append((result.verified, result.inliers))
 
-    header = (f'{"kind":<18} {"kp/kf":>6} {"bytes/kf":>9} {"B/kp":>5} {"extract":>8} {"match":>7} '
-              f'{"m+geom":>7} ' + ' '.join(f'{f"top-{n}":>7}' for n in args.top_n)
+    header = (f'{"kind":<18} {"kp/kf":>6} {"bytes/kf":>9} {"B/kp":>5} {"extract":>8} '
+              f'{"match":>7} {"m+geom":>7} '
+              + ' '.join(f'{f"top-{n}":>7}' for n in args.top_n)
               + f' {"verified":>9} {"inliers":>8}')
-    print()
-    print(f'per-query verification cost, ms (median of {args.repeats} interleaved repetitions; '
-          'extract per keyframe, match and m+geom per candidate, top-N = extract + N x m+geom)')
-    print(header)
-    print('-' * len(header))
-    for kind in verifiers:
-        feats = stored[kind]
-        keypoints = statistics.median(len(f.keypoints) for f in feats)
-        nbytes = statistics.median(f.nbytes for f in feats)
-        ext, mat, ver = (median_ms(extract_s[kind]), median_ms(match_s[kind]),
-                         median_ms(verify_s[kind]))
-        tops = ' '.join(f'{ext + n * ver:7.1f}' for n in args.top_n)
-        ok = sum(v for v, _, _ in outcome[kind])
-        inliers = statistics.median(i for _, i, _ in outcome[kind])
-        per_kp = statistics.median(f.nbytes / max(len(f.keypoints), 1) for f in feats)
-        print(f'{kind:<18} {keypoints:6.0f} {nbytes:9.0f} {per_kp:5.0f} {ext:8.1f} {mat:7.1f} '
-              f'{ver:7.1f} '
-              f'{tops} {f"{ok}/{len(pairs)}":>9} {inliers:8.0f}')
+    for src in sources:
+        rows = [i for i, s in enumerate(source_of) if s == src]
+        print()
+        print(f'{src}: per-query verification cost, ms (median of {args.repeats} interleaved '
+              'repetitions; extract per keyframe, match and m+geom per candidate, top-N = '
+              'extract + N x m+geom; bytes/kf with depth)')
+        print(header)
+        print('-' * len(header))
+        for kind in verifiers:
+            feats = [stored[kind][i] for i in rows]
+            keypoints = statistics.median(len(f.keypoints) for f in feats)
+            nbytes = statistics.median(f.nbytes for f in feats)
+            per_kp = statistics.median(f.nbytes / max(len(f.keypoints), 1) for f in feats)
+            ext, mat, ver = (median_ms(v) for v in samples[kind][src])
+            tops = ' '.join(f'{ext + n * ver:7.1f}' for n in args.top_n)
+            done = outcome[kind][src]
+            ok = f'{sum(v for v, _ in done)}/{len(done)}'
+            inliers = statistics.median(i for _, i in done)
+            print(f'{kind:<18} {keypoints:6.0f} {nbytes:9.0f} {per_kp:5.0f} {ext:8.1f} '
+                  f'{mat:7.1f} {ver:7.1f} {tops} {ok:>9} {inliers:8.0f}')
     for line in skipped:
         print(f'skipped {line}')
     print(f'load average after: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')

@@ -236,7 +236,8 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, 'wb') as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(self.cmd, env=dict(env), stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_interrupt_with_parent)
 
     def alive(self) -> bool:
         """Whether the process is running."""
@@ -263,6 +264,19 @@ class NodeProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return self.process.returncode
+
+
+def _interrupt_with_parent() -> None:
+    """In the child: get SIGINT when the parent dies (Linux), so no node outlives its starter.
+
+    The child runs in its own session (a terminal's Ctrl-C reaches the parent only, which then
+    stops it cleanly); a parent killed outright would otherwise leave it running on the domain.
+    """
+    if sys.platform.startswith('linux'):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
 
 
 @dataclass(frozen=True)

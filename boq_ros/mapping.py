@@ -199,7 +199,8 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
             frames = folder.frames(rec.depth_ok)
         else:
             bag = stack.enter_context(open_bag(rec.path))
-            topics = list(rec.image_topics) or bag.image_topics()
+            topics = list(rec.image_topics) or [
+                t for t in bag.image_topics() if t != rec.depth_topic]
             if not rec.image_topics and len(topics) != 1:
                 raise SourceError(f'{rec.path} has image topics {topics}; choose with '
                                   '--image-topic')

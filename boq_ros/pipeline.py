@@ -310,6 +310,7 @@ class FramePipeline:
         self._depth: dict[str, deque[DepthFrame]] = {}  # camera -> recent depth images
         self._newest_depth: dict[str, int] = {}
         self._models: dict[str, CameraModel] = {}
+        self._models_expected: set[str] = set()
 
     # -- selection --------------------------------------------------------------------------
     def offer(self, frame: Frame) -> list[Selected]:
@@ -364,14 +365,23 @@ class FramePipeline:
             self._newest_depth[depth.camera] = depth.stamp_ns
         return self._release(self._ready)
 
-    def set_camera_model(self, update: CameraInfoUpdate) -> None:
-        """Take a camera's intrinsics (the latest apply to the keyframes decided from now)."""
+    def expect_camera_model(self, camera: str) -> None:
+        """Say that `camera` has a camera_info stream: its frames wait for the first one."""
+        self._models_expected.add(camera)
+
+    def set_camera_model(self, update: CameraInfoUpdate) -> list[Selected]:
+        """Take a camera's intrinsics (the latest apply to the keyframes decided from now).
+
+        Return the frames now selected (those that waited for the camera's first intrinsics).
+        """
         if update.model is None:
             self.stats.count('camera_info_errors')
             if self._on_note is not None:
                 self._on_note(f'{update.camera}: camera_info ignored: {update.reason}')
-        else:
-            self._models[update.camera] = update.model
+            return []
+        first = update.camera not in self._models
+        self._models[update.camera] = update.model
+        return self._release(self._ready) if first else []
 
     def _depth_tolerance(self) -> int:
         return int(round(self.config.depth_stamp_tolerance_s * _NS))
@@ -383,8 +393,10 @@ class FramePipeline:
         return min(near, key=lambda d: abs(d.stamp_ns - frame.stamp_ns)) if near else None
 
     def _ready(self, frame: Frame) -> bool:
-        """Whether nothing yet to come can change the frame's pose or depth."""
+        """Whether nothing yet to come can change the frame's pose, intrinsics or depth."""
         if self.poses is not None and not self.poses.decidable(frame.stamp_ns):
+            return False
+        if frame.camera in self._models_expected and frame.camera not in self._models:
             return False
         if frame.camera not in self._depth or self._depth_of(frame) is not None:
             return True
@@ -609,7 +621,7 @@ class FramePipeline:
                 batch += self.add_depth(frame)
                 continue
             if isinstance(frame, CameraInfoUpdate):
-                self.set_camera_model(frame)
+                batch += self.set_camera_model(frame)
                 continue
             if on_frame is not None:
                 on_frame()

@@ -292,7 +292,8 @@ class KeyframePolicy:
     pose_tolerance_s: float = setting(
         0.1, 'Largest gap between an image stamp and the poses its pose is taken from '
         '(interpolated between the poses just before and after it, else the nearer one); '
-        'live, also the longest a keyframe waits for the odometry at or after its stamp.',
+        'live, also the longest a keyframe waits for the odometry at or after its stamp, or '
+        'for its aligned depth image.',
         section='Keyframe selection', low=0.0, high=10.0)
     keyframe_stamp_tolerance_s: float = setting(
         0.01, 'Largest gap between a published keyframe stamp and the image it selects '
@@ -405,9 +406,9 @@ class VerificationSettings:
         10, 'Candidates verified per query, best first (at most top_k); the first verified '
         'is the loop.', section='Verification', low=1, high=1000, when='live')
     verify_budget_s: float = setting(
-        1.0, "No further candidate is verified once a query's verification took this long "
-        '(the first is always tried).', section='Verification', low=0.0, high=60.0,
-        when='live')
+        0.25, "No further candidate is verified once a query's verification took this long "
+        '(the first is always tried): half the frame period of a 2 Hz camera.',
+        section='Verification', low=0.0, high=60.0, when='live')
     depth_range_m: list = setting(
         [0.1, 20.0], 'Depth values (m) trusted at keypoints; others count as unknown.',
         section='Verification', item=float, length=2, low=0.0, high=1e4)

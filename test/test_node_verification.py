@@ -43,8 +43,8 @@ def node(tmp_path_factory):
         checkpoint(tmp_path_factory), tmp / 'maps', image_topics=['cam/image_raw'],
         depth_topics=['cam/depth'], input_qos='reliable', queue_size=10, threshold=-1.0,
         exclusion_seconds=20.0, exclusion_keyframes=3, top_k=5, verify_top_n=5,
-        verify_budget_s=60.0, session='v', verification=True, diagnostics_period_s=0.2, odometry_topic='odom',
-        pose_tolerance_s=1.5)  # > the frame spacing: a frame waits for its own odometry
+        verify_budget_s=60.0, session='v', verification=True, diagnostics_period_s=0.2,
+        odometry_topic='odom', pose_tolerance_s=1.5)  # > frame spacing: waits for its odometry
     n = NodeUnderTest(tmp, 'vpr_node', write_params_file(tmp / 'vpr.yaml', values))
     ros = n.ros
     n.image = ros.publisher(Image, '/cam/image_raw', 100)

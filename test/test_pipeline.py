@@ -11,7 +11,9 @@ from boq_ros.pipeline import (
     SKIP_CAUSES,
     STAGES,
     ArrayImage,
+    CameraInfoUpdate,
     CompressedImage,
+    DepthFrame,
     Frame,
     FramePipeline,
     PipelineConfig,
@@ -19,6 +21,7 @@ from boq_ros.pipeline import (
 )
 from boq_ros.poses import PoseBuffer
 from boq_ros.preprocess import PreprocessConfig
+from boq_ros.verification import CameraModel
 
 MS = 1_000_000
 S = 1000 * MS
@@ -194,3 +197,50 @@ def test_keyframe_stamps_restarting_earlier_start_a_new_time_base(extractor):
     p.add_keyframe_stamp(3 * S)  # ...then a new time base
     assert p.stats.totals['outlier_keyframe_stamps'] == 2
     assert p.stats.totals['time_bases'] == 1
+
+
+def _depth(t_ns: int, step_short: int = 0) -> DepthFrame:
+    mm = np.full((24, 32), 2000, np.uint16)  # 2 m everywhere
+    fields = encode_image(mm, 'mono16')
+    return DepthFrame(t_ns, 'cam', RawImage('16UC1', 24, 32, fields['step'] - step_short,
+                                            fields['data']))
+
+
+def test_a_frame_waits_for_its_depth_and_the_camera_model(extractor):
+    p = pipe(extractor)
+    p.expect_depth('cam')
+    p.expect_camera_model('cam')
+    assert p.offer(frame(10 * MS)) == []  # neither depth nor intrinsics yet
+    assert p.add_depth(_depth(10 * MS)) == []  # still no intrinsics
+    camera = CameraModel(32, 24, 30.0, 30.0, 15.5, 11.5)
+    (selected,) = p.set_camera_model(CameraInfoUpdate('cam', camera))
+    assert selected.depth is not None and selected.camera_model == camera
+    assert p.set_camera_model(CameraInfoUpdate('cam', None, 'K is all zero')) == []
+    assert p.stats.totals['camera_info_errors'] == 1
+    # The depth stream passed the frame's stamp: decided without depth, held no longer.
+    assert p.offer(frame(20 * MS)) == []
+    (late,) = p.add_depth(_depth(30 * MS))
+    assert late.frame.stamp_ns == 20 * MS and late.depth is None
+    (near,) = p.offer(frame(30 * MS + 2 * MS))  # within depth_stamp_tolerance_s (5 ms)
+    assert near.depth is not None
+
+
+def test_local_features_come_with_the_keyframe_and_a_bad_depth_loses_only_depth(extractor):
+    from boq_ros.settings import VerificationSettings
+    from boq_ros.synth import World, camera_intrinsics
+    from boq_ros.verification import GeometricVerifier
+
+    rgb = World(0).render(20.0, 0.0, math.pi / 2, (32, 24))
+    notes: list[str] = []
+    p = pipe(extractor, verifier=GeometricVerifier(VerificationSettings()),
+             on_note=notes.append)
+    p.set_camera_model(CameraInfoUpdate('cam', CameraModel(32, 24,
+                                                           *camera_intrinsics((32, 24)))))
+    p.add_depth(_depth(0))
+    p.add_depth(_depth(MS * 100, step_short=2))  # a row shorter than the image: refused
+    good = p.describe(p.offer(Frame(0, 'cam', ArrayImage(rgb))))
+    bad = p.describe(p.offer(Frame(100 * MS, 'cam', ArrayImage(rgb))))
+    assert good[0].features.intrinsics is not None and good[0].features.depth is not None
+    assert bad[0].features is not None and bad[0].features.depth is None
+    assert p.stats.totals['depth_errors'] == 1 and 'depth image' in notes[-1]
+    assert p.stats.seconds['features'] > 0

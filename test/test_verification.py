@@ -432,10 +432,6 @@ def _assert_covariance_matches_samples(predicted: np.ndarray, function, pose: np
     assert eig.min() > 0.85 and eig.max() < 1.15, f'whitened eigenvalues {eig}'
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'verifier.difference() takes the rotation through cv2.Rodrigues, which returns 0 for '
-    'angles below 1e-5 rad; propagate() differentiates with a 1e-6 step, so every propagated '
-    'covariance (base frame, relocalized, reversed PnP) loses its rotation rows and columns'))
 @pytest.mark.parametrize('which', ['base_frame', 'relocalized', 'inverse'])
 def test_propagated_covariances_keep_the_rotation_block(which):
     camera_in_base = transform_from(VerificationSettings().camera_in_base)

@@ -74,7 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='child frame of the transforms to use when --pose-topic is TF'))
     stored = build.add_argument_group('map')
     options.add(stored, MapSettings, 'session', 'robot_id', 'index_kind', 'pca_dim')
-    features = build.add_argument_group('local features for verification (docs/verification.md)')
+    features = build.add_argument_group(
+        'local features', 'what geometric verification needs, stored with each keyframe '
+        '(docs/verification.md)')
     options.add(features, VerificationSettings, 'verification', 'feature_kind', 'max_keypoints',
                 'depth_range_m', 'feature_device')
     features.add_argument('--depth-topic', metavar='TOPIC',

@@ -188,8 +188,8 @@ class VprNode(LifecycleNode):
         for camera, topic in rt.camera_infos.items():
             rt.subscriptions.append(self.create_subscription(
                 CameraInfo, topic,
-                lambda msg, camera=camera: rt.pipeline.set_camera_model(
-                    convert.camera_info(msg, camera)), qos, callback_group=self._input_group))
+                lambda msg, camera=camera: self._enqueue(rt, rt.pipeline.set_camera_model(
+                    convert.camera_info(msg, camera))), qos, callback_group=self._input_group))
         for camera, topic in rt.depths.items():
             rt.subscriptions.append(self.create_subscription(
                 Image, topic, lambda msg, camera=camera: self._on_depth(msg, camera), qos,
@@ -199,6 +199,7 @@ class VprNode(LifecycleNode):
                 Odometry, node.odometry_topic, self._on_odometry,
                 _qos(node.odometry_qos, _ODOMETRY_DEPTH),
                 callback_group=self._input_group))
+        if node.odometry_topic or rt.depths or node.camera_info_topics:  # frames may wait
             wait_s = rt.pipeline.policy.pose_tolerance_s
             rt.pose_timer = self.create_timer(
                 min(max(wait_s / 4, 0.005), 0.05),
@@ -303,6 +304,9 @@ class VprNode(LifecycleNode):
                                  verifier=verifier)
         for camera in depths:
             pipeline.expect_depth(camera)
+        if node.camera_info_topics:  # named: intrinsics are part of the setup, so wait for them
+            for camera in camera_infos:
+                pipeline.expect_camera_model(camera)
         reliable = QoSProfile(depth=10)
         publishers = {
             'candidates': self.create_publisher(LoopCandidateArray, CANDIDATE_TOPIC, reliable),

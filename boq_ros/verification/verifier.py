@@ -50,9 +50,21 @@ def perturbed(pose: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return pose_matrix(rot @ pose[:3, :3], pose[:3, 3] + delta[:3])
 
 
+def rotation_vector(rot: np.ndarray) -> np.ndarray:
+    """Return the axis-angle vector of a rotation matrix, exact for tiny angles too.
+
+    (cv2.Rodrigues returns 0 below about 1e-5 rad, which would zero numerical Jacobians.)
+    """
+    w = 0.5 * np.array([rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1]])
+    sin, cos = float(np.linalg.norm(w)), (float(np.trace(rot)) - 1.0) / 2.0
+    if cos < -0.99:  # near 180 degrees the antisymmetric part loses the axis
+        return cv2.Rodrigues(rot)[0].reshape(3)
+    return w if sin < 1e-300 else w * math.atan2(sin, cos) / sin
+
+
 def difference(pose: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Return the perturbation (d_t, d_rot) that takes `reference` to `pose`."""
-    rot = cv2.Rodrigues(pose[:3, :3] @ reference[:3, :3].T)[0].reshape(3)
+    rot = rotation_vector(pose[:3, :3] @ reference[:3, :3].T)
     return np.concatenate([pose[:3, 3] - reference[:3, 3], rot])
 
 
