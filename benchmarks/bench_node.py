@@ -236,7 +236,8 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
               'map_directory': str(tmp / 'maps'), 'map_path': 'prebuilt', 'mode': 'static',
               'image_topics': [f'cam{i}/image' for i in range(4)], 'threshold': 0.9,
               'diagnostics_period_s': 1.0,
-              'odometry_topic': ''}  # no odometry here: frames must not wait for a pose
+              'odometry_topic': '',  # no odometry here: frames must not wait for a pose
+              'verification': False}  # retrieval alone (--verification measures verifying)
     node = NodeProcess(node_command(write_params_file(tmp / 'bench.yaml', config), 'vpr_node'),
                        env, tmp / 'node.log')
     proc = node.process

@@ -418,6 +418,7 @@ class DemoRun:
     frames: int
     timings_s: dict[str, float]
     skipped: dict[str, int] | None = None  # frames skipped by cause; None: not known (live)
+    verification: dict[str, Any] | None = None  # what verification did (offline: eval's)
 
     def summary(self) -> dict[str, Any]:
         """Return the report's entry for this run (the layout `boq-ros eval` writes)."""
@@ -427,7 +428,7 @@ class DemoRun:
                 'skipped': self.skipped, 'cached': False,
                 'timings_s': self.timings_s,
                 'frames_per_s': self.frames / total if total > 0 else None,
-                'metrics': self.result.to_dict()}
+                'metrics': self.result.to_dict(), 'verification': self.verification}
 
 
 def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_truth: GroundTruth,
@@ -465,7 +466,8 @@ def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation
         progress=progress)
     outcome = run_once(spec, settings.model.extractor(model, batch_size=1), None)
     runs = [DemoRun(label, o.records, o.result, o.summary['frames'],
-                    dict(o.summary['timings_s']), dict(o.summary['skipped']))
+                    dict(o.summary['timings_s']), dict(o.summary['skipped']),
+                    o.summary.get('verification'))
             for label, o in (('offline pipeline', outcome.verified or outcome),
                              ('offline, appearance only', outcome))
             if o is not None]
