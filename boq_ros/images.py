@@ -120,6 +120,28 @@ def _check_pixels(height: int, width: int, max_pixels: int) -> None:
             f'image of {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}')
 
 
+def _rows(encoding: str, height: object, width: object, step: object,
+          data: bytes | memoryview | np.ndarray, pixel_bytes: int, max_pixels: int
+          ) -> tuple[int, int, int, np.ndarray, int]:
+    """Check an Image's size fields against its data; return them, its bytes and a row's size.
+
+    Untrusted sizes are checked before anything is allocated.
+    """
+    height, width, step = (_integer(n, v) for n, v in
+                           (('height', height), ('width', width), ('step', step)))
+    _check_pixels(height, width, max_pixels)
+    row_bytes = width * pixel_bytes
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel '
+            f'({encoding}) = {row_bytes}')
+    buf = _byte_view(data)
+    if buf.size != step * height:
+        raise ImageDecodeError(
+            f'data has {buf.size} bytes, not step {step} x height {height} = {step * height}')
+    return height, width, step, buf, row_bytes
+
+
 def decode_image(encoding: str, height: int, width: int, step: int,
                  data: bytes | memoryview | np.ndarray, is_bigendian: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
@@ -130,19 +152,9 @@ def decode_image(encoding: str, height: int, width: int, step: int,
     colour (scaled to 8 bits, as cv_bridge does) and big-endian data are converted.
     """
     layout = _layout(encoding)
-    height, width, step = (_integer(n, v) for n, v in
-                           (('height', height), ('width', width), ('step', step)))
-    _check_pixels(height, width, max_pixels)
-    pixel_bytes = layout.channels * layout.dtype.itemsize
-    row_bytes = width * pixel_bytes
-    if step < row_bytes:
-        raise ImageDecodeError(
-            f'step {step} is smaller than width {width} x {pixel_bytes} bytes per pixel '
-            f'({encoding}) = {row_bytes}')
-    buf = _byte_view(data)
-    if buf.size != step * height:
-        raise ImageDecodeError(
-            f'data has {buf.size} bytes, not step {step} x height {height} = {step * height}')
+    height, width, step, buf, row_bytes = _rows(encoding, height, width, step, data,
+                                                layout.channels * layout.dtype.itemsize,
+                                                max_pixels)
     if layout.convert is not None and layout.channels == 2 and width % 2:
         raise ImageDecodeError(f'{encoding} needs an even width, got {width}')
 
@@ -184,18 +196,8 @@ def decode_depth(encoding: str, height: int, width: int, step: int,
     if dtype is None:
         raise ImageDecodeError(f'unsupported depth encoding {encoding!r} (supported: '
                                f'{", ".join(DEPTH_ENCODINGS)})')
-    height, width, step = (_integer(n, v) for n, v in
-                           (('height', height), ('width', width), ('step', step)))
-    _check_pixels(height, width, max_pixels)
-    row_bytes = width * dtype.itemsize
-    if step < row_bytes:
-        raise ImageDecodeError(
-            f'step {step} is smaller than width {width} x {dtype.itemsize} bytes per pixel '
-            f'({encoding}) = {row_bytes}')
-    buf = _byte_view(data)
-    if buf.size != step * height:
-        raise ImageDecodeError(
-            f'data has {buf.size} bytes, not step {step} x height {height} = {step * height}')
+    height, width, step, buf, row_bytes = _rows(encoding, height, width, step, data,
+                                                dtype.itemsize, max_pixels)
     rows = np.ascontiguousarray(buf.reshape(height, step)[:, :row_bytes])
     values = rows.view(dtype.newbyteorder('>' if is_bigendian else '<')).reshape(height, width)
     if dtype == _U16:
