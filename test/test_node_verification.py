@@ -41,7 +41,8 @@ def node(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('verify')
     values = base_params(
         checkpoint(tmp_path_factory), tmp / 'maps', image_topics=['cam/image_raw'],
-        depth_topics=['cam/depth'], input_qos='reliable', queue_size=10, threshold=-1.0,
+        camera_info_topics=['cam/camera_info'], depth_topics=['cam/depth'],
+        input_qos='reliable', queue_size=10, threshold=-1.0,
         exclusion_seconds=20.0, exclusion_keyframes=3, top_k=5, verify_top_n=5,
         verify_budget_s=60.0, session='v', verification=True, diagnostics_period_s=0.2,
         odometry_topic='odom', pose_tolerance_s=1.5)  # > frame spacing: waits for its odometry
@@ -49,7 +50,7 @@ def node(tmp_path_factory):
     ros = n.ros
     n.image = ros.publisher(Image, '/cam/image_raw', 100)
     n.depth = ros.publisher(Image, '/cam/depth', 100)
-    n.info = ros.publisher(CameraInfo, '/cam/camera_info', 100)  # the conventional name
+    n.info = ros.publisher(CameraInfo, '/cam/camera_info', 100)
     n.odom = ros.publisher(Odometry, '/odom', 100)
     for pub in (n.image, n.depth, n.info, n.odom):
         ros.wait_for_subscribers(pub, timeout=START_TIMEOUT_S)
