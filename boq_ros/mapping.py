@@ -203,7 +203,7 @@ def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
                 t for t in bag.image_topics() if t != rec.depth_topic]
             if not rec.image_topics and len(topics) != 1:
                 raise SourceError(f'{rec.path} has image topics {topics}; choose with '
-                                  '--image-topic')
+                                  '--image-topic (a depth topic goes to --depth-topic)')
             if rec.pose_topic:
                 stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
                 poses = stream.poses
