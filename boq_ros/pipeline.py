@@ -35,7 +35,7 @@ from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
 from boq_ros.poses import Pose, PoseBuffer, PoseError, make_pose
 from boq_ros.settings import DEFAULT_MAX_PIXELS, PipelineConfig
 from boq_ros.verification.camera import CameraModel
-from boq_ros.verification.features import FeatureError
+from boq_ros.verification.features import FeatureError, check_depth
 
 if TYPE_CHECKING:
     from boq_ros.verification import GeometricVerifier
@@ -305,7 +305,7 @@ class FramePipeline:
         self._pending: dict[str, deque[Frame]] = {}  # waiting for their pose to be final
         self._unnamed: dict[str, deque[Selected]] = {}  # external mode: stamp not yet named
         limit = int(self.config.time_jump_s * _NS)
-        self._clocks = {s: StreamClock(limit) for s in ('frame', 'pose', 'keyframe')}
+        self._clocks = {s: StreamClock(limit) for s in ('frame', 'pose', 'keyframe', 'depth')}
         self._on_note = on_note
         self._depth: dict[str, deque[DepthFrame]] = {}  # camera -> recent depth images
         self._newest_depth: dict[str, int] = {}
@@ -356,8 +356,16 @@ class FramePipeline:
         """Say that `camera` has an aligned depth stream: its frames wait for their depth."""
         self._depth.setdefault(camera, deque(maxlen=DEPTH_KEPT))
 
-    def add_depth(self, depth: DepthFrame) -> list[Selected]:
-        """Take one aligned depth image; return the frames now selected."""
+    def add_depth(self, depth: DepthFrame, received_ns: int = 0) -> list[Selected]:
+        """Take one aligned depth image; return the frames now selected.
+
+        OutlierStamp if its stamp is far from the depth stream's clock: one stamp in the future
+        must not make every later frame believe its depth has gone by.
+        """
+        if self._check_stream_stamp(depth.stamp_ns, received_ns, 'depth'):
+            for kept in self._depth.values():
+                kept.clear()
+            self._newest_depth.clear()
         self.expect_depth(depth.camera)
         self._depth[depth.camera].append(depth)
         newest = self._newest_depth.get(depth.camera)
@@ -563,12 +571,15 @@ class FramePipeline:
             try:
                 depth = decode_depth(d.encoding, d.height, d.width, d.step, d.data,
                                      bool(d.is_bigendian), self.config.max_image_pixels)
-            except ImageDecodeError as err:
+                height, width = keyframe.image.shape[:2]
+                depth = check_depth(depth, (width, height))
+            except (ImageDecodeError, FeatureError) as err:
                 self._feature_note('depth_errors', keyframe, f'depth image: {err}')
+                depth = None
         try:
             return self.verifier.features(keyframe.image, keyframe.encoding,
                                           item.camera_model, depth)
-        except FeatureError as err:
+        except ValueError as err:  # FeatureError, or a lens model that maps points to NaN
             self._feature_note('feature_errors', keyframe, str(err))
             return None
 
@@ -618,7 +629,10 @@ class FramePipeline:
             if frame is None:
                 break
             if isinstance(frame, DepthFrame):
-                batch += self.add_depth(frame)
+                try:
+                    batch += self.add_depth(frame)
+                except OutlierStamp:
+                    pass  # counted in stats; the recording's other depth images go on
                 continue
             if isinstance(frame, CameraInfoUpdate):
                 batch += self.set_camera_model(frame)

@@ -251,10 +251,10 @@ class PipelineConfig:
         'a keyframe of a camera with a depth topic waits (like for its pose) until that depth '
         'arrived or the depth stream passed its stamp.', section='Cameras', low=0.0, high=1.0)
     time_jump_s: float = setting(
-        10.0, 'A stamp this far behind the newest of its stream (camera, odometry, keyframe '
-        'stamps), or ahead of it by more than this plus the time that passed, is an outlier: '
-        'refused and counted, until 3 in a row agree on the jump: then it is a new time base '
-        '(bag loop, simulation reset) and what was kept of the old one is forgotten.',
+        10.0, 'A stamp this far behind the newest of its stream (camera, odometry, depth, '
+        'keyframe stamps), or ahead of it by more than this plus the time that passed, is an '
+        'outlier: refused and counted, until 3 in a row agree on the jump: then it is a new '
+        'time base (bag loop, simulation reset) and what was kept of the old one is forgotten.',
         section='Cameras', low=0.0, high=1e9, above_low=True)
 
     def __post_init__(self) -> None:

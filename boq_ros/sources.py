@@ -79,6 +79,8 @@ def bag_frames(bag: Bag, topics: Sequence[str], depth_topics: Mapping[str, str] 
                               f'{", ".join(bag.image_topics()) or "none"})')
     depth_of = {d: camera for camera, d in (depth_topics or {}).items()}
     for topic in depth_of:
+        if topic in topics:
+            raise SourceError(f'{topic!r} is given as both a camera and a depth topic')
         _check_topic(bag, topic, (IMAGE_TYPE,), 'depth')
     if camera_info_topics is None:
         camera_info_topics = {t: camera_info_topic(t) for t in topics

@@ -244,3 +244,29 @@ def test_local_features_come_with_the_keyframe_and_a_bad_depth_loses_only_depth(
     assert bad[0].features is not None and bad[0].features.depth is None
     assert p.stats.totals['depth_errors'] == 1 and 'depth image' in notes[-1]
     assert p.stats.seconds['features'] > 0
+
+
+def test_one_future_depth_stamp_does_not_switch_depth_off(extractor):
+    from boq_ros.pipeline import OutlierStamp
+
+    p = pipe(extractor, config=PipelineConfig(time_jump_s=10.0))
+    p.expect_depth('cam')
+    p.add_depth(_depth(0))
+    assert p.offer(frame(0))[0].depth is not None
+    with pytest.raises(OutlierStamp):
+        p.add_depth(_depth(10**6 * S))  # a clock glitch, a million seconds ahead
+    assert p.stats.totals['outlier_depth_stamps'] == 1
+    assert p.offer(frame(100 * MS)) == []  # still waits for its own depth
+    (later,) = p.add_depth(_depth(100 * MS))
+    assert later.depth is not None
+
+
+def test_a_depth_topic_cannot_also_be_the_camera(tmp_path):
+    from boq_ros.bags import open_bag
+    from boq_ros.sources import SourceError, bag_frames
+    from boq_ros.synth import IMAGE_TOPIC, generate_recording
+
+    generate_recording(tmp_path / 'r.mcap', laps=1, frames_per_lap=4, image_size=(32, 24),
+                       storage='mcap')
+    with open_bag(tmp_path / 'r.mcap') as bag, pytest.raises(SourceError, match='both'):
+        next(bag_frames(bag, [IMAGE_TOPIC], {IMAGE_TOPIC: IMAGE_TOPIC}))

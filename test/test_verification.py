@@ -19,6 +19,7 @@ from boq_ros.synth import World, camera_intrinsics, camera_pose_world
 from boq_ros.verification import (
     CameraModel,
     CameraModelError,
+    FeatureError,
     GeometricVerifier,
     geometry,
     verify_pair,
@@ -665,3 +666,69 @@ def test_verify_pair_of_different_places_is_rejected(street):
     result = verify_pair(image_q, image_m, query_camera=cam, match_camera=cam,
                          match_depth=depth_m)
     assert not result.verified and result.cause in REJECTION_CAUSES
+
+
+# -- inputs a user can get wrong (each found by an adversarial trial) -------------------------
+def _street(size=(320, 240)):
+    rgb, depth = World(0).render(20.0, 0.0, math.pi / 2, size, with_depth=True)
+    return rgb, depth, CameraModel(*size, *camera_intrinsics(size))
+
+
+def test_a_lens_model_that_diverges_drops_points_instead_of_failing():
+    from boq_ros.verification.features import Sift, extract_features
+
+    rgb, _, camera = _street()
+    wild = CameraModel.from_camera_info(320, 240, camera.matrix.reshape(-1), [1e10] * 8,
+                                        'rational_polynomial')
+    features = extract_features(Sift(1024, 0.8), rgb, 'rgb8', wild)
+    assert np.isfinite(features.keypoints).all()  # kept or dropped, never NaN in the map
+
+
+def test_intrinsics_that_do_not_fit_the_image_are_refused():
+    from boq_ros.verification.features import Sift, extract_features
+
+    rgb, depth, camera = _street()
+    with pytest.raises(CameraModelError, match='field of view'):
+        CameraModel(320, 240, 1e-3, 1e-3, 160.0, 120.0)
+    with pytest.raises(CameraModelError, match='no skew'):
+        CameraModel.from_camera_info(320, 240, [160, 100, 160, 0, 160, 120, 0, 0, 1])
+    with pytest.raises(CameraModelError, match='not numbers'):
+        CameraModel.from_camera_info(320, 240, None)
+    square = CameraModel(320, 320, 160.0, 160.0, 159.5, 159.5)
+    with pytest.raises(FeatureError, match='another aspect ratio'):
+        extract_features(Sift(1024, 0.8), rgb, 'rgb8', square)
+    with pytest.raises(FeatureError, match='not aligned'):
+        extract_features(Sift(1024, 0.8), rgb, 'rgb8', camera, cv2.resize(depth, (100, 300)))
+    # A depth image with a channel axis is the same depth image.
+    same = extract_features(Sift(1024, 0.8), rgb, 'rgb8', camera, depth[:, :, None])
+    assert same.depth is not None and np.isfinite(same.depth).any()
+    with pytest.raises(FeatureError, match='cannot detect'):
+        extract_features(Sift(1024, 0.8), rgb.astype(np.float32), 'rgb8', camera)
+
+
+def test_identical_images_do_not_claim_an_exact_pose():
+    from boq_ros.verification.geometry import MIN_SIGMA_PX
+
+    rgb, depth, camera = _street()
+    result = verify_pair(rgb, rgb.copy(), query_camera=camera, match_camera=camera,
+                         match_depth=depth)
+    assert result.verified and MIN_SIGMA_PX > 0
+    assert np.diag(result.covariance).min() > 1e-10  # a floor, not 1e-18
+
+
+def test_a_ten_bit_mono16_camera_still_gives_features():
+    rgb, _, camera = _street()
+    ten_bit = (cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 4)  # 0..1020
+    result = verify_pair(ten_bit, ten_bit.copy(), query_camera=camera, match_camera=camera,
+                         encoding='mono16')
+    assert result.matches > 50
+
+
+def test_descriptors_of_another_size_are_another_kind():
+    verifier = GeometricVerifier(VerificationSettings())
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 300, (40, 2)).astype(np.float32)
+    a = LocalFeatures('sift', points, rng.integers(0, 255, (40, 128), dtype=np.uint8), (320, 240))
+    b = LocalFeatures('sift', points, rng.integers(0, 255, (40, 64), dtype=np.uint8), (320, 240))
+    result = verifier.verify_features(a, b)
+    assert not result.verified and result.cause == 'kinds_differ'

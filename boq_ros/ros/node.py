@@ -452,7 +452,11 @@ class VprNode(LifecycleNode):
         rt = self._rt
         if rt is None:
             return
-        self._enqueue(rt, rt.pipeline.add_depth(convert.depth_frame(msg, camera)))
+        try:
+            self._enqueue(rt, rt.pipeline.add_depth(convert.depth_frame(msg, camera),
+                                                    time.monotonic_ns()))
+        except OutlierStamp as err:
+            self._fail('input', f'depth image: {err}')
         self._stats.count('depth_images')  # after its effect
 
     def _on_odometry(self, msg: Odometry) -> None:

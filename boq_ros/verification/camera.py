@@ -21,6 +21,10 @@ UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-4
 in the corners of an ordinary plumb_bob lens; this converges to 1e-4 px (reprojection error)."""
 
 
+MIN_FOV_DEG, MAX_FOV_DEG = 0.5, 179.0
+"""Fields of view a pinhole model can describe; outside them K does not fit the image size."""
+
+
 class CameraModelError(ValueError):
     """Raised for intrinsics that cannot describe a camera; the message names the field."""
 
@@ -48,6 +52,12 @@ class CameraModel:
         if not (self.fx > 0 and self.fy > 0):
             raise CameraModelError(f'focal lengths must be > 0, got fx={self.fx}, fy={self.fy} '
                                    '(an uncalibrated CameraInfo has K all zero)')
+        for side, focal, axis in ((self.width, self.fx, 'x'), (self.height, self.fy, 'y')):
+            fov = math.degrees(2 * math.atan(side / (2 * focal)))
+            if not MIN_FOV_DEG <= fov <= MAX_FOV_DEG:
+                raise CameraModelError(
+                    f'f{axis}={focal:g} gives a {fov:.3g} deg field of view over {side} pixels: '
+                    f'no pinhole camera has that (K and the image size do not belong together)')
         if self.distortion_model not in DISTORTION_MODELS:
             raise CameraModelError(
                 f'distortion model {self.distortion_model!r} is not supported (use one of '
@@ -63,14 +73,20 @@ class CameraModel:
     def from_camera_info(cls, width: int, height: int, k: Sequence[float],
                          d: Sequence[float] = (), distortion_model: str = '') -> 'CameraModel':
         """Make the model from CameraInfo's fields (row-major K; D in the model's order)."""
-        k = [float(v) for v in k]
+        try:
+            k = [float(v) for v in k]
+            d = tuple(float(v) for v in d)
+            width, height = int(width), int(height)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise CameraModelError(f'CameraInfo fields are not numbers: {err}') from None
         if len(k) != 9:
             raise CameraModelError(f'K must hold 9 values, got {len(k)}')
-        d = tuple(float(v) for v in d)
+        if any(k) and (k[1] != 0 or k[3] != 0 or k[6] != 0 or k[7] != 0 or k[8] != 1):
+            raise CameraModelError(f'K must be [fx 0 cx; 0 fy cy; 0 0 1] (no skew), got {k}')
         model = distortion_model
         if model in ('', 'plumb_bob') and not any(d):
             model, d = '', ()
-        return cls(int(width), int(height), k[0], k[4], k[2], k[5], model, d)
+        return cls(width, height, k[0], k[4], k[2], k[5], model, d)
 
     @classmethod
     def from_message(cls, msg: Any) -> 'CameraModel':

@@ -47,29 +47,31 @@ def to_gray(image: np.ndarray, encoding: str) -> np.ndarray:
     """Return the 8-bit grey image every kind detects on (any canonical encoding)."""
     if encoding in _TO_GRAY:
         return cv2.cvtColor(image, _TO_GRAY[encoding])
-    if encoding == 'mono16':
-        return (image >> 8).astype(np.uint8)
+    if encoding == 'mono16':  # 10/12-bit cameras fill only part of the range: stretch it
+        top = max(int(image.max()), 1)
+        return (image.astype(np.float32) * (255.0 / top)).astype(np.uint8)
     return image
 
 
-def ratio_mutual_matches(distances_ab: np.ndarray, distances_ba_best: np.ndarray,
-                         ratio: float) -> np.ndarray:
-    """Lowe's ratio test in both directions plus the mutual-nearest check.
+def ratio_mutual_matches(a: np.ndarray, b: np.ndarray, norm: int, ratio: float) -> np.ndarray:
+    """Lowe's ratio test on a's two nearest neighbours in b, plus the mutual-nearest check.
 
-    `distances_ab` is the full [Na, Nb] distance matrix; returns index pairs [M, 2].
+    OpenCV's brute-force matcher: memory stays bounded whatever the keypoint counts. Returns
+    index pairs [M, 2] (into a, into b).
     """
-    if distances_ab.shape[0] < 2 or distances_ab.shape[1] < 2:
+    if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
-    order = np.argpartition(distances_ab, 1, axis=1)[:, :2]
-    rows = np.arange(len(distances_ab))
-    first, second = distances_ab[rows, order[:, 0]], distances_ab[rows, order[:, 1]]
-    swap = first > second
-    best = np.where(swap, order[:, 1], order[:, 0])
-    d1, d2 = np.minimum(first, second), np.maximum(first, second)
-    keep = d1 < ratio * d2
-    mutual = distances_ba_best[best] == rows
-    keep &= mutual
-    return np.stack([rows[keep], best[keep]], axis=1).astype(np.int64)
+    if a.shape[1] != b.shape[1] or a.dtype != b.dtype:
+        raise FeatureError(f'descriptors differ: {a.shape[1]} x {a.dtype} against '
+                           f'{b.shape[1]} x {b.dtype}')
+    matcher = cv2.BFMatcher(norm)
+    best_in_a = np.full(len(b), -1, np.int64)
+    for m in matcher.match(b, a):
+        best_in_a[m.queryIdx] = m.trainIdx
+    pairs = [(m.queryIdx, m.trainIdx) for m, n in
+             (knn for knn in matcher.knnMatch(a, b, k=2) if len(knn) == 2)
+             if m.distance < ratio * n.distance and best_in_a[m.trainIdx] == m.queryIdx]
+    return np.array(pairs, np.int64).reshape(-1, 2)
 
 
 class Sift:
@@ -90,12 +92,8 @@ class Sift:
         return points, np.clip(np.rint(desc), 0, 255).astype(np.uint8)
 
     def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
-        da, db = a.descriptors.astype(np.float32), b.descriptors.astype(np.float32)
-        if len(da) < 2 or len(db) < 2:
-            return np.zeros((0, 2), np.int64)
-        sq = (da * da).sum(1)[:, None] + (db * db).sum(1)[None, :] - 2.0 * (da @ db.T)
-        dist = np.sqrt(np.maximum(sq, 0.0))
-        return ratio_mutual_matches(dist, dist.argmin(axis=0), self.ratio)
+        return ratio_mutual_matches(a.descriptors.astype(np.float32),
+                                    b.descriptors.astype(np.float32), cv2.NORM_L2, self.ratio)
 
 
 class Orb:
@@ -113,13 +111,7 @@ class Orb:
         return points, desc if desc is not None else np.zeros((0, 32), np.uint8)
 
     def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
-        if len(a.descriptors) < 2 or len(b.descriptors) < 2:
-            return np.zeros((0, 2), np.int64)
-        bits_a = np.unpackbits(a.descriptors, axis=1).astype(np.float32)
-        bits_b = np.unpackbits(b.descriptors, axis=1).astype(np.float32)
-        # Hamming distance from dot products of the bit vectors.
-        dist = bits_a.sum(1)[:, None] + bits_b.sum(1)[None, :] - 2.0 * (bits_a @ bits_b.T)
-        return ratio_mutual_matches(dist, dist.argmin(axis=0), self.ratio)
+        return ratio_mutual_matches(a.descriptors, b.descriptors, cv2.NORM_HAMMING, self.ratio)
 
 
 def _learned(name: str) -> Callable[['VerificationSettings'], FeatureKind]:
@@ -166,17 +158,55 @@ def sample_depth(depth: np.ndarray, points: np.ndarray, image_size: tuple[int, i
     return np.where(ok, centre, np.nan).astype(np.float32)
 
 
+ASPECT_TOLERANCE = 0.01
+"""A camera model or depth image whose aspect ratio differs from the image's by more than this
+(relative) is not for this image: its pixels would map to the wrong rays."""
+
+
+def _same_aspect(size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    return abs(size[0] * image_size[1] / (size[1] * image_size[0]) - 1.0) <= ASPECT_TOLERANCE
+
+
+def check_depth(depth: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Return a depth image as HxW if it can be aligned to an image of `image_size`.
+
+    FeatureError otherwise: another shape, or another aspect ratio (not registered to it).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[:, :, 0]
+    if depth.ndim != 2 or depth.shape[0] < 1 or depth.shape[1] < 1:
+        raise FeatureError(f'a depth image must be HxW, got shape {list(depth.shape)}')
+    if not _same_aspect((depth.shape[1], depth.shape[0]), image_size):
+        raise FeatureError(f'the depth image {depth.shape[1]}x{depth.shape[0]} is not aligned '
+                           f'to the {image_size[0]}x{image_size[1]} image (another aspect '
+                           'ratio): register depth to the colour camera')
+    return depth
+
+
 def extract_features(kind: FeatureKind, image: np.ndarray, encoding: str = 'rgb8',
                      camera: CameraModel | None = None, depth: np.ndarray | None = None,
                      depth_range: tuple[float, float] = (0.1, 50.0)) -> LocalFeatures:
     """Detect features in an image (a canonical encoding); undistort them, sample the depth.
 
-    A camera model for another image size is scaled to this one (a resized image).
+    A camera model for another image size of the same aspect ratio is scaled to this one (a
+    resized image). Keypoints the lens model cannot undistort into the image's neighbourhood
+    (fisheye corners, a diverging model) are dropped. FeatureError names what cannot be used.
     """
+    image = np.asarray(image)
     if image.ndim not in (2, 3) or image.shape[0] < 8 or image.shape[1] < 8:
         raise FeatureError(f'cannot detect features in an image of shape {list(image.shape)}')
     height, width = image.shape[:2]
-    points, descriptors = kind.detect(to_gray(image, encoding))
+    if depth is not None:
+        depth = check_depth(depth, (width, height))
+    if camera is not None and not _same_aspect((camera.width, camera.height), (width, height)):
+        raise FeatureError(f'the camera model is for {camera.width}x{camera.height} images, '
+                           f'this one is {width}x{height} (another aspect ratio)')
+    try:
+        points, descriptors = kind.detect(to_gray(image, encoding))
+    except cv2.error as err:
+        raise FeatureError(f'cannot detect features in a {encoding} image of shape '
+                           f'{list(image.shape)} ({image.dtype}): {err.err}') from None
     depth_at = None
     if depth is not None:
         depth_at = sample_depth(depth, points, (width, height), depth_range)
@@ -185,6 +215,11 @@ def extract_features(kind: FeatureKind, image: np.ndarray, encoding: str = 'rgb8
         camera = camera.scaled_to(width, height)
         points = camera.undistort(points)
         intrinsics = camera.intrinsics
+        keep = (np.isfinite(points).all(axis=1)
+                & (np.abs(points[:, 0] - width / 2) <= 2 * width)
+                & (np.abs(points[:, 1] - height / 2) <= 2 * height))
+        points, descriptors = points[keep], descriptors[keep]
+        depth_at = depth_at[keep] if depth_at is not None else None
     return LocalFeatures(kind=kind.kind, keypoints=points.astype(np.float32),
                          descriptors=descriptors, image_size=(width, height),
                          intrinsics=intrinsics, depth=depth_at)

@@ -20,8 +20,8 @@ Covariance (6x6, order x y z rx ry rz like geometry_msgs/PoseWithCovariance): fo
 perturbation applied in the query frame, ``R' = exp([d_rot]x) R``, ``t' = t + d_t``, it is
 ``s^2 (J^T J)^-1`` with J the Jacobian of the inliers' residuals (reprojection error in pixels
 for PnP, Sampson error for the essential matrix) and ``s^2`` their variance estimated from the
-residuals themselves (sum of squares over degrees of freedom). The depth of the 3D points is
-treated as exact, so depth noise is not in it.
+residuals themselves (sum of squares over degrees of freedom), at least ``MIN_SIGMA_PX^2``.
+The depth of the 3D points is treated as exact, so depth noise is not in it.
 """
 from dataclasses import dataclass
 
@@ -31,6 +31,9 @@ import numpy as np
 RANSAC_CONFIDENCE = 0.999
 RANSAC_ITERATIONS = 2000
 RANSAC_SEED = 0
+MIN_SIGMA_PX = 0.3
+"""Floor of the residuals' standard deviation: keypoints are not located better than this, so
+two identical images (a parked robot) cannot claim a pose known exactly."""
 """OpenCV's RNG is seeded before every robust estimate: the same pair always gives the same
 inliers, so the live node and an offline run decide alike."""
 
@@ -90,7 +93,7 @@ def _covariance(jac: np.ndarray, residuals: np.ndarray, dof_used: int) -> np.nda
     dof = len(residuals) - dof_used
     if dof <= 0:
         return None
-    sigma2 = float(residuals @ residuals) / dof
+    sigma2 = max(float(residuals @ residuals) / dof, MIN_SIGMA_PX ** 2)
     info = jac.T @ jac
     if not np.all(np.isfinite(info)) or np.linalg.cond(info) > 1e12:
         return None
@@ -213,7 +216,7 @@ def essential(pixels_match: np.ndarray, k_match: np.ndarray, pixels_query: np.nd
     cov = None
     dof = len(res) - 5
     if dof > 0:
-        sigma2 = float(res @ res) / dof
+        sigma2 = max(float(res @ res) / dof, MIN_SIGMA_PX ** 2)
         cov = sigma2 * np.linalg.pinv(jac.T @ jac, rcond=1e-9)
         cov = 0.5 * (cov + cov.T)
     return Geometry('essential', inliers, rotation, translation, cov,

@@ -27,7 +27,12 @@ from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures
 from boq_ros.settings import VerificationSettings
 from boq_ros.verification import geometry
 from boq_ros.verification.camera import CameraModel, intrinsics_matrix
-from boq_ros.verification.features import FeatureKind, extract_features, make_feature_kind
+from boq_ros.verification.features import (
+    FeatureError,
+    FeatureKind,
+    extract_features,
+    make_feature_kind,
+)
 
 
 def _points_3d(features: LocalFeatures, rows: np.ndarray) -> np.ndarray:
@@ -201,7 +206,10 @@ class GeometricVerifier:
         if query.kind != match.kind:
             return Verification(False, f'feature kinds differ: query {query.kind}, candidate '
                                        f'{match.kind}', 'kinds_differ')
-        pair = _Pair(query, match, self.kind.match(query, match))
+        try:
+            pair = _Pair(query, match, self.kind.match(query, match))
+        except FeatureError as err:  # same kind, other descriptor size (another model)
+            return Verification(False, str(err), 'kinds_differ')
         matches = len(pair.pairs)
         cfg = self.settings
         calibrated = query.intrinsics is not None and match.intrinsics is not None
