@@ -43,35 +43,29 @@ def flag(name: str) -> str:
     return '--' + name.replace('_', '-')
 
 
-def parse_value(s: Setting) -> Callable[[str], Any]:
-    """Make an argparse type that parses a flag's text into the setting's type and checks it."""
+def _parser(s: Setting, kind: type, check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """Make an argparse type: the text as `kind`, then `check` (SettingError: a usage error)."""
     def parse(text: str) -> Any:
         try:
-            value = s.kind(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.kind]}') from None
+            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[kind]}') from None
         try:
-            return s.check(value)
+            return check(value)
         except SettingError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     parse.__name__ = s.name  # argparse names the type in its messages
     return parse
 
 
+def parse_value(s: Setting) -> Callable[[str], Any]:
+    """Make an argparse type that parses a flag's text into the setting's type and checks it."""
+    return _parser(s, s.kind, s.check)
+
 
 def _item_parser(s: Setting) -> Callable[[str], Any]:
     """Make an argparse type for one value of a list setting, checked against its range."""
-    def parse(text: str) -> Any:
-        try:
-            value = s.item(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not {KIND_NAMES[s.item]}') from None
-        try:
-            return s.check([value] * (s.length or 1))[0]
-        except SettingError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    parse.__name__ = s.name
-    return parse
+    return _parser(s, s.item, lambda value: s.check([value] * (s.length or 1))[0])
 
 
 def _help(s: Setting, default: Any) -> str:
