@@ -732,3 +732,17 @@ def test_descriptors_of_another_size_are_another_kind():
     b = LocalFeatures('sift', points, rng.integers(0, 255, (40, 64), dtype=np.uint8), (320, 240))
     result = verifier.verify_features(a, b)
     assert not result.verified and result.cause == 'kinds_differ'
+
+
+def test_blocked_matching_equals_one_distance_matrix(monkeypatch):
+    from boq_ros.verification import features
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 120, (700, 128)).astype(np.float32)
+    b = np.concatenate([a[:400] + rng.normal(0, 4, (400, 128)).astype(np.float32),
+                        rng.integers(0, 120, (300, 128)).astype(np.float32)])
+    whole = features.ratio_mutual_matches(a, b, features.l2_distances, 0.8)
+    monkeypatch.setattr(features, 'MATCH_BLOCK', 64)
+    assert np.array_equal(features.ratio_mutual_matches(a, b, features.l2_distances, 0.8),
+                          whole)
+    assert len(whole) > 300

@@ -53,25 +53,53 @@ def to_gray(image: np.ndarray, encoding: str) -> np.ndarray:
     return image
 
 
-def ratio_mutual_matches(a: np.ndarray, b: np.ndarray, norm: int, ratio: float) -> np.ndarray:
+MATCH_BLOCK = 1024
+"""Query descriptors compared at once: memory stays bounded (block x candidate keypoints)."""
+
+
+def l2_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the Euclidean distances [Na, Nb] between two descriptor sets (float32)."""
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def hamming_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the Hamming distances [Na, Nb] between binary descriptors (uint8 rows)."""
+    bits_a = np.unpackbits(a, axis=1).astype(np.float32)
+    bits_b = np.unpackbits(b, axis=1).astype(np.float32)
+    return bits_a.sum(1)[:, None] + bits_b.sum(1)[None, :] - 2.0 * (bits_a @ bits_b.T)
+
+
+def ratio_mutual_matches(a: np.ndarray, b: np.ndarray,
+                         distances: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                         ratio: float) -> np.ndarray:
     """Lowe's ratio test on a's two nearest neighbours in b, plus the mutual-nearest check.
 
-    OpenCV's brute-force matcher: memory stays bounded whatever the keypoint counts. Returns
-    index pairs [M, 2] (into a, into b).
+    Computed in blocks of MATCH_BLOCK rows of a. Returns index pairs [M, 2] (into a, into b).
     """
     if len(a) < 2 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
     if a.shape[1] != b.shape[1] or a.dtype != b.dtype:
         raise FeatureError(f'descriptors differ: {a.shape[1]} x {a.dtype} against '
                            f'{b.shape[1]} x {b.dtype}')
-    matcher = cv2.BFMatcher(norm)
-    best_in_a = np.full(len(b), -1, np.int64)
-    for m in matcher.match(b, a):
-        best_in_a[m.queryIdx] = m.trainIdx
-    pairs = [(m.queryIdx, m.trainIdx) for m, n in
-             (knn for knn in matcher.knnMatch(a, b, k=2) if len(knn) == 2)
-             if m.distance < ratio * n.distance and best_in_a[m.trainIdx] == m.queryIdx]
-    return np.array(pairs, np.int64).reshape(-1, 2)
+    nearest = np.empty(len(a), np.int64)
+    passes = np.empty(len(a), bool)
+    column_best = np.full(len(b), np.inf)
+    column_arg = np.full(len(b), -1, np.int64)
+    for start in range(0, len(a), MATCH_BLOCK):
+        d = distances(a[start:start + MATCH_BLOCK], b)
+        rows = np.arange(len(d))
+        two = np.argpartition(d, 1, axis=1)[:, :2]
+        first, second = d[rows, two[:, 0]], d[rows, two[:, 1]]
+        nearest[start:start + len(d)] = np.where(first <= second, two[:, 0], two[:, 1])
+        passes[start:start + len(d)] = np.minimum(first, second) < ratio * np.maximum(
+            first, second)
+        block_best, block_arg = d.min(axis=0), d.argmin(axis=0) + start
+        better = block_best < column_best  # ties keep the earlier row, as one argmin would
+        column_best[better], column_arg[better] = block_best[better], block_arg[better]
+    rows = np.arange(len(a))
+    keep = passes & (column_arg[nearest] == rows)
+    return np.stack([rows[keep], nearest[keep]], axis=1).astype(np.int64)
 
 
 class Sift:
@@ -93,7 +121,7 @@ class Sift:
 
     def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
         return ratio_mutual_matches(a.descriptors.astype(np.float32),
-                                    b.descriptors.astype(np.float32), cv2.NORM_L2, self.ratio)
+                                    b.descriptors.astype(np.float32), l2_distances, self.ratio)
 
 
 class Orb:
@@ -111,7 +139,8 @@ class Orb:
         return points, desc if desc is not None else np.zeros((0, 32), np.uint8)
 
     def match(self, a: LocalFeatures, b: LocalFeatures) -> np.ndarray:
-        return ratio_mutual_matches(a.descriptors, b.descriptors, cv2.NORM_HAMMING, self.ratio)
+        return ratio_mutual_matches(a.descriptors, b.descriptors, hamming_distances,
+                                    self.ratio)
 
 
 def _learned(name: str) -> Callable[['VerificationSettings'], FeatureKind]:
