@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from boq_ros.bags import Bag
 
 
@@ -100,6 +102,15 @@ def quaternion_from_matrix(rotation: np.ndarray) -> np.ndarray:
     ], axis=-2)
     q = np.take_along_axis(candidates, best[..., None, None], -2)[..., 0, :]
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def matrix_from_quaternion(quaternion: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Return the 3x3 rotation of a quaternion (x, y, z, w; normalised here)."""
+    x, y, z, w = np.asarray(quaternion, dtype=np.float64) / np.linalg.norm(quaternion)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:

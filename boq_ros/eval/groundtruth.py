@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from boq_ros.trajectory import matrix_from_quaternion
+
 if TYPE_CHECKING:
     from boq_ros.eval.records import CandidateRecord
     from boq_ros.trajectory import Trajectory
@@ -97,7 +99,7 @@ class KeyframePositions:
         if self.orientations is None:
             return None
         out = np.eye(4)
-        out[:3, :3] = rotation_matrix(self.orientations[row])
+        out[:3, :3] = matrix_from_quaternion(self.orientations[row])
         out[:3, 3] = self.xyz[row]
         return out
 
@@ -185,15 +187,6 @@ class GroundTruth:
         if query is None or match is None:
             return None
         return np.linalg.inv(query) @ match
-
-
-def rotation_matrix(quaternion: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Return the 3x3 rotation of a quaternion (x y z w; normalised here)."""
-    x, y, z, w = np.asarray(quaternion, dtype=np.float64) / np.linalg.norm(quaternion)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def ground_truth_for_records(records: Sequence['CandidateRecord'],

@@ -34,9 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from boq_ros.eval.groundtruth import GroundTruth, rotation_matrix
+from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.records import POSE_KIND_NAMES, SCALED_POSE_KINDS, CandidateRecord
 from boq_ros.settings import SettingError, check_settings, setting
+from boq_ros.trajectory import matrix_from_quaternion
 
 
 class EvalConfigError(SettingError):
@@ -196,7 +197,7 @@ class PoseErrors:
 
 def pose_error(estimate: Sequence[float], truth: np.ndarray) -> tuple[float, float]:
     """Rotation (deg) and translation (m) error of an (x y z qx qy qz qw) pose vs a 4x4 one."""
-    rotation = rotation_matrix(estimate[3:])
+    rotation = matrix_from_quaternion(estimate[3:])
     cos = (np.trace(truth[:3, :3].T @ rotation) - 1.0) / 2.0
     angle = math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
     return angle, float(np.linalg.norm(np.asarray(estimate[:3]) - truth[:3, 3]))

@@ -25,6 +25,7 @@ import numpy as np
 from boq_ros.detector import Candidate, PoseKind, Verification
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures
 from boq_ros.settings import VerificationSettings
+from boq_ros.trajectory import matrix_from_quaternion, quaternion_from_matrix
 from boq_ros.verification import geometry
 from boq_ros.verification.camera import CameraModel, intrinsics_matrix
 from boq_ros.verification.features import (
@@ -88,33 +89,16 @@ def propagate(covariance: np.ndarray, pose: np.ndarray, function: Any) -> np.nda
 
 def transform_from(xyz_quaternion: list[float] | tuple[float, ...]) -> np.ndarray:
     """Return the 4x4 transform of (x y z qx qy qz qw)."""
-    x, y, z, qx, qy, qz, qw = (float(v) for v in xyz_quaternion)
-    norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
-    qx, qy, qz, qw = qx / norm, qy / norm, qz / norm, qw / norm
-    rot = np.array([
-        [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)],
-        [2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)],
-        [2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)]])
-    return pose_matrix(rot, np.array([x, y, z]))
+    values = [float(v) for v in xyz_quaternion]
+    return pose_matrix(matrix_from_quaternion(values[3:]), np.array(values[:3]))
 
 
 def xyz_quaternion(pose: np.ndarray) -> tuple[float, ...]:
-    """Return (x y z qx qy qz qw) of a 4x4 transform (the inverse of transform_from)."""
-    m = pose[:3, :3]
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = ((m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4)
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-300))
-        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
-        q[i], q[j], q[k] = s / 4, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
-    x, y, z, w = q
-    if w < 0:
-        x, y, z, w = -x, -y, -z, -w
-    return (*(float(v) for v in pose[:3, 3]), float(x), float(y), float(z), float(w))
+    """Return (x y z qx qy qz qw) of a 4x4 transform, qw >= 0 (the inverse of transform_from)."""
+    q = quaternion_from_matrix(pose[:3, :3])
+    if q[3] < 0:
+        q = -q
+    return (*(float(v) for v in pose[:3, 3]), *(float(v) for v in q))
 
 
 def in_base_frame(result: Verification, camera_in_base: np.ndarray) -> None:
