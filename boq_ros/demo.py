@@ -465,10 +465,9 @@ def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation
         verification=settings.verification, evaluation=evaluation, use_cache=False,
         progress=progress)
     outcome = run_once(spec, settings.model.extractor(model, batch_size=1), None)
-    runs = [DemoRun(label, o.records, o.result, o.summary['frames'],
-                    dict(o.summary['timings_s']), dict(o.summary['skipped']),
-                    o.summary.get('verification'))
-            for label, o in (('offline pipeline', outcome.verified or outcome),
-                             ('offline, appearance only', outcome))
-            if o is not None]
-    return runs if outcome.verified is not None else runs[:1], outcome
+    labelled = [('offline pipeline', outcome)]
+    if outcome.verified is not None:
+        labelled = [('offline pipeline', outcome.verified), ('offline, appearance only', outcome)]
+    return [DemoRun(label, o.records, o.result, o.summary['frames'], dict(o.summary['timings_s']),
+                    dict(o.summary['skipped']), o.summary.get('verification'))
+            for label, o in labelled], outcome

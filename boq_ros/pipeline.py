@@ -34,7 +34,7 @@ from boq_ros.keyframe_map import KeyframeMeta, LocalFeatures
 from boq_ros.keyframes import KeyframePolicy, KeyframeSelector
 from boq_ros.poses import Pose, PoseBuffer, PoseError, make_pose
 from boq_ros.settings import DEFAULT_MAX_PIXELS, PipelineConfig
-from boq_ros.verification.camera import CameraModel
+from boq_ros.verification.camera import CameraModel, CameraModelError
 from boq_ros.verification.features import FeatureError, check_depth
 
 if TYPE_CHECKING:
@@ -133,6 +133,14 @@ class CameraInfoUpdate:
     camera: str
     model: CameraModel | None
     reason: str = ''
+
+    @classmethod
+    def from_message(cls, camera: str, msg: Any) -> 'CameraInfoUpdate':
+        """Make the update of a sensor_msgs/CameraInfo (ROS or rosbags), or say why not."""
+        try:
+            return cls(camera, CameraModel.from_message(msg))
+        except CameraModelError as err:
+            return cls(camera, None, str(err))
 
 
 DEPTH_KEPT = 32
@@ -549,15 +557,16 @@ class FramePipeline:
         start = time.perf_counter()
         descriptors = self._extract(decoded)
         self.stats.time('describe', time.perf_counter() - start)
-        keyframes = [Keyframe(item.frame, self.meta(item), desc, array, encoding)
-                     for (item, array, encoding), desc in zip(decoded, descriptors)
-                     if desc is not None]
-        if self.verifier is not None:
-            items = {id(item.frame): item for item, _, _ in decoded}
-            for keyframe in keyframes:
+        keyframes = []
+        for (item, array, encoding), desc in zip(decoded, descriptors):
+            if desc is None:
+                continue
+            keyframe = Keyframe(item.frame, self.meta(item), desc, array, encoding)
+            if self.verifier is not None:
                 start = time.perf_counter()
-                keyframe.features = self._features(keyframe, items[id(keyframe.frame)])
+                keyframe.features = self._features(keyframe, item)
                 self.stats.time('features', time.perf_counter() - start)
+            keyframes.append(keyframe)
         self.stats.count('keyframes', len(keyframes))
         return keyframes
 

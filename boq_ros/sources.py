@@ -23,7 +23,6 @@ from boq_ros.pipeline import (
 )
 from boq_ros.poses import Pose, PoseBuffer, make_pose
 from boq_ros.trajectory import Trajectory
-from boq_ros.verification.camera import CameraModel, CameraModelError
 
 CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 
@@ -70,13 +69,13 @@ def bag_frames(bag: Bag, topics: Sequence[str], depth_topics: Mapping[str, str] 
     None: each image topic's conventional camera_info topic when the bag has it).
     """
     for topic in topics:
-        if topic in bag.topics and bag.topics[topic].msgtype not in (
-                IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
-            raise SourceError(f'topic {topic!r} of {bag.path} carries '
-                              f'{bag.topics[topic].msgtype}, not camera images')
-        if topic not in bag.topics:
+        info = bag.topics.get(topic)
+        if info is None:
             raise SourceError(f'topic {topic!r} is not in {bag.path} (image topics: '
                               f'{", ".join(bag.image_topics()) or "none"})')
+        if info.msgtype not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
+            raise SourceError(f'topic {topic!r} of {bag.path} carries {info.msgtype}, not '
+                              'camera images')
     depth_of = {d: camera for camera, d in (depth_topics or {}).items()}
     for topic in depth_of:
         if topic in topics:
@@ -102,10 +101,7 @@ def bag_frames(bag: Bag, topics: Sequence[str], depth_topics: Mapping[str, str] 
                             image_ref=f'{bag.path.name}#{message.topic}@{message.log_time_ns}')
             continue
         if message.topic in info_of:
-            try:
-                yield CameraInfoUpdate(info_of[message.topic], CameraModel.from_message(msg))
-            except CameraModelError as err:
-                yield CameraInfoUpdate(info_of[message.topic], None, str(err))
+            yield CameraInfoUpdate.from_message(info_of[message.topic], msg)
             continue
         if message.msgtype == IMAGE_TYPE:
             image = RawImage(msg.encoding, msg.height, msg.width, msg.step, msg.data,

@@ -21,8 +21,7 @@ from boq_ros.detector import Candidate, Detection
 from boq_ros.images import encode_image
 from boq_ros.keyframe_map.meta import KeyframeMeta
 from boq_ros.msg import KeyframeRef, LoopCandidate, LoopCandidateArray
-from boq_ros.pipeline import CameraInfoUpdate, DepthFrame, Frame
-from boq_ros.verification.camera import CameraModel, CameraModelError
+from boq_ros.pipeline import DepthFrame, Frame
 from boq_ros.verification.verifier import xyz_quaternion
 
 NO_ID = 2 ** 64 - 1
@@ -50,14 +49,6 @@ def depth_frame(msg: Image, camera: str) -> DepthFrame:
     payload = pipeline.RawImage(msg.encoding, msg.height, msg.width, msg.step, msg.data,
                                 bool(msg.is_bigendian))
     return DepthFrame(stamp_to_ns(msg.header.stamp), camera, payload)
-
-
-def camera_info(msg: object, camera: str) -> CameraInfoUpdate:
-    """Make the pipeline's intrinsics update of a sensor_msgs/CameraInfo message."""
-    try:
-        return CameraInfoUpdate(camera, CameraModel.from_message(msg))
-    except CameraModelError as err:
-        return CameraInfoUpdate(camera, None, str(err))
 
 
 def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:

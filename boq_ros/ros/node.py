@@ -57,6 +57,7 @@ from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapEr
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.msg import LoopCandidateArray
 from boq_ros.pipeline import (
+    CameraInfoUpdate,
     FramePipeline,
     Keyframe,
     OutlierStamp,
@@ -189,7 +190,8 @@ class VprNode(LifecycleNode):
             rt.subscriptions.append(self.create_subscription(
                 CameraInfo, topic,
                 lambda msg, camera=camera: self._enqueue(rt, rt.pipeline.set_camera_model(
-                    convert.camera_info(msg, camera))), qos, callback_group=self._input_group))
+                    CameraInfoUpdate.from_message(camera, msg))), qos,
+                callback_group=self._input_group))
         for camera, topic in rt.depths.items():
             rt.subscriptions.append(self.create_subscription(
                 Image, topic, lambda msg, camera=camera: self._on_depth(msg, camera), qos,

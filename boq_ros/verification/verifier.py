@@ -170,7 +170,9 @@ class GeometricVerifier:
                features: LocalFeatures | None) -> Verification:
         """Verify one candidate against the query's local features (None: it has none)."""
         start = time.perf_counter()
-        stored = self.map.features(candidate.keyframe_id) if self.map is not None else None
+        stored = None
+        if features is not None and self.map is not None:
+            stored = self.map.features(candidate.keyframe_id)
         if features is None:
             result = Verification(False, 'the query keyframe has no local features',
                                   'no_query_features')
