@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from boq_ros import extractor
 from boq_ros.keyframe_map import LocalFeatures
 from boq_ros.verification.features import FeatureError, FeatureKind
 
@@ -103,22 +104,10 @@ def _weights(package: str, name: str, kind: str) -> dict[str, torch.Tensor]:
 
 def resolve_device(name: str) -> torch.device:
     """Return the torch device of a feature_device setting ('auto', 'cpu', 'cuda', 'cuda:N')."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise FeatureError(f'feature_device {name!r} is not a torch device') from exc
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise FeatureError(f"feature_device {name!r}: CUDA is not available here (use "
-                               f"'auto' or 'cpu')")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FeatureError(f'feature_device {name!r}: there are only '
-                               f'{torch.cuda.device_count()} CUDA devices')
-    elif device.type != 'cpu':
-        raise FeatureError(f"feature_device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}")
-    return device
+        return extractor.resolve_device(name)  # the model's rule: one meaning of 'auto'
+    except ValueError as err:
+        raise FeatureError(f'feature_device: {err}') from None
 
 
 @dataclass
