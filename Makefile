@@ -138,6 +138,53 @@ $(JAZZY_STAMPS)/launch-tools: $(JAZZY_STAMPS)/interfaces $(LAUNCH_TOOLS_SRC)/REA
 	@touch $@
 endif
 
+# Test-only interfaces of the SLAM backends the output adapters speak to (test/interfaces/):
+# pose_graph_tools_msgs and rtabmap_msgs, their .msg/.srv files copied unchanged from
+# ../shared/reference/backend_interfaces (Info.msg from test/interfaces), and tf2_msgs'
+# TFMessage (pose_graph_node's /tf; the registry's ROS wheels lack it), built like the package's
+# own interfaces into both venvs. Nothing at run time needs them; without the folder this does
+# nothing and the tests that need them skip.
+BACKEND_SRC := $(abspath $(CURDIR)/../shared/reference/backend_interfaces)
+TEST_INTERFACES := pose_graph_tools_msgs rtabmap_msgs tf2_msgs
+TEST_INTERFACE_FILES := $(wildcard test/interfaces/*/package.xml test/interfaces/*/CMakeLists.txt \
+  test/interfaces/*/msg/*.msg $(BACKEND_SRC)/*/msg/*.msg $(BACKEND_SRC)/*/srv/*.srv)
+
+# $(call build-test-interfaces,VENV,BUILD_DIR): each package's sources assembled in
+# BUILD_DIR/<pkg>/src (the backend's files, then ours), configured, built, installed into VENV.
+define build-test-interfaces
+	rm -rf $(2) && mkdir -p $(2)
+	$(1)/bin/python scripts/fix_ros_wheel_cmake.py $(1)
+	@set -e; for pkg in $(TEST_INTERFACES); do \
+	  echo "test-interfaces: $$pkg into $(1)"; \
+	  mkdir -p $(2)/$$pkg/build $(2)/$$pkg/src; \
+	  if [ -d $(BACKEND_SRC)/$$pkg ]; then cp -r $(BACKEND_SRC)/$$pkg/. $(2)/$$pkg/src/; fi; \
+	  chmod -R u+w $(2)/$$pkg/src; \
+	  cp -r test/interfaces/$$pkg/. $(2)/$$pkg/src/; \
+	  cd $(2)/$$pkg/build; \
+	  AMENT_PREFIX_PATH=$(1) PATH=$(1)/bin:$$PATH cmake $(2)/$$pkg/src -DCMAKE_PREFIX_PATH=$(1) \
+	    -DCMAKE_INSTALL_PREFIX=$(1) -DPython3_EXECUTABLE=$(1)/bin/python -DBUILD_TESTING=OFF \
+	    -DCMAKE_BUILD_TYPE=Release > cmake.log || { cat cmake.log; exit 1; }; \
+	  AMENT_PREFIX_PATH=$(1) PATH=$(1)/bin:$$PATH cmake --build . -j2 > build.log \
+	    && cmake --install . > install.log || { cat build.log; exit 1; }; \
+	  cd $(CURDIR); \
+	done
+endef
+
+.PHONY: test-interfaces
+ifneq ($(wildcard $(BACKEND_SRC)/README.md),)
+test-interfaces: $(STAMPS)/test-interfaces $(JAZZY_STAMPS)/test-interfaces
+venv-jazzy: $(JAZZY_STAMPS)/test-interfaces
+$(STAMPS)/test-interfaces: $(STAMPS)/deps $(TEST_INTERFACE_FILES)
+	$(call build-test-interfaces,$(VENV),$(CURDIR)/build/test_interfaces)
+	@touch $@
+$(JAZZY_STAMPS)/test-interfaces: $(JAZZY_STAMPS)/deps $(TEST_INTERFACE_FILES)
+	$(call build-test-interfaces,$(JAZZY_VENV),$(CURDIR)/build/test_interfaces_jazzy)
+	@touch $@
+else
+test-interfaces:
+	@echo 'test-interfaces: $(BACKEND_SRC) not found: nothing built, the backend adapter tests skip'
+endif
+
 # The tests that use the ROS runtime (marker `ros`, test/conftest.py: every DDS test, the colcon
 # build, rclpy parameters and message conversion) on Jazzy. The bootstrap guard of the ROS wheels
 # is cleared so that this venv's libraries are the ones put on LD_LIBRARY_PATH.
@@ -150,7 +197,7 @@ test-jazzy: venv-jazzy
 # pytest exits 5 when it collected no test: that is a failure here, not a pass. Two lanes: the
 # whole suite on Kilted (.venv), then the ROS tests on Jazzy (.venv-jazzy, built first); the
 # Jazzy lane runs whatever the Kilted lane's result.
-test: venv launch-tools
+test: venv launch-tools test-interfaces
 	@$(MAKE) --no-print-directory venv-jazzy
 	@$(PY) -m pytest test; kilted=$$?; \
 	if [ $$kilted -eq 5 ]; then echo 'make test: pytest collected no tests (Kilted)'; kilted=1; fi; \

@@ -23,12 +23,14 @@ setup(
         'pyyaml',
         'tqdm',
         'matplotlib',
+        'gtsam',
     ],
     extras_require={'test': ['pytest', 'pytest-timeout', 'ruff', 'pydocstyle']},
     entry_points={
         'console_scripts': [
             'boq-ros = boq_ros.cli:main',
             'boq-ros-node = boq_ros.ros.node:main',
+            'boq-ros-pose-graph = boq_ros.ros.pose_graph_node:main',
         ],
     },
     classifiers=[

@@ -5,6 +5,10 @@ as a separate process on loopback-only DDS, replays the recording into it and ev
 node published with the offline metrics. Everything here is ROS-free so it is testable on its
 own; the DDS side is `boq_ros.ros.replay`.
 
+With the loop-closure node runs the reference backend (`pose_graph_node`): the recording's
+odometry drifts, and `drift_correction` scores the odometry and the backend's optimised keyframe
+trajectory against the exact ground truth stored beside it (ATE, RPE), with a plot.
+
 `compare_records` is the proof that the live node behaves like the offline pipeline: the same
 queries, the same candidates, the same similarities (to a float tolerance) and acceptance.
 """
@@ -25,7 +29,15 @@ import yaml
 from boq_ros.eval.groundtruth import GroundTruth
 from boq_ros.eval.metrics import EvalConfig, EvalResult
 from boq_ros.eval.records import CandidateRecord
-from boq_ros.settings import DetectorConfig, KeyframePolicy, ModelSettings, VerificationSettings
+from boq_ros.eval.trajectories import TrajectoryScore
+from boq_ros.settings import (
+    DetectorConfig,
+    KeyframePolicy,
+    ModelSettings,
+    PoseGraphSettings,
+    VerificationSettings,
+)
+from boq_ros.trajectory import Trajectory
 
 if TYPE_CHECKING:  # torch: imported only where the model runs (the tests' conftest uses this)
     from boq_ros.model import BoQModel
@@ -34,10 +46,13 @@ SESSION = 'demo'
 IMAGE_TOPIC = '/camera/image_raw'
 CAMERA_INFO_TOPIC = '/camera/camera_info'
 DEPTH_TOPIC = '/camera/depth/image_raw'
-ODOM_TOPIC = '/odom'
+ODOM_TOPIC = '/odom'  # drifting odometry (synth.DEMO_DRIFT)
+GROUND_TRUTH_TOPIC = '/ground_truth/odom'
 CANDIDATE_TOPIC = '/loop_candidates'
 NODE_NAME = 'boq_demo_node'
-_RECORDING_VERSION = 2  # bump when the generator's output for the same parameters changes
+BACKEND_NAME = 'boq_demo_pose_graph'
+WRONG_LOOP_FRACTION = 0.1  # the robustness row: this share of the loops made wrong
+_RECORDING_VERSION = 3  # bump when the generator's output for the same parameters changes
 
 RANDOM_WEIGHTS_NOTE = (
     'The model runs with RANDOMLY INITIALISED weights: no released BoQ checkpoint was given '
@@ -92,7 +107,7 @@ def ensure_recording(root: str | os.PathLike, spec: DemoRecording) -> tuple[Path
     A recording is generated into a temporary directory and renamed into place only when
     complete, so an interrupted run never leaves a half-written bag to be reused.
     """
-    from boq_ros.synth import generate_recording
+    from boq_ros.synth import DEMO_DRIFT, generate_recording
 
     spec.validate()
     root = Path(root)
@@ -108,7 +123,7 @@ def ensure_recording(root: str | os.PathLike, spec: DemoRecording) -> tuple[Path
         generate_recording(tmp / bag.name, storage=spec.storage, laps=spec.laps,
                            frames_per_lap=spec.frames // spec.laps, image_size=spec.image_size,
                            rate_hz=spec.rate_hz, compressed=False, seed=spec.seed,
-                           session=SESSION)
+                           session=SESSION, odometry_drift=DEMO_DRIFT)
         (tmp / 'recording.json').write_text(json.dumps(asdict(spec), indent=1) + '\n')
         shutil.rmtree(target, ignore_errors=True)  # an incomplete leftover
         tmp.rename(target)
@@ -205,6 +220,26 @@ class NodeSettings:
             **asdict(self.model), **asdict(self.keyframes), **asdict(self.detector),
             **asdict(self.verification),
         }
+
+
+def backend_parameters(run_dir: str | os.PathLike,
+                       settings: PoseGraphSettings = PoseGraphSettings()) -> dict[str, Any]:
+    """Return the pose graph node's ROS parameters: the demo's topics and files, `settings`."""
+    run_dir = Path(run_dir)
+    return {
+        'odometry_topic': ODOM_TOPIC,
+        'odometry_qos': 'reliable',  # replay publishes reliably: every pose arrives
+        'candidates_topic': CANDIDATE_TOPIC,
+        'graph_path': str(run_dir / 'pose_graph.g2o'),
+        'trajectory_path': str(run_dir / 'optimised_keyframes.tum'),
+        **asdict(settings),
+    }
+
+
+def backend_command(params_file: str | os.PathLike, name: str = BACKEND_NAME) -> list[str]:
+    """Return the command that runs the pose graph node with a parameters file."""
+    return [sys.executable, '-m', 'boq_ros.ros.pose_graph_node', '--ros-args', '-r',
+            f'__node:={name}', '--params-file', str(params_file)]
 
 
 def write_params_file(path: str | os.PathLike, parameters: Mapping[str, Any]) -> Path:
@@ -433,16 +468,76 @@ class DemoRun:
 
 def write_report(out_dir: str | os.PathLike, runs: Sequence[DemoRun], ground_truth: GroundTruth,
                  inputs: Mapping[str, Any], detector: DetectorConfig, evaluation: EvalConfig,
-                 extra: Mapping[str, Any]) -> dict[str, Any]:
+                 extra: Mapping[str, Any], correction: 'DriftCorrection | None' = None
+                 ) -> dict[str, Any]:
     """Write report.json, summary.md and the plots of the runs (the first one is the node)."""
     from boq_ros.eval import report as report_mod
 
     plots = report_mod.plot_loop_closure(
         out_dir, [(r.label, r.result) for r in runs], ground_truth,
         f'{runs[0].label}: accepted loops (threshold {detector.threshold:g})')
+    if correction is not None:
+        plots.append(correction.plot.name)
+        extra = {**extra, 'trajectories': correction.to_dict()}
     return report_mod.write_report(out_dir, task='loop_closure', inputs=inputs,
                                    detector=asdict(detector), evaluation=evaluation,
                                    runs=[r.summary() for r in runs], plots=plots, extra=extra)
+
+
+@dataclass(frozen=True)
+class DriftCorrection:
+    """The keyframe trajectories scored against ground truth, and where the plot is."""
+
+    scores: list[TrajectoryScore]
+    plot: Path
+    wrong_loops: int  # loops made wrong in the robustness rows
+
+    def ratio(self, label: str) -> float:
+        """Odometry's ATE over that of the trajectory `label` (how many times lower)."""
+        by_label = {s.label: s for s in self.scores}
+        return by_label['odometry alone'].ate.rmse / by_label[label].ate.rmse
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report's entry."""
+        return {'scores': [s.to_dict() for s in self.scores], 'plot': str(self.plot),
+                'wrong_loops': self.wrong_loops, 'alignment': 'SE(3) (Umeyama, no scale)'}
+
+
+LIVE_LABEL = 'pose graph node (live loops)'
+
+
+def drift_correction(bag: Path, live_records: Sequence[CandidateRecord], live_estimate: Trajectory,
+                     offline_records: Sequence[CandidateRecord] | None,
+                     settings: PoseGraphSettings, out_dir: Path) -> DriftCorrection:
+    """Score odometry and the optimised trajectories at the live node's keyframe stamps.
+
+    Rows: the odometry alone; the pose graph node's estimate from the loops the live node
+    published; with offline records, the same backend run offline on them, then on them with
+    WRONG_LOOP_FRACTION of the loops made wrong (with the default robust kernel, and without a
+    kernel: what the kernel is worth).
+    """
+    from dataclasses import replace
+
+    from boq_ros.eval.trajectories import DriftStudy, plot_trajectories
+    from boq_ros.slam import with_wrong_loops
+
+    ground_truth = Trajectory.from_bag(bag, GROUND_TRUTH_TOPIC)
+    odometry = Trajectory.from_bag(bag, ODOM_TOPIC)
+    live = DriftStudy(live_records, odometry, ground_truth)
+    scores = [live.odometry_score(), live.estimate_score(LIVE_LABEL, live_estimate, live.loops)]
+    wrong = 0
+    if offline_records is not None:
+        offline = DriftStudy(offline_records, odometry, ground_truth)
+        scores.append(offline.graph_score('offline pose graph', settings))
+        corrupted, wrong = with_wrong_loops(offline.inputs, WRONG_LOOP_FRACTION)
+        scores.append(offline.graph_score(
+            f'offline, {wrong} loops wrong ({settings.robust_kernel})', settings, corrupted))
+        scores.append(offline.graph_score(f'offline, {wrong} loops wrong (no robust kernel)',
+                                          replace(settings, robust_kernel='none'), corrupted))
+    plot = plot_trajectories(out_dir / 'trajectories.png', live.reference,
+                             {'odometry alone': scores[0].ate, LIVE_LABEL: scores[1].ate},
+                             live.edges(), LIVE_LABEL)
+    return DriftCorrection(scores, plot, wrong)
 
 
 def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation: EvalConfig,
@@ -458,8 +553,8 @@ def offline_run(bag: Path, model: 'BoQModel', settings: NodeSettings, evaluation
     from boq_ros.settings import PipelineConfig
 
     spec = EvalSpec(
-        map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=ODOM_TOPIC), SESSION,
-                           depth_topic=DEPTH_TOPIC, camera_info_topic=CAMERA_INFO_TOPIC),
+        map_input=BagInput(bag, IMAGE_TOPIC, GroundTruthSource(topic=GROUND_TRUTH_TOPIC),
+                           SESSION, depth_topic=DEPTH_TOPIC, camera_info_topic=CAMERA_INFO_TOPIC),
         model=settings.model, pipeline=PipelineConfig(batch_size=1),
         keyframes=settings.keyframes, detector=settings.detector,
         verification=settings.verification, evaluation=evaluation, use_cache=False,

@@ -464,3 +464,71 @@ class MapSettings:
             return replace(loaded, kind=self.index_kind or loaded.kind, device=self.index_device)
         return IndexSpec(kind=self.index_kind or 'flat', pca_dim=self.pca_dim or None,
                          device=self.index_device)
+
+
+ROBUST_KERNELS = ('cauchy', 'huber', 'geman_mcclure', 'none')
+"""Robust kernels of the pose graph's loop factors (boq_ros.pose_graph makes them)."""
+
+
+@dataclass(frozen=True)
+class PoseGraphSettings:
+    """The reference pose-graph backend's noise models and solver (boq_ros.pose_graph).
+
+    Odometry sigmas grow with the motion between two keyframes: translation
+    max(odometry_min_sigma_translation_m, odometry_translation_sigma_per_m * distance), rotation
+    max(odometry_min_sigma_rotation_rad, odometry_rotation_sigma_per_m * distance +
+    odometry_rotation_sigma_per_rad * angle). The defaults suit wheel odometry and visual
+    odometry of a ground robot (drift of a few percent of the distance travelled).
+    """
+
+    odometry_translation_sigma_per_m: float = setting(
+        0.02, 'Odometry translation sigma per metre travelled between keyframes (0.02: 2 % of '
+        'the distance; wheel odometry drifts 1-5 %, visual odometry 0.5-2 %).',
+        section='Pose graph', low=0.0, high=10.0)
+    odometry_rotation_sigma_per_m: float = setting(
+        0.005, 'Odometry rotation sigma (rad) per metre travelled between keyframes (0.005: '
+        '0.3 deg/m, heading drift from wheel slip or visual odometry on a ground robot).',
+        section='Pose graph', low=0.0, high=10.0)
+    odometry_rotation_sigma_per_rad: float = setting(
+        0.02, 'Odometry rotation sigma per radian turned between keyframes (0.02: 2 % of the '
+        'turn, a typical yaw-rate scale error).', section='Pose graph', low=0.0, high=10.0)
+    odometry_min_sigma_translation_m: float = setting(
+        0.005, 'Smallest odometry translation sigma between two keyframes (m), for keyframes '
+        'taken with little motion.', section='Pose graph', low=0.0, high=1e3, above_low=True)
+    odometry_min_sigma_rotation_rad: float = setting(
+        0.002, 'Smallest odometry rotation sigma between two keyframes (rad; 0.1 deg).',
+        section='Pose graph', low=0.0, high=10.0, above_low=True)
+    loop_sigma_translation_m: float = setting(
+        0.1, 'Translation sigma (m) of a loop that comes without a covariance (a few times '
+        'the 0.08 m median PnP error measured on the demo recording).',
+        section='Pose graph', low=0.0, high=1e3, above_low=True)
+    loop_sigma_rotation_rad: float = setting(
+        0.02, 'Rotation sigma (rad; 1.1 deg) of a loop that comes without a covariance.',
+        section='Pose graph', low=0.0, high=10.0, above_low=True)
+    loop_min_sigma_translation_m: float = setting(
+        0.05, "Smallest translation sigma (m) of a loop: the estimator's covariance leaves out "
+        'the depth noise and calibration errors, so it is over-confident.',
+        section='Pose graph', low=0.0, high=1e3, above_low=True)
+    loop_min_sigma_rotation_rad: float = setting(
+        0.01, 'Smallest rotation sigma (rad; 0.6 deg) of a loop, for the same reason.',
+        section='Pose graph', low=0.0, high=10.0, above_low=True)
+    robust_kernel: str = setting(
+        'cauchy', 'Robust kernel of the loop factors, so that a false loop cannot pull the map '
+        'apart: cauchy (default: the pull of a large error fades slowly, so the first correct '
+        'loops after a long drift still converge), huber (convex: a false loop keeps a bounded '
+        'pull), geman_mcclure (redescending: also ignores the first correct loops after a '
+        'long drift; only with a good initial guess), none.', section='Pose graph',
+        choices=ROBUST_KERNELS)
+    robust_kernel_width: float = setting(
+        3.0, "Width of the robust kernel in whitened units (the loop's Mahalanobis distance; a "
+        'correct 6-dof loop has about 2.4). At 1 the first correct loops after metres of drift '
+        'were down-weighted too hard in the synthetic 3-lap test.',
+        section='Pose graph', low=0.0, high=1e6, above_low=True)
+    loop_iterations: int = setting(
+        30, 'Extra ISAM2 iterations an update runs at most after new loops; it stops as soon '
+        'as no pose moves by more than 1e-4 (5-10 iterations usually, about 30 for the first '
+        'loop after a long drift), so that the robust loops converge as a batch solver would.',
+        section='Pose graph', low=0, high=1000)
+
+    def __post_init__(self) -> None:
+        check_settings(self)

@@ -8,12 +8,15 @@ world) revisit every place from another lateral offset and yaw and under other l
 gamma, colour cast), so the same place looks alike and different places look different, without
 any claim to photorealism. Rendering is a vectorised column ray cast (a few ms per frame); the
 same cast gives an exact z-depth image and the pinhole intrinsics are known, so recordings can
-carry ``CameraInfo`` and aligned depth for testing geometric verification.
+carry ``CameraInfo`` and aligned depth for testing geometric verification. With an
+:class:`OdometryDrift`, ``/odom`` drifts as a real wheel or visual odometry does, and the exact
+poses move to ``/ground_truth/odom``, so evaluation and pose-graph tests see realistic odometry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -36,6 +39,9 @@ COMPRESSED_TOPIC = '/camera/image_raw/compressed'
 CAMERA_INFO_TOPIC = '/camera/camera_info'
 DEPTH_TOPIC = '/camera/depth/image_raw'
 ODOM_TOPIC = '/odom'
+GROUND_TRUTH_TOPIC = '/ground_truth/odom'
+"""Exact poses of ``base_link`` (frame ``world``), written when ``/odom`` drifts."""
+GROUND_TRUTH_FRAME = 'world'
 TF_TOPIC = '/tf'
 CAMERA_FRAME = 'camera'
 """Frame of every camera message: the ROS optical frame (x right, y down, z forward)."""
@@ -52,6 +58,80 @@ class SynthError(ValueError):
 
 
 @dataclass(frozen=True)
+class OdometryDrift:
+    """Errors of a wheel or visual odometry, applied to every increment of the true pose stream.
+
+    An increment is the motion of ``base_link`` between two consecutive odometry stamps, in the
+    base frame of the first: forward and lateral translation (m) of length ``s`` and a heading
+    change (rad). The odometry integrates the perturbed increments from the true first pose::
+
+        translation' = (1 + scale_bias) * translation + N(0, (translation_noise * s)^2) per axis
+        heading'     = heading + heading_bias_per_m * s + N(0, heading_noise_per_sqrt_m^2 * s)
+
+    so its error grows smoothly with the distance travelled and never jumps; where the heading
+    terms dominate (:data:`DEMO_DRIFT`) it is mostly a slow bending of the path, as with real
+    odometry. The noise is drawn from the recording's ``seed`` and ``variant`` by a generator
+    of its own: the images are the same with and without drift. All zero reproduces the truth.
+    """
+
+    translation_noise: float = 0.0
+    """1-sigma noise of each translation component, as a fraction of the step length (0.02:
+    2 %)."""
+    heading_noise_per_sqrt_m: float = 0.0
+    """Heading random walk, rad per square-root metre: after d metres its 1 sigma is
+    ``heading_noise_per_sqrt_m * sqrt(d)``."""
+    heading_bias_per_m: float = 0.0
+    """Heading error gained per metre travelled, rad/m (a gyro bias or a miscalibrated wheel
+    base); positive turns the odometry counter-clockwise."""
+    scale_bias: float = 0.0
+    """Relative error of the distance travelled (a wheel radius error): 0.01 reads 1 % long."""
+
+    # Beyond these an odometry is broken (or the value is in the wrong unit, e.g. degrees).
+    _LIMITS = {'translation_noise': (0.0, 0.5, ''),
+               'heading_noise_per_sqrt_m': (0.0, 0.5, ' rad/sqrt(m)'),
+               'heading_bias_per_m': (-0.1, 0.1, ' rad/m'), 'scale_bias': (-0.5, 0.5, '')}
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            low, high, unit = self._LIMITS[field.name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise SynthError(f'OdometryDrift.{field.name} must be a number, got {value!r}')
+            if not low <= value <= high:  # also refuses NaN
+                raise SynthError(f'OdometryDrift.{field.name} must be within '
+                                 f'[{low}, {high}]{unit}, got {value}')
+
+    def apply(self, x: np.ndarray, y: np.ndarray, yaw: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return the drifted (x, y, yaw) of a true planar pose stream, from its first pose.
+
+        ``rng`` draws three standard normals per increment (forward, lateral, heading).
+        """
+        c, s = np.cos(yaw[:-1]), np.sin(yaw[:-1])
+        dx, dy = np.diff(x), np.diff(y)
+        forward, lateral = c * dx + s * dy, c * dy - s * dx
+        turn = np.angle(np.exp(1j * np.diff(yaw)))
+        step = np.hypot(forward, lateral)
+        noise = rng.standard_normal((3, step.size))
+        forward = (1 + self.scale_bias) * forward + self.translation_noise * step * noise[0]
+        lateral = (1 + self.scale_bias) * lateral + self.translation_noise * step * noise[1]
+        turn = (turn + self.heading_bias_per_m * step
+                + self.heading_noise_per_sqrt_m * np.sqrt(step) * noise[2])
+        # Compose the increments: each one is rotated by the heading the odometry had before it.
+        drifted_yaw = yaw[0] + np.concatenate([[0.0], np.cumsum(turn)])
+        c, s = np.cos(drifted_yaw[:-1]), np.sin(drifted_yaw[:-1])
+        drifted_x = x[0] + np.concatenate([[0.0], np.cumsum(c * forward - s * lateral)])
+        drifted_y = y[0] + np.concatenate([[0.0], np.cumsum(s * forward + c * lateral)])
+        return drifted_x, drifted_y, drifted_yaw
+
+
+DEMO_DRIFT = OdometryDrift(translation_noise=0.02, heading_noise_per_sqrt_m=0.004,
+                           heading_bias_per_m=0.002, scale_bias=0.01)
+"""Drift for the demo recording (3 laps, 379 m): its odometry at the 300 frames is 4.9 m ATE
+RMSE from the truth after SE(3) alignment; at the end it is 16 m and 46 degrees off."""
+
+
+@dataclass(frozen=True)
 class RecordingInfo:
     """What a generated recording holds, with the exact ground truth of every frame."""
 
@@ -62,6 +142,10 @@ class RecordingInfo:
     n_frames: int
     duration_s: float
     trajectory: Trajectory
+    """Exact poses of ``base_link`` at the odometry stamps (/odom without drift, else
+    /ground_truth/odom)."""
+    odometry: Trajectory
+    """What /odom carries: :attr:`trajectory` itself without drift, else the drifted odometry."""
     frame_stamps_ns: np.ndarray
     frame_positions: np.ndarray
     frame_yaws: np.ndarray
@@ -302,53 +386,117 @@ def _yaw_quaternions(yaw: np.ndarray) -> np.ndarray:
     return np.stack([zeros, zeros, np.sin(yaw / 2), np.cos(yaw / 2)], axis=-1)
 
 
+@dataclass(frozen=True)
+class RecordingTrajectories:
+    """The poses a recording writes, computed without rendering: what drift tests need."""
+
+    frame_stamps_ns: np.ndarray
+    ground_truth: Trajectory
+    """Exact poses of ``base_link`` at the odometry stamps."""
+    odometry: Trajectory
+    """What /odom carries: ``ground_truth`` itself without drift."""
+
+
+@dataclass(frozen=True)
+class _Motion:
+    """Stamps and poses of a recording, as the arrays its messages are written from."""
+
+    frame_t: np.ndarray
+    frame_stamps: np.ndarray
+    frame_poses: tuple[np.ndarray, np.ndarray, np.ndarray]  # x, y, yaw of every frame
+    odom_stamps: np.ndarray
+    true_positions: np.ndarray
+    true_quaternions: np.ndarray
+    odom_positions: np.ndarray
+    odom_quaternions: np.ndarray
+
+
+def _motion(laps: int, frames_per_lap: int, rate_hz: float, odom_rate_hz: float, seed: int,
+            variant: int, odometry_drift: OdometryDrift | None) -> _Motion:
+    """Compute the frame and odometry stamps, the true poses and the (drifted) odometry."""
+    if laps < 1 or frames_per_lap < 4:
+        raise SynthError(f'need laps >= 1 and frames_per_lap >= 4, got {laps}, {frames_per_lap}')
+    if not (rate_hz > 0 and odom_rate_hz > 0):
+        raise SynthError(f'rates must be positive, got {rate_hz} and {odom_rate_hz}')
+    if variant < 0:
+        raise SynthError(f'variant must be >= 0, got {variant}')
+    if seed < 0:
+        raise SynthError(f'seed must be >= 0, got {seed}')
+    start_ns = START_NS + variant * 86_400 * 1_000_000_000
+    lap_s = frames_per_lap / rate_hz
+    frame_t = np.arange(laps * frames_per_lap) / rate_hz
+    frame_stamps = start_ns + np.round(frame_t * 1e9).astype(np.int64)
+    odom_t = np.arange(math.ceil(frame_t[-1] * odom_rate_hz - 1e-9) + 1) / odom_rate_hz
+    odom_stamps = start_ns + np.round(odom_t * 1e9).astype(np.int64)
+    ox, oy, oyaw = _pose_at(odom_t, lap_s, variant, frames_per_lap)
+    true_positions = np.stack([ox, oy, np.zeros_like(ox)], axis=-1)
+    true_quaternions = _yaw_quaternions(oyaw)
+    odom_positions, odom_quaternions = true_positions, true_quaternions
+    if odometry_drift is not None:
+        # A generator of its own (not the world's or the lighting's): images do not change.
+        rng = np.random.default_rng([seed, variant, 13])
+        dx, dy, dyaw = odometry_drift.apply(ox, oy, oyaw, rng)
+        odom_positions = np.stack([dx, dy, np.zeros_like(dx)], axis=-1)
+        odom_quaternions = _yaw_quaternions(dyaw)
+    return _Motion(frame_t, frame_stamps, _pose_at(frame_t, lap_s, variant, frames_per_lap),
+                   odom_stamps, true_positions, true_quaternions, odom_positions,
+                   odom_quaternions)
+
+
+def recording_trajectories(*, laps: int = 2, frames_per_lap: int = 60, rate_hz: float = 5.0,
+                           odom_rate_hz: float = 20.0, seed: int = 0, variant: int = 0,
+                           odometry_drift: OdometryDrift | None = None
+                           ) -> RecordingTrajectories:
+    """Return the stamps and poses :func:`generate_recording` writes with these parameters.
+
+    The same numbers as the recording's, without rendering or writing anything (a 300 frame
+    recording takes seconds, this takes milliseconds).
+    """
+    motion = _motion(laps, frames_per_lap, rate_hz, odom_rate_hz, seed, variant, odometry_drift)
+    truth = Trajectory(motion.odom_stamps, motion.true_positions, motion.true_quaternions)
+    odometry = truth if odometry_drift is None else Trajectory(
+        motion.odom_stamps, motion.odom_positions, motion.odom_quaternions)
+    return RecordingTrajectories(motion.frame_stamps, truth, odometry)
+
+
 def generate_recording(path: str | os.PathLike, *,
                        storage: Literal['sqlite3', 'mcap'] = 'sqlite3', laps: int = 2,
                        frames_per_lap: int = 60, image_size: tuple[int, int] = (320, 240),
                        rate_hz: float = 5.0, raw: bool = True, compressed: bool = True,
                        odom_rate_hz: float = 20.0, seed: int = 0, session: str = 'demo',
                        variant: int = 0, tf: bool = False, camera_info: bool = True,
-                       depth: bool = True) -> RecordingInfo:
+                       depth: bool = True,
+                       odometry_drift: OdometryDrift | None = None) -> RecordingInfo:
     """Write a rosbag2 recording of ``laps`` drives around the world of ``seed``.
 
     ``variant`` picks the session: 0 has reference lighting on its first lap; other variants
     of the same seed revisit the same places with other offsets, timing and lighting (see
     :func:`generate_query_recording`). Topics: /camera/image_raw (rgb8), its /compressed (JPEG),
-    /odom (exact ground truth), with ``camera_info`` /camera/camera_info (the exact pinhole
-    intrinsics, no distortion), with ``depth`` /camera/depth/image_raw (16UC1 z-depth in mm,
-    0 = none, aligned with the colour image) and, with ``tf``, /tf (odom -> base_link). Camera
-    messages share the colour image's stamp and frame; camera info and depth are logged just
-    before the image, so a consumer holds them when the image arrives.
+    /odom (exact ground truth; with ``odometry_drift`` the drifted odometry, and the exact
+    ground truth on /ground_truth/odom), with ``camera_info`` /camera/camera_info (the exact
+    pinhole intrinsics, no distortion), with ``depth`` /camera/depth/image_raw (16UC1 z-depth
+    in mm, 0 = none, aligned with the colour image) and, with ``tf``, /tf (odom -> base_link,
+    as /odom says). Camera messages share the colour image's stamp and frame; camera info and
+    depth are logged just before the image, so a consumer holds them when the image arrives.
     """
-    if laps < 1 or frames_per_lap < 4:
-        raise SynthError(f'need laps >= 1 and frames_per_lap >= 4, got {laps}, {frames_per_lap}')
     width, height = image_size
     if not (16 <= width <= 4096 and 16 <= height <= 4096):
         raise SynthError(f'image_size must be within 16..4096 pixels, got {image_size}')
-    if not (rate_hz > 0 and odom_rate_hz > 0):
-        raise SynthError(f'rates must be positive, got {rate_hz} and {odom_rate_hz}')
     if not (raw or compressed):
         raise SynthError('raw and compressed are both False: the recording would hold no images')
-    if variant < 0:
-        raise SynthError(f'variant must be >= 0, got {variant}')
-
+    motion = _motion(laps, frames_per_lap, rate_hz, odom_rate_hz, seed, variant, odometry_drift)
     world = World(seed)
-    start_ns = START_NS + variant * 86_400 * 1_000_000_000
-    lap_s = frames_per_lap / rate_hz
     n_frames = laps * frames_per_lap
-    frame_t = np.arange(n_frames) / rate_hz
-    frame_stamps = start_ns + np.round(frame_t * 1e9).astype(np.int64)
-    fx, fy, fyaw = _pose_at(frame_t, lap_s, variant, frames_per_lap)
-    odom_t = np.arange(math.ceil(frame_t[-1] * odom_rate_hz - 1e-9) + 1) / odom_rate_hz
-    odom_stamps = start_ns + np.round(odom_t * 1e9).astype(np.int64)
-    ox, oy, oyaw = _pose_at(odom_t, lap_s, variant, frames_per_lap)
-    odom_positions = np.stack([ox, oy, np.zeros_like(ox)], axis=-1)
-    odom_quaternions = _yaw_quaternions(oyaw)
+    frame_t, frame_stamps, odom_stamps = motion.frame_t, motion.frame_stamps, motion.odom_stamps
+    fx, fy, fyaw = motion.frame_poses
+    odom_positions, odom_quaternions = motion.odom_positions, motion.odom_quaternions
     intrinsics = camera_intrinsics(image_size, HFOV_RAD)
     fx_px, fy_px, cx_px, cy_px = intrinsics
     k_matrix = [fx_px, 0.0, cx_px, 0.0, fy_px, cy_px, 0.0, 0.0, 1.0]
 
     topics = {ODOM_TOPIC: 'nav_msgs/msg/Odometry'}
+    if odometry_drift is not None:
+        topics[GROUND_TRUTH_TOPIC] = 'nav_msgs/msg/Odometry'
     if raw:
         topics[IMAGE_TOPIC] = 'sensor_msgs/msg/Image'
     if compressed:
@@ -380,6 +528,11 @@ def generate_recording(path: str | os.PathLike, *,
                     bag.write(TF_TOPIC, topics[TF_TOPIC],
                               make_tf_msg(stamp, 'odom', 'base_link', odom_positions[k],
                                           odom_quaternions[k]), log_ns)
+                if odometry_drift is not None:
+                    bag.write(GROUND_TRUTH_TOPIC, topics[GROUND_TRUTH_TOPIC],
+                              make_odometry_msg(stamp, motion.true_positions[k],
+                                                motion.true_quaternions[k],
+                                                frame_id=GROUND_TRUTH_FRAME), log_ns)
                 continue
             stamp = int(frame_stamps[k])
             if kind == 2:
@@ -410,10 +563,12 @@ def generate_recording(path: str | os.PathLike, *,
                 bag.write(COMPRESSED_TOPIC, topics[COMPRESSED_TOPIC],
                           make_compressed_msg(image, 'rgb8', stamp, CAMERA_FRAME), log_ns)
 
+    truth = Trajectory(odom_stamps, motion.true_positions, motion.true_quaternions)
     return RecordingInfo(
         path=Path(path), storage=storage, session=session, topics=topics, n_frames=n_frames,
-        duration_s=float(frame_t[-1]),
-        trajectory=Trajectory(odom_stamps, odom_positions, odom_quaternions),
+        duration_s=float(frame_t[-1]), trajectory=truth,
+        odometry=truth if odometry_drift is None else Trajectory(
+            odom_stamps, odom_positions, odom_quaternions),
         frame_stamps_ns=frame_stamps,
         frame_positions=np.stack([fx, fy, np.zeros_like(fx)], axis=-1),
         frame_yaws=fyaw, frame_laps=np.arange(n_frames) // frames_per_lap,

@@ -39,6 +39,19 @@ def pose_topics(bag: Bag) -> dict[str, str]:
             if info.msgtype in POSE_TYPES}
 
 
+GROUND_TRUTH_NAMESPACE = '/ground_truth/'
+"""Pose topics under this namespace hold exact poses (a simulator's, a motion capture's)."""
+
+
+def ground_truth_topics(bag: Bag) -> dict[str, str]:
+    """Return topic -> type of the pose topics under ``/ground_truth/``.
+
+    Evaluation scores against them, never against odometry that only estimates them.
+    """
+    return {name: msgtype for name, msgtype in pose_topics(bag).items()
+            if name.startswith(GROUND_TRUTH_NAMESPACE)}
+
+
 def _pose_topic_list(bag: Bag) -> str:
     """Describe a bag's pose-capable topics for an error message, so the fix is one look away."""
     found = pose_topics(bag)

@@ -3,6 +3,7 @@
     ros2 launch boq_ros vpr.launch.py checkpoint:=resnet50-16384 image:=/camera/image_raw
     ros2 launch boq_ros vpr.launch.py use_sim_time:=true map:=office   # bag replay, prebuilt map
     ros2 launch boq_ros vpr.launch.py lifecycle:=true   # wait for a lifecycle manager
+    ros2 launch boq_ros vpr.launch.py pose_graph:=true  # with the GTSAM pose graph backend
 
 Every node parameter lives in the config file (default: the package's config/vpr.yaml); the
 arguments below override the few that change per run. More cameras: list them in the config's
@@ -33,6 +34,11 @@ ARGUMENTS = {
     'lifecycle': ('false', 'true: a lifecycle node that waits for a lifecycle manager; false: '
                            'the node configures and activates itself.'),
     'log_level': ('info', "Logging level of the node's logger (not of rcl, rmw or DDS)."),
+    'pose_graph': ('false', 'true: also start pose_graph_node, the GTSAM pose graph backend fed '
+                            "by the node's loops and the same odometry."),
+    'pose_graph_config': (PathJoinSubstitution([FindPackageShare('boq_ros'), 'config',
+                                                'pose_graph.yaml']),
+                          'Parameter file of pose_graph_node.'),
 }
 
 
@@ -65,7 +71,10 @@ def _fail_on_error_exit(event: ProcessExited, context: LaunchContext) -> None:
 
 
 def _node(context: LaunchContext) -> list:
-    """Build the node once the arguments are known (only given overrides are passed on)."""
+    """Build the node (and the backend) once the arguments are known.
+
+    Only given overrides are passed on.
+    """
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     managed = _true(arg['lifecycle'])
     overrides = {'use_sim_time': _true(arg['use_sim_time']), 'autostart': not managed}
@@ -83,8 +92,20 @@ def _node(context: LaunchContext) -> list:
         # The level of the node's logger only: a bare `--log-level debug` would turn on every
         # logger of the process (rcl, rmw: hundreds of lines a second).
         arguments=['--ros-args', '--log-level', f"{logger}:={arg['log_level']}"])
-    return [node, RegisterEventHandler(OnProcessExit(target_action=node,
-                                                     on_exit=_fail_on_error_exit))]
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                        on_exit=_fail_on_error_exit))]
+    if _true(arg['pose_graph']):
+        backend = Node(
+            package='boq_ros', executable='pose_graph_node', name='pose_graph_node',
+            namespace=arg['namespace'], output='screen',
+            parameters=[arg['pose_graph_config'], {'use_sim_time': overrides['use_sim_time']}],
+            remappings=[('odom', arg['odom'])],
+            arguments=['--ros-args', '--log-level',
+                       f"{_logger_name(context, arg['namespace'], 'pose_graph_node')}:="
+                       f"{arg['log_level']}"])
+        actions += [backend, RegisterEventHandler(OnProcessExit(target_action=backend,
+                                                                on_exit=_fail_on_error_exit))]
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:

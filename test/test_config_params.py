@@ -1,4 +1,4 @@
-"""config/vpr.yaml and the node's declared parameters agree.
+"""config/vpr.yaml and config/pose_graph.yaml agree with the nodes' declared parameters.
 
 The launch file is tested by running it (`ros2 launch`, test_launch.py).
 """
@@ -79,3 +79,25 @@ def test_node_doc_table_is_the_rendered_table():
     text = (ROOT / 'docs' / 'node.md').read_text()
     assert params.render_markdown() in text, (
         'docs/node.md parameter table is out of date: python -m boq_ros.ros.params --markdown')
+
+
+def test_backend_config_is_the_rendered_table_and_loads_into_the_backend(ros_domain_id):
+    from boq_ros.ros.pose_graph_node import PARAMS, PoseGraphNode
+
+    config = ROOT / 'config' / 'pose_graph.yaml'
+    assert config.read_text() == PARAMS.render_yaml(), (
+        'config/pose_graph.yaml is out of date: python -m boq_ros.ros.params pose_graph_node '
+        '> config/pose_graph.yaml')
+    assert PARAMS.render_markdown() in (ROOT / 'docs' / 'backends.md').read_text(), (
+        'docs/backends.md parameter table is out of date: python -m boq_ros.ros.params '
+        'pose_graph_node --markdown')
+    context = rclpy.Context()
+    rclpy.init(args=['--ros-args', '--params-file', str(config)], context=context,
+               domain_id=ros_domain_id)
+    node = PoseGraphNode(context=context)
+    try:
+        section = yaml.safe_load(config.read_text())['/**']['ros__parameters']
+        assert PARAMS.read(node) == section
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -21,6 +21,7 @@ from typing import Any
 
 from boq_ros.msg import LoopCandidateArray
 from conftest import NodeProcess, wait_until
+from diagnostic_msgs.msg import DiagnosticArray
 import psutil
 import pytest
 from rclpy.qos import qos_profile_sensor_data
@@ -279,19 +280,26 @@ def test_unsourced_launch_names_the_missing_package(base_env, launch_tools, tmp_
 
 def test_launch_autostart_answers_and_stops_cleanly_on_ctrl_c(ros2, ros_node, tmp_path,
                                                             tmp_path_factory):
+    """The node, and with pose_graph:=true the backend beside it (installed config)."""
     params = small_model(tmp_path, tmp_path_factory)
     config = write_config(tmp_path / 'vpr.yaml', **{k: v for k, v in params.items()
                                                     if k != 'checkpoint'})
+    diagnostics = ros_node.collect(DiagnosticArray, '/diagnostics')
     launch = ros2('launch', 'boq_ros', 'vpr.launch.py', f'config:={config}',
-                  f"checkpoint:={params['checkpoint']}")
+                  f"checkpoint:={params['checkpoint']}", 'pose_graph:=true')
     launch.wait_for_output(r'\[vpr_node\]: active: listening on')
     first = answer_one_image(ros_node, '/image', '/loop_candidates', alive_check(launch))
     assert first.query.camera == '/image' and first.query.stamp.sec == 7
     assert first.model.startswith('resnet50-16384@')
+    # The backend got the answer: a keyframe waiting for odometry (none is published here).
+    diagnostics.wait_for(predicate=lambda got: any(
+        s.name == '/pose_graph_node: pose graph' and ('keyframes_received_total', '1') in
+        {(kv.key, kv.value) for kv in s.values} for a in got for s in a.status),
+        timeout=ANSWER_TIMEOUT_S)
     status = launch.ctrl_c()
     output = launch.log_text()
     assert_clean_stop(status, output)
-    assert 'process has finished cleanly' in output
+    assert output.count('process has finished cleanly') == 2, output[-4000:]
 
 
 def test_launch_lifecycle_namespace_remap_sim_time_config(cli_env, ros2, ros_node, tmp_path,

@@ -14,26 +14,24 @@ from boq_ros.srv import Relocalize
 from nav_msgs.msg import Odometry
 import numpy as np
 import pytest
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header
-from test_node_common import (
-    START_TIMEOUT_S,
-    NodeUnderTest,
-    answer_for,
-    base_params,
-    checkpoint,
+from ring_scene import (
+    LAP1,
+    LAP2,
+    SIZE,
+    S,
+    base_pose,
+    camera_info,
+    header,
+    view,
+    visit,
 )
+from sensor_msgs.msg import CameraInfo, Image
+from test_node_common import START_TIMEOUT_S, NodeUnderTest, base_params, checkpoint
 
 from boq_ros.demo import write_params_file
 from boq_ros.ros.convert import image_msg
-from boq_ros.synth import World, camera_intrinsics, camera_pose_world, depth_to_mm
+from boq_ros.synth import World, camera_pose_world
 from boq_ros.verification.verifier import transform_from
-
-S = 10**9
-SIZE = (320, 240)
-RADIUS = 20.0
-LAP1 = [(float(t), 0.05 * t, 0.0) for t in range(8)]  # (stamp s, angle on the ring, offset m)
-LAP2 = [(100.0 + t, 0.05 * t + 0.01, 0.4) for t in range(8)]
 
 
 @pytest.fixture(scope='module')
@@ -60,56 +58,6 @@ def node(tmp_path_factory):
     assert n.close() == 0
 
 
-def _header(t: float) -> Header:
-    h = Header(frame_id='camera')
-    ns = round(t * S)
-    h.stamp.sec, h.stamp.nanosec = ns // S, ns % S
-    return h
-
-
-def _view(angle: float, offset: float) -> tuple[float, float, float]:
-    r = RADIUS + offset
-    return r * math.cos(angle), r * math.sin(angle), angle + math.pi / 2
-
-
-def _camera_info(t: float, k: list[float] | None = None) -> CameraInfo:
-    fx, fy, cx, cy = camera_intrinsics(SIZE)
-    msg = CameraInfo(header=_header(t), width=SIZE[0], height=SIZE[1],
-                     distortion_model='plumb_bob')
-    msg.k = k if k is not None else [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-    msg.d = [0.0] * 5
-    return msg
-
-
-def _base_pose(angle: float, offset: float) -> np.ndarray:
-    """The base pose whose camera (the default camera_in_base) is the rendered view."""
-    camera = camera_pose_world(*_view(angle, offset))
-    return camera @ np.linalg.inv(transform_from(
-        [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]))
-
-
-def _odometry(t: float, base: np.ndarray) -> Odometry:
-    from boq_ros.verification.verifier import xyz_quaternion
-
-    msg = Odometry(header=_header(t), child_frame_id='base_link')
-    msg.header.frame_id = 'odom'
-    p = msg.pose.pose
-    (p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
-     p.orientation.z, p.orientation.w) = xyz_quaternion(base)
-    return msg
-
-
-def _visit(node, t: float, angle: float, offset: float, depth: Image | None = None):
-    rgb, depth_m = node.world.render(*_view(angle, offset), SIZE, with_depth=True)
-    node.info.publish(_camera_info(t))
-    for dt in (-0.02, 0.0, 0.02):  # odometry around the stamp, as a 50 Hz stream gives
-        node.odom.publish(_odometry(t + dt, _base_pose(angle, offset)))
-    node.depth.publish(depth if depth is not None else image_msg(
-        depth_to_mm(depth_m), 'mono16', _header(t)))
-    node.image.publish(image_msg(rgb, 'rgb8', _header(t)))
-    return answer_for(node.candidates, round(t * S))
-
-
 def _angle_deg(r: np.ndarray) -> float:
     return math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)))
 
@@ -121,25 +69,25 @@ def _matrix(pose) -> np.ndarray:
 
 def test_second_lap_loops_are_verified_with_metric_poses(node):
     for t, angle, offset in LAP1:
-        assert not _visit(node, t, angle, offset).accepted  # nothing to close yet
+        assert not visit(node, t, angle, offset).accepted  # nothing to close yet
     place_of = {round(t * S): (angle, offset) for t, angle, offset in LAP1 + LAP2}
     verified = 0
     for t, angle, offset in LAP2:
-        msg = _visit(node, t, angle, offset)
+        msg = visit(node, t, angle, offset)
         if not msg.accepted:
             continue
         match = next(c for c in msg.candidates if c.status == LoopCandidate.STATUS_VERIFIED)
         assert match.pose_kind == LoopCandidate.POSE_METRIC and match.has_relative_pose
         assert match.inliers >= 15 and 0 < match.inlier_ratio <= 1
         m_angle, m_offset = place_of[match.match.stamp.sec * S + match.match.stamp.nanosec]
-        truth = np.linalg.inv(camera_pose_world(*_view(angle, offset))) @ camera_pose_world(
-            *_view(m_angle, m_offset))
+        truth = np.linalg.inv(camera_pose_world(*view(angle, offset))) @ camera_pose_world(
+            *view(m_angle, m_offset))
         estimate = _matrix(match.relative_pose.pose)
         assert _angle_deg(truth[:3, :3].T @ estimate[:3, :3]) < 1.0
         assert np.linalg.norm(truth[:3, 3] - estimate[:3, 3]) < 0.15
         cov = np.array(match.relative_pose.covariance).reshape(6, 6)
         assert np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0)
-        base_truth = np.linalg.inv(_base_pose(angle, offset)) @ _base_pose(m_angle, m_offset)
+        base_truth = np.linalg.inv(base_pose(angle, offset)) @ base_pose(m_angle, m_offset)
         base = _matrix(match.relative_pose_base.pose)
         assert np.linalg.norm(base_truth[:3, 3] - base[:3, 3]) < 0.15
         rejected = [c for c in msg.candidates if c.status == LoopCandidate.STATUS_REJECTED]
@@ -153,12 +101,12 @@ def test_second_lap_loops_are_verified_with_metric_poses(node):
 
 def test_relocalize_returns_the_verified_pose(node):
     t, angle, offset = LAP2[3][0] + 100.0, LAP2[3][1], LAP2[3][2]  # the lap-2 place again
-    _visit(node, t, angle, offset)
+    visit(node, t, angle, offset)
     response = node.ros.call(Relocalize, '/vpr_node/relocalize', Relocalize.Request())
     assert response.success, response.message
     assert response.has_pose and 'verified' in response.message
     estimate = _matrix(response.pose.pose.pose)
-    truth = _base_pose(angle, offset)
+    truth = base_pose(angle, offset)
     assert np.linalg.norm(estimate[:3, 3] - truth[:3, 3]) < 0.15
     assert _angle_deg(truth[:3, :3].T @ estimate[:3, :3]) < 1.0
 
@@ -166,14 +114,14 @@ def test_relocalize_returns_the_verified_pose(node):
 def test_bad_depth_and_camera_info_are_counted_and_harmless(node):
     before = node.snapshot()
     t, angle, offset = 300.0, LAP1[2][1], 0.2
-    broken = image_msg(np.zeros((SIZE[1], SIZE[0]), np.uint16), 'mono16', _header(t))
+    broken = image_msg(np.zeros((SIZE[1], SIZE[0]), np.uint16), 'mono16', header(t))
     broken.step -= 2  # shorter than a row: refused by the decoder
-    answer = _visit(node, t, angle, offset, depth=broken)
+    answer = visit(node, t, angle, offset, depth=broken)
     assert answer.query.stamp.sec == 300  # answered all the same, without depth
-    node.info.publish(_camera_info(301.0, k=[0.0] * 9))  # an uncalibrated CameraInfo
+    node.info.publish(camera_info(301.0, k=[0.0] * 9))  # an uncalibrated CameraInfo
     after = node.diag(lambda v: int(v['depth_errors_total']) > int(before['depth_errors_total'])
                       and int(v['camera_info_errors_total'])
                       > int(before['camera_info_errors_total']))
     assert int(after['map_keyframes']) == int(before['map_keyframes']) + 1
-    ok = _visit(node, 310.0, LAP1[4][1], 0.2)  # the node still works, with the last good K
+    ok = visit(node, 310.0, LAP1[4][1], 0.2)  # the node still works, with the last good K
     assert ok.query.stamp.sec == 310

@@ -258,6 +258,7 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
     """The node, fed the bag over DDS, proposes what the offline pipeline proposes."""
     from boq_ros.demo import (
         CANDIDATE_TOPIC,
+        GROUND_TRUTH_TOPIC,
         DemoRecording,
         NodeSettings,
         compare_records,
@@ -301,7 +302,7 @@ def test_live_candidates_agree_with_offline(tmp_path, start_node, ros_domain_id)
     assert sum(r.has_match for r in live) >= 8 and any(r.accepted for r in live)
     assert {r.query_id for r in live} == set(range(18))
     ground_truth, kept, unknown = ground_truth_for_records(
-        live, {'demo': Trajectory.from_bag(bag, ODOM_TOPIC)},
+        live, {'demo': Trajectory.from_bag(bag, GROUND_TRUTH_TOPIC)},
         settings.detector.exclusion_seconds, settings.detector.exclusion_keyframes)
     assert (kept, unknown) == (live, 0)
     live_result = evaluate(live, ground_truth, evaluation)

@@ -14,7 +14,8 @@ from boq_ros.cli import build_parser, options
 from boq_ros.eval.metrics import EvalConfig
 from boq_ros.ros import params
 
-FIELDS = {s.name: s for s in settings.iter_settings(*params.SETTING_CLASSES, EvalConfig)}
+FIELDS = {s.name: s for s in settings.iter_settings(*params.SETTING_CLASSES, EvalConfig,
+                                                    settings.PoseGraphSettings)}
 
 COMMAND_INPUTS = {
     # What a command reads or writes, not a setting of the pipeline: files, topics, switches.
@@ -26,6 +27,8 @@ COMMAND_INPUTS = {
     'wait_subscribers', 'answer_timeout', 'allow_network', 'force', 'map', 'help',
     'depth_topic', 'camera_info_topic',
 }
+OPTIONAL_INPUTS = {('eval', 'odometry_topic')}
+"""Node settings a command takes as an optional input: no default, absent skips that part."""
 DEMO_SCENARIO = {'input_size': 192, 'radius_m': 5.0}
 """The demo's own defaults for its small synthetic street (documented in docs/demo.md)."""
 WEIGHTS_PRESET = ('weights download', 'preset')
@@ -59,7 +62,8 @@ def test_every_name_is_declared_once():
 
 
 def test_every_ros_parameter_is_one_field_with_its_default_and_range():
-    assert set(params.PARAMS) == set(FIELDS) - params.NOT_PARAMETERS - {'radius_m'}
+    pose_graph = {s.name for s in settings.settings_of(settings.PoseGraphSettings)}
+    assert set(params.PARAMS) == set(FIELDS) - params.NOT_PARAMETERS - {'radius_m'} - pose_graph
     for name, param in params.PARAMS.items():
         field = FIELDS[name]
         assert param.setting == field, name
@@ -85,6 +89,9 @@ def test_every_flag_is_one_field_with_its_default_and_range(command, action):
         return
     field = FIELDS[name]
     assert action.option_strings[0] == options.flag(name)
+    if (command, name) in OPTIONAL_INPUTS:
+        assert action.default is None and field.kind is str
+        return
     if (command, name) == WEIGHTS_PRESET:
         assert set(action.choices) == {*settings.PRESET_NAMES, 'all'}
         return
@@ -136,6 +143,25 @@ def test_deprecated_names_point_to_current_flags_and_say_so(capsys):
         parser.parse_args(['--bag', 'b', '--out', 'o', '--checkpoint', 'c',
                            '--keyframe-interval-s', '0'])
     assert 'keyframe_interval_s must be in (0, 1e+06]' in capsys.readouterr().err
+
+
+def test_backend_parameters_are_its_fields_and_share_the_nodes_names():
+    """pose_graph_node: its own settings and PoseGraphSettings, all read once at startup.
+
+    A name both nodes have (odometry_topic, odometry_qos, ...) is one concept: same type and
+    choices.
+    """
+    from boq_ros.ros.pose_graph_node import PARAMS, BackendSettings
+
+    fields = {s.name: s for s in settings.iter_settings(BackendSettings,
+                                                        settings.PoseGraphSettings)}
+    assert set(PARAMS.params) == set(fields)
+    for name, param in PARAMS.params.items():
+        assert param.setting.when == 'startup' and param.descriptor().read_only, name
+        assert param.setting.default == fields[name].default, name
+        if name in params.PARAMS:
+            vpr = params.PARAMS[name].setting
+            assert (vpr.kind, vpr.choices) == (fields[name].kind, fields[name].choices), name
 
 
 def test_core_defaults_equal_the_node_parameters():

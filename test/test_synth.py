@@ -1,3 +1,4 @@
+import json
 import math
 
 import cv2
@@ -17,10 +18,13 @@ from boq_ros.sources import bag_frames
 from boq_ros.synth import (
     CAMERA_INFO_TOPIC,
     COMPRESSED_TOPIC,
+    DEMO_DRIFT,
     DEPTH_TOPIC,
+    GROUND_TRUTH_TOPIC,
     IMAGE_TOPIC,
     ODOM_TOPIC,
     TF_TOPIC,
+    OdometryDrift,
     SynthError,
     World,
     camera_intrinsics,
@@ -28,6 +32,7 @@ from boq_ros.synth import (
     depth_to_mm,
     generate_query_recording,
     generate_recording,
+    recording_trajectories,
 )
 from boq_ros.trajectory import Trajectory
 
@@ -350,3 +355,206 @@ def test_pixels_seen_in_two_frames_back_project_to_the_same_point(tmp_path):
         assert (error < 0.01).mean() > 0.97
         checked += len(error)
     assert checked > 4000
+
+
+ODOMETRY_TOPICS = (ODOM_TOPIC, TF_TOPIC, GROUND_TRUTH_TOPIC)
+DEMO = {'laps': 3, 'frames_per_lap': 100, 'rate_hz': 5.0, 'seed': 0}  # boq_ros.demo's recording
+
+
+def poses(path, topic):
+    """(stamp, log time, x, y, z, qx, qy, qz, qw) of every message of an Odometry or TF topic."""
+    rows = []
+    with open_bag(path) as bag:
+        for message in bag.messages([topic]):
+            msg = message.decode()
+            if topic == TF_TOPIC:
+                (msg,) = msg.transforms
+                p, q = msg.transform.translation, msg.transform.rotation
+            else:
+                p, q = msg.pose.pose.position, msg.pose.pose.orientation
+            rows.append((stamp_to_ns(msg.header.stamp), message.log_time_ns,
+                         p.x, p.y, p.z, q.x, q.y, q.z, q.w))
+    return np.array(rows)
+
+
+def yaw_of(quaternions):
+    return 2 * np.arctan2(quaternions[:, 2], quaternions[:, 3])
+
+
+def base_increments(trajectory):
+    """Forward, lateral (m) and heading change (rad) between consecutive poses, in the base."""
+    x, y = trajectory.positions[:, 0], trajectory.positions[:, 1]
+    yaw = yaw_of(trajectory.orientations)
+    c, s = np.cos(yaw[:-1]), np.sin(yaw[:-1])
+    dx, dy = np.diff(x), np.diff(y)
+    return c * dx + s * dy, c * dy - s * dx, np.angle(np.exp(1j * np.diff(yaw)))
+
+
+def ate_rmse(truth, estimate):
+    """RMSE of positions after the rigid motion (Umeyama, no scale) that best aligns them."""
+    mu_t, mu_e = truth.mean(axis=0), estimate.mean(axis=0)
+    u, _, vt = np.linalg.svd((estimate - mu_e).T @ (truth - mu_t))
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(vt.T @ u.T))])
+    rotation = vt.T @ flip @ u.T
+    aligned = (estimate - mu_e) @ rotation.T + mu_t
+    return float(np.sqrt(((aligned - truth) ** 2).sum(axis=1).mean()))
+
+
+def test_without_drift_odom_is_the_exact_ground_truth(tmp_path):
+    info = generate_recording(tmp_path / 'bag', tf=True, **SMALL)
+    assert GROUND_TRUTH_TOPIC not in info.topics and info.odometry is info.trajectory
+    planned = recording_trajectories(**{k: v for k, v in SMALL.items() if k != 'image_size'})
+    np.testing.assert_array_equal(planned.frame_stamps_ns, info.frame_stamps_ns)
+    truth = planned.ground_truth
+    assert planned.odometry is truth
+    odom = poses(info.path, ODOM_TOPIC)
+    np.testing.assert_array_equal(odom[:, 0], truth.stamps_ns)
+    np.testing.assert_array_equal(odom[:, 2:5], truth.positions)
+    np.testing.assert_allclose(odom[:, 5:], truth.orientations, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(poses(info.path, TF_TOPIC), odom)
+
+
+def test_drift_changes_only_the_odometry_and_keeps_the_truth(tmp_path):
+    drift = OdometryDrift(translation_noise=0.05, heading_noise_per_sqrt_m=0.01,
+                          heading_bias_per_m=0.003, scale_bias=-0.02)
+    exact = generate_recording(tmp_path / 'exact', tf=True, **SMALL)
+    drifted = generate_recording(tmp_path / 'drifted', tf=True, odometry_drift=drift, **SMALL)
+    assert drifted.topics == {**exact.topics, GROUND_TRUTH_TOPIC: 'nav_msgs/msg/Odometry'}
+    with open_bag(exact.path) as bag:
+        others = [(m.topic, m.log_time_ns, m.raw) for m in bag.messages()
+                  if m.topic not in ODOMETRY_TOPICS]
+    with open_bag(drifted.path) as bag:
+        assert {t: i.msgtype for t, i in bag.topics.items()} == drifted.topics
+        assert [(m.topic, m.log_time_ns, m.raw) for m in bag.messages()
+                if m.topic not in ODOMETRY_TOPICS] == others  # images, depth, info: same bytes
+        ground_truth_msg = next(bag.messages([GROUND_TRUTH_TOPIC])).decode()
+    assert (ground_truth_msg.header.frame_id, ground_truth_msg.child_frame_id) == (
+        'world', 'base_link')
+    # /ground_truth/odom is what /odom was without drift, message for message.
+    np.testing.assert_array_equal(poses(drifted.path, GROUND_TRUTH_TOPIC),
+                                  poses(exact.path, ODOM_TOPIC))
+    for name in ('frame_stamps_ns', 'frame_positions', 'frame_yaws', 'frame_camera_poses'):
+        np.testing.assert_array_equal(getattr(drifted, name), getattr(exact, name))
+    np.testing.assert_array_equal(drifted.trajectory.positions, exact.trajectory.positions)
+    # The ground truth topic is the rendered cameras' trajectory.
+    truth = Trajectory.from_bag(drifted.path, GROUND_TRUTH_TOPIC)
+    xyz, quaternions, valid = truth.interpolate(drifted.frame_stamps_ns)
+    cameras = drifted.frame_camera_poses
+    assert valid.all()
+    np.testing.assert_allclose(xyz[:, :2], cameras[:, :2, 3], rtol=0, atol=1e-9)
+    heading = np.arctan2(cameras[:, 1, 2], cameras[:, 0, 2])  # optical z: the base's heading
+    np.testing.assert_allclose(np.angle(np.exp(1j * (yaw_of(quaternions) - heading))), 0,
+                               atol=1e-9)
+    # /odom carries the drifted odometry, /tf follows it; it starts at the true first pose.
+    odom = poses(drifted.path, ODOM_TOPIC)
+    np.testing.assert_array_equal(odom[:, :2], poses(drifted.path, GROUND_TRUTH_TOPIC)[:, :2])
+    np.testing.assert_array_equal(poses(drifted.path, TF_TOPIC), odom)
+    np.testing.assert_array_equal(odom[:, 2:5], drifted.odometry.positions)
+    np.testing.assert_allclose(odom[:, 5:], drifted.odometry.orientations, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(odom[0, 2:], poses(exact.path, ODOM_TOPIC)[0, 2:])
+    assert np.linalg.norm(odom[-1, 2:5] - exact.trajectory.positions[-1]) > 1.0
+    # The same numbers as recording_trajectories, which renders nothing.
+    planned = recording_trajectories(odometry_drift=drift, **{
+        k: v for k, v in SMALL.items() if k != 'image_size'})
+    np.testing.assert_array_equal(planned.odometry.positions, drifted.odometry.positions)
+    np.testing.assert_array_equal(planned.ground_truth.positions, drifted.trajectory.positions)
+
+
+def test_drift_is_seeded_and_independent_of_the_images():
+    kwargs = {**DEMO, 'laps': 1, 'odometry_drift': DEMO_DRIFT}
+    first = recording_trajectories(**kwargs).odometry
+    np.testing.assert_array_equal(recording_trajectories(**kwargs).odometry.positions,
+                                  first.positions)
+    for other in ({'seed': 1}, {'variant': 1}):
+        moved = recording_trajectories(**{**kwargs, **other}).odometry
+        assert not np.allclose(moved.positions[-1], first.positions[-1], atol=0.01), other
+    zero = recording_trajectories(**{**kwargs, 'odometry_drift': OdometryDrift()})
+    np.testing.assert_allclose(zero.odometry.positions, zero.ground_truth.positions, atol=1e-9)
+    np.testing.assert_allclose(zero.odometry.orientations, zero.ground_truth.orientations,
+                               atol=1e-9)
+
+
+def test_demo_drift_is_smooth_realistic_and_5_m_ate(tmp_path):
+    info = generate_recording(tmp_path / 'demo.mcap', storage='mcap', image_size=(320, 240),
+                              compressed=False, camera_info=False, depth=False,
+                              odometry_drift=DEMO_DRIFT, **DEMO)
+    truth = Trajectory.from_bag(info.path, GROUND_TRUTH_TOPIC)
+    odometry = Trajectory.from_bag(info.path, ODOM_TOPIC)
+    np.testing.assert_array_equal(odometry.positions, info.odometry.positions)
+    frames_truth, _, valid = truth.interpolate(info.frame_stamps_ns)
+    frames_odometry, _, valid_odometry = odometry.interpolate(info.frame_stamps_ns)
+    assert valid.all() and valid_odometry.all() and len(frames_truth) == 300
+    ate = ate_rmse(frames_truth, frames_odometry)
+    assert 4.0 <= ate <= 6.0
+    # Mostly heading drift: without the translation terms, nearly the same error.
+    heading_only = OdometryDrift(heading_noise_per_sqrt_m=DEMO_DRIFT.heading_noise_per_sqrt_m,
+                                 heading_bias_per_m=DEMO_DRIFT.heading_bias_per_m)
+    planned = recording_trajectories(odometry_drift=heading_only, **DEMO)
+    positions, _, _ = planned.odometry.interpolate(info.frame_stamps_ns)
+    assert ate_rmse(frames_truth, positions) > 0.8 * ate
+    # Each increment is close to the true one (no jumps) ...
+    step = np.linalg.norm(np.diff(truth.positions, axis=0), axis=1)
+    true_forward, true_lateral, true_turn = base_increments(truth)
+    forward, lateral, turn = base_increments(odometry)
+    translation_error = np.hypot(forward - true_forward, lateral - true_lateral)
+    assert (translation_error < 0.1 * step).all()
+    assert np.abs(turn - true_turn).max() < 0.01  # rad per 20 Hz step (0.32 m)
+    assert (turn - true_turn).mean() == pytest.approx(
+        DEMO_DRIFT.heading_bias_per_m * step.mean(), rel=0.2)  # the bias, under the noise
+    # ... and the error grows with the distance travelled.
+    error = np.linalg.norm(odometry.positions - truth.positions, axis=1)
+    third = len(error) // 3
+    assert error[0] == 0.0 and error[:third // 4].max() < 0.5
+    assert error[:third].max() < error[third:].max() and error[-1] > 10.0
+    heading_error = np.angle(np.exp(1j * (yaw_of(odometry.orientations)
+                                          - yaw_of(truth.orientations))))
+    assert np.abs(np.diff(heading_error)).max() < 0.01
+    assert 0.3 < abs(heading_error[-1]) < 1.2
+
+
+@pytest.mark.parametrize(('values', 'message'), [
+    ({'translation_noise': -0.01}, r'translation_noise must be within \[0.0, 0.5\], got -0.01'),
+    ({'heading_noise_per_sqrt_m': float('nan')}, r'heading_noise_per_sqrt_m must be within'),
+    ({'heading_bias_per_m': 0.5}, r'heading_bias_per_m must be within \[-0.1, 0.1\] rad/m'),
+    ({'scale_bias': -1.0}, r'scale_bias must be within \[-0.5, 0.5\], got -1.0'),
+    ({'scale_bias': '0.01'}, r"scale_bias must be a number, got '0.01'"),
+    ({'translation_noise': True}, r'translation_noise must be a number, got True'),
+])
+def test_odometry_drift_refusals(values, message):
+    with pytest.raises(SynthError, match=message):
+        OdometryDrift(**values)
+
+
+def test_eval_scores_against_the_ground_truth_topic(tmp_path, capsys):
+    from boq_ros.cli import main
+    from boq_ros.eval.records import CandidateRecord, write_records
+
+    per_lap = 12
+    info = generate_recording(tmp_path / 'bag', laps=2, frames_per_lap=per_lap,
+                              image_size=(32, 24), camera_info=False, depth=False,
+                              odometry_drift=DEMO_DRIFT)
+    stamps = info.frame_stamps_ns.tolist()
+    # Every frame of lap 1 proposes the same place of lap 0: the true revisit.
+    records = [CandidateRecord(q, stamps[q], 'demo', 'camera', q, q - per_lap,
+                               stamps[q - per_lap], 'demo', q - per_lap, 0.9, 0, True)
+               for q in range(per_lap, 2 * per_lap)]
+    write_records(tmp_path / 'records.jsonl', records)
+    argv = ['eval', str(info.path), '--records', str(tmp_path / 'records.jsonl'),
+            '--radius-m', '3', '--exclusion-seconds', '1', '--exclusion-keyframes', '2',
+            '--no-progress']
+    assert main([*argv, '--pose-topic', ODOM_TOPIC, '--out', str(tmp_path / 'odom')]) == 2
+    error = capsys.readouterr().err
+    assert (f'--pose-topic /odom is not ground truth: {info.path} holds exact poses on '
+            f'/ground_truth/odom; score against them (--pose-topic /ground_truth/odom)') in error
+    assert not (tmp_path / 'odom').exists()
+    assert main([*argv, '--pose-topic', GROUND_TRUTH_TOPIC, '--out', str(tmp_path / 'gt')]) == 0
+    report = json.loads((tmp_path / 'gt' / 'report.json').read_text())
+    assert report['inputs']['ground_truth'] == 'topic /ground_truth/odom'
+    assert report['runs'][0]['metrics']['recall_at']['1'] == 1.0
+    # Without drift, /odom is the ground truth and the bag has no other: nothing to refuse.
+    exact = generate_recording(tmp_path / 'exact', laps=2, frames_per_lap=per_lap,
+                               image_size=(32, 24), camera_info=False, depth=False)
+    argv[1] = str(exact.path)
+    assert main([*argv, '--pose-topic', ODOM_TOPIC, '--out', str(tmp_path / 'exact_out')]) == 0
+    exact_report = json.loads((tmp_path / 'exact_out' / 'report.json').read_text())
+    assert exact_report['runs'][0]['metrics'] == report['runs'][0]['metrics']

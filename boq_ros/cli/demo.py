@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from boq_ros.eval.records import write_records
     from boq_ros.model.checkpoint import is_released
     from boq_ros.ros.dds import MAX_DOMAIN_ID, safe_dds_environment
-    from boq_ros.settings import ModelSettings
+    from boq_ros.ros.pose_graph_node import wait_for_path
+    from boq_ros.settings import ModelSettings, PoseGraphSettings
     from boq_ros.trajectory import Trajectory
 
     started = time.monotonic()
@@ -113,22 +114,36 @@ def run(args: argparse.Namespace) -> int:
     live_path = run_dir / 'live_candidates.jsonl'
     write_records(live_path, [])
     log_path = run_dir / 'node.log'
-    _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {log_path}')
+    graph_settings = PoseGraphSettings()
+    backend_params = demo.write_params_file(run_dir / 'pose_graph_params.yaml',
+                                            demo.backend_parameters(run_dir, graph_settings))
+    _say(f'node: starting on ROS_DOMAIN_ID {domain_id} (loopback only), log {log_path}; '
+         f'pose graph node beside it, log {run_dir / "pose_graph.log"}')
+    backend = demo.NodeProcess(demo.backend_command(backend_params), env,
+                               run_dir / 'pose_graph.log')
     node = demo.NodeProcess(demo.node_command(params), env, log_path)
     try:
         summary, records = _replay(bag, live_path, node, domain_id, args)
+        keyframes = len({r.query_stamp_ns for r in records})
+        try:
+            wait_for_path(keyframes, domain_id, 120.0, backend.alive)
+        except (RuntimeError, TimeoutError) as err:
+            raise demo.DemoError(f'{err}; end of its log:\n{backend.log_tail()}') from None
     finally:
         status = node.stop()
+        backend_status = backend.stop()
     _say(summary.format())
-    if status != 0:
-        raise demo.DemoError(f'the node did not shut down cleanly (exit status {status}); '
-                             f'end of its log:\n{node.log_tail()}')
-    _say('node: stopped cleanly')
+    for name, process, code in (('node', node, status), ('pose graph node', backend,
+                                                         backend_status)):
+        if code != 0:
+            raise demo.DemoError(f'the {name} did not shut down cleanly (exit status {code}); '
+                                 f'end of its log:\n{process.log_tail()}')
+    _say('node and pose graph node: stopped cleanly')
     if summary.dropped:
         raise demo.DemoError(f'the node never answered {summary.dropped} of {summary.images} '
                              f'images; end of its log:\n{node.log_tail()}')
 
-    trajectory = Trajectory.from_bag(bag, demo.ODOM_TOPIC)
+    trajectory = Trajectory.from_bag(bag, demo.GROUND_TRUTH_TOPIC)
     detector = settings.detector
     ground_truth, kept, unknown = ground_truth_for_records(
         records, {demo.SESSION: trajectory}, detector.exclusion_seconds,
@@ -145,12 +160,13 @@ def run(args: argparse.Namespace) -> int:
     extra = {'replay': {'published': summary.published, 'images': summary.images,
                         'answered': summary.answered, 'wall_s': summary.wall_s,
                         'node_log': str(node.log_path), 'records': str(live_path)}}
-    agreement, differences = None, []
+    agreement, differences, offline_records = None, [], None
     if not args.no_offline:
         _say('offline: the same recording through the offline pipeline (same model, settings)')
         offline_runs, _ = demo.offline_run(bag, model, settings, evaluation,
                                            progress=not args.no_progress)
         offline = offline_runs[0]
+        offline_records = offline.records
         write_records(run_dir / 'offline_candidates.jsonl', offline.records)
         runs += offline_runs
         agreement = demo.compare_records(records, offline.records,
@@ -159,16 +175,22 @@ def run(args: argparse.Namespace) -> int:
         extra['agreement'] = {'records_agree': agreement.agree, 'records': agreement.format(),
                               'metric_differences': differences}
     inputs = {'bag': str(bag), 'query_bag': None, 'image_topic': demo.IMAGE_TOPIC,
-              'ground_truth': f'topic {demo.ODOM_TOPIC}', 'checkpoint': str(weights.path),
+              'ground_truth': f'topic {demo.GROUND_TRUTH_TOPIC}', 'odometry': demo.ODOM_TOPIC,
+              'checkpoint': str(weights.path),
               'model_id': ', '.join(summary.model_ids), 'random_weights': not is_released(model),
               'node_parameters': settings.parameters()}
     top_n = settings.verification.verify_top_n
     kept_revisits = {r.label: r.result.kept_in_top(top_n) for r in runs}
     extra['kept_revisits'] = {'top_n': top_n, 'by_run': kept_revisits}
+    correction = demo.drift_correction(bag, records,
+                                       Trajectory.from_tum(run_dir / 'optimised_keyframes.tum'),
+                                       offline_records, graph_settings, out / 'report')
     report = demo.write_report(out / 'report', runs, ground_truth, inputs, settings.detector,
-                               evaluation, extra)
+                               evaluation, extra, correction)
     _say('')
     _say((out / 'report' / 'summary.md').read_text(encoding='utf-8'))
+    _say(f'pose graph: ATE {correction.ratio(demo.LIVE_LABEL):.1f}x lower than odometry alone, '
+         'from the loops and relative poses the live node published')
     for label, kept_fraction in kept_revisits.items():
         if kept_fraction is not None:
             _say(f'{label}: {100 * kept_fraction:.1f} % of the revisits retrieval put in its '
@@ -197,6 +219,8 @@ def _replay(bag: Path, live_path: Path, node: 'NodeProcess', domain_id: int,
                                     demo.ODOM_TOPIC), rate=args.rate,
                             record_topic=demo.CANDIDATE_TOPIC, lockstep=True,
                             depth_topics=(demo.DEPTH_TOPIC,),
+                            # the pose graph node listens too: the recorder and it, the node and it
+                            listeners=((demo.CANDIDATE_TOPIC, 2), (demo.ODOM_TOPIC, 2)),
                             subscriber_timeout_s=300.0, answer_timeout_s=120.0)
     try:
         summary, records = replay(

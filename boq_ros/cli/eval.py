@@ -20,6 +20,8 @@ examples:
       --pose-file map.tum --query-pose-file query.tum --checkpoint boq.pth --out eval_pr
   boq-ros eval run1.mcap ... --input-size 288 320 384 432 480   # the resolution study
   boq-ros eval run1.mcap --pose-topic /odom --records live.jsonl --out eval_live
+  boq-ros eval run1.mcap ... --pose-topic /ground_truth/odom --odometry-topic /odom \\
+      --depth-topic /camera/depth/image_raw --out eval_slam   # drift corrected by the loops
 
 --top-k is the number of candidates the node would publish; eval proposes at least 20 (the
 deepest Recall@K) whatever it is, and only the best candidate's acceptance uses the threshold.
@@ -37,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         KeyframePolicy,
         ModelSettings,
         PipelineConfig,
+        PoseGraphSettings,
         VerificationSettings,
     )
 
@@ -59,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, kwargs in (
             ('--pose-topic', dict(help='Odometry, PoseStamped, PoseWithCovarianceStamped, TF or '
                                        'NavSatFix topic of the bag(s); also the poses of '
-                                       'distance keyframes')),
+                                       'distance keyframes. A bag with exact poses under '
+                                       '/ground_truth/ (e.g. /ground_truth/odom) is scored '
+                                       'against those only')),
             ('--pose-child-frame', dict(help='child frame to follow on a TF topic')),
             ('--pose-file', dict(type=Path, help='TUM or KITTI trajectory file of the bag')),
             ('--query-pose-file', dict(type=Path, help='trajectory file of the query bag')),
@@ -88,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ver.add_argument('--camera-info-topic', help="intrinsics of the image topic (default: its "
                                                  "conventional .../camera_info when the bag "
                                                  "has it; '': none, uncalibrated)")
+    slam = parser.add_argument_group(
+        'pose graph (the reference backend, offline: odometry vs optimised against ground truth)')
+    slam.add_argument('--odometry-topic', help="the bag's odometry (nav_msgs/Odometry ...): "
+                      'run the pose graph over the verified loops and report ATE / RPE of the '
+                      'odometry and of the optimised keyframe trajectory')
+    options.add_all(slam, PoseGraphSettings)
     run_group = parser.add_argument_group('run')
     run_group.add_argument('--records', type=Path, help='evaluate these recorded candidates '
                                                        '(JSON lines) instead of running a model')
@@ -118,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         KeyframePolicy,
         ModelSettings,
         PipelineConfig,
+        PoseGraphSettings,
         VerificationSettings,
     )
 
@@ -134,10 +146,12 @@ def run(args: argparse.Namespace) -> int:
 
     evaluation = options.build(EvalConfig, args)
     if args.records is not None:
+        _refuse_estimated_ground_truth(args)
         report = run_records_evaluation(
             args.records, BagInput(args.bag, args.image_topic or '-',
                                    ground_truth(args.pose_file), 'map'),
-            args.exclusion_seconds, args.exclusion_keyframes, evaluation, args.out)
+            args.exclusion_seconds, args.exclusion_keyframes, evaluation, args.out,
+            args.odometry_topic, options.build(PoseGraphSettings, args))
     else:
         if not args.image_topic or not args.checkpoint:
             raise UsageError('--image-topic and --checkpoint are required (or give --records)')
@@ -157,10 +171,31 @@ def run(args: argparse.Namespace) -> int:
                 detector=options.build(DetectorConfig, args), evaluation=evaluation,
                 verification=options.build(VerificationSettings, args),
                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                progress=not args.no_progress)
+                progress=not args.no_progress, odometry_topic=args.odometry_topic,
+                pose_graph=options.build(PoseGraphSettings, args))
         except ValueError as err:  # settings that cannot work together
             raise UsageError(str(err)) from err
+        _refuse_estimated_ground_truth(args)
         report = run_evaluation(spec, args.out)
     print(markdown_summary(report), end='')
     print(f'\nreport: {args.out / "report.json"}')
     return 0
+
+
+def _refuse_estimated_ground_truth(args: argparse.Namespace) -> None:
+    """Refuse a --pose-topic beside exact poses under /ground_truth/: it would score odometry."""
+    from boq_ros.bags import open_bag
+    from boq_ros.cli import UsageError
+    from boq_ros.trajectory import ground_truth_topics
+
+    if args.pose_topic is None:
+        return
+    for path in (args.bag, args.query_bag):
+        if path is None:
+            continue
+        with open_bag(path) as bag:
+            exact = ground_truth_topics(bag)
+        if exact and args.pose_topic not in exact:
+            raise UsageError(
+                f'--pose-topic {args.pose_topic} is not ground truth: {path} holds exact poses '
+                f'on {", ".join(exact)}; score against them (--pose-topic {next(iter(exact))})')

@@ -8,9 +8,10 @@ a recorder can append while the node runs and a crash loses at most the last lin
 Verification fields: ``status`` and ``pose_kind`` hold the values of boq_ros/LoopCandidate.msg
 (``boq_ros.detector.Status`` and ``PoseKind``), ``inliers`` the geometric inliers (0 when not
 verified), ``relative_pose`` the match's base in the query's base frame (x y z qx qy qz qw) of a
-verified candidate with a pose, else None. ``accepted`` marks the accepted candidate of a query,
-at whatever rank verification found it. Files written before these fields existed still read:
-the fields take their defaults.
+verified candidate with a pose, else None, and ``covariance`` its 6x6 covariance (36 numbers,
+row-major, x y z rx ry rz as LoopCandidate's relative_pose_base; None when unknown).
+``accepted`` marks the accepted candidate of a query, at whatever rank verification found it.
+Files written before these fields existed still read: the fields take their defaults.
 """
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -57,6 +58,7 @@ class CandidateRecord:
     inliers: int = 0
     pose_kind: int = 0
     relative_pose: tuple[float, ...] | None = None
+    covariance: tuple[float, ...] | None = None
 
     @property
     def has_match(self) -> bool:
@@ -88,10 +90,17 @@ class CandidateRecord:
                                         f'qz qw), got {pose}')
             if abs(math.hypot(*pose[3:]) - 1.0) > 1e-3:
                 raise RecordFormatError(f'relative_pose needs a unit quaternion, got {pose[3:]}')
+        cov = self.covariance
+        if cov is not None:
+            if pose is None:
+                raise RecordFormatError('covariance without a relative_pose')
+            if len(cov) != 36 or not all(math.isfinite(v) for v in cov):
+                raise RecordFormatError(f'covariance must be 36 finite numbers, got {len(cov)}')
 
 
+_VECTORS = ('relative_pose', 'covariance')
 _TYPES: dict[str, type] = {f.name: f.type for f in fields(CandidateRecord)
-                           if f.name != 'relative_pose'}
+                           if f.name not in _VECTORS}
 _OPTIONAL = {f.name for f in fields(CandidateRecord) if f.default is not MISSING}
 """Fields with a default: a file written before they existed lacks them."""
 
@@ -106,24 +115,25 @@ def no_match_record(query_id: int, query_stamp_ns: int, query_session: str, quer
 def record_to_dict(record: CandidateRecord) -> dict[str, Any]:
     """Plain dict of a record (the JSON-lines schema)."""
     data = asdict(record)
-    if record.relative_pose is not None:
-        data['relative_pose'] = list(record.relative_pose)
+    for name in _VECTORS:
+        if data[name] is not None:
+            data[name] = list(data[name])
     return data
 
 
-def _relative_pose(value: Any) -> tuple[float, ...] | None:
+def _vector(name: str, value: Any) -> tuple[float, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise RecordFormatError(f'record field relative_pose must be null or a list of numbers, '
+        raise RecordFormatError(f'record field {name} must be null or a list of numbers, '
                                 f'got {type(value).__name__}')
     return tuple(float(v) for v in value)
 
 
 def record_from_dict(data: dict[str, Any]) -> CandidateRecord:
     """Parse one record, checking that every field is present and has the right type."""
-    names = [*_TYPES, 'relative_pose']
+    names = [*_TYPES, *_VECTORS]
     missing = [name for name in names if name not in data and name not in _OPTIONAL]
     if missing:
         raise RecordFormatError(f'record lacks field(s) {", ".join(missing)}')
@@ -141,7 +151,8 @@ def record_from_dict(data: dict[str, Any]) -> CandidateRecord:
             raise RecordFormatError(
                 f'record field {name} must be {kind.__name__}, got {type(value).__name__}')
         values[name] = value
-    values['relative_pose'] = _relative_pose(data.get('relative_pose'))
+    for name in _VECTORS:
+        values[name] = _vector(name, data.get(name))
     record = CandidateRecord(**values)
     record.validate()
     return record

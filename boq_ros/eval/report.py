@@ -78,6 +78,11 @@ def markdown_summary(report: dict[str, Any]) -> str:
     stages = _stages(runs)
     if stages:
         lines += _timing_table(runs, stages)
+    if report.get('trajectories'):
+        from boq_ros.eval.trajectories import format_table
+
+        lines += ['', '## Drift corrected by the loops (keyframe trajectories vs ground truth)',
+                  '', format_table(report['trajectories']['scores']).rstrip()]
     if report.get('plots'):
         lines += ['', 'Plots: ' + ', '.join(f'`{p}`' for p in report['plots'])]
     return '\n'.join(lines) + '\n'

@@ -15,7 +15,7 @@ local features (cached with the descriptors), and the detector runs twice from t
 descriptors: appearance-only (no verifier, as with verification off) and verified (the node's
 GeometricVerifier), so that one report shows what verification changes.
 """
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 import os
 from pathlib import Path
@@ -45,6 +45,7 @@ from boq_ros.eval.records import (
     read_records,
     write_records,
 )
+from boq_ros.eval.trajectories import DriftStudy, plot_trajectories
 from boq_ros.extractor import Extractor
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures
 from boq_ros.model import BoQModel
@@ -63,6 +64,7 @@ from boq_ros.settings import (
     KeyframePolicy,
     ModelSettings,
     PipelineConfig,
+    PoseGraphSettings,
     VerificationSettings,
 )
 from boq_ros.trajectory import Trajectory
@@ -168,6 +170,8 @@ class EvalSpec:
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: bool = True
+    odometry_topic: str | None = None  # the map bag's odometry: run the pose graph on it
+    pose_graph: PoseGraphSettings = field(default_factory=PoseGraphSettings)
 
     def __post_init__(self) -> None:
         self.detector.validate()
@@ -181,6 +185,9 @@ class EvalSpec:
                 raise EvalInputError(
                     'keyframe mode distance takes its poses from the pose topic of the bag, as '
                     'the node takes odometry: give --pose-topic')
+        if self.odometry_topic is not None and self.query_input is not None:
+            raise EvalInputError('the pose graph (--odometry-topic) corrects one run: give one '
+                                 'bag, not --query-bag')
         if self.query_input is not None and self.query_input.session == self.map_input.session:
             raise EvalInputError(f'map and query sessions must differ, both are '
                                  f'{self.map_input.session!r}')
@@ -343,16 +350,18 @@ def records_from_detection(detection: Detection) -> list[CandidateRecord]:
     records = []
     for c in detection.candidates:
         v = c.verification
-        pose = None
+        pose = cov = None
         if v is not None and v.verified and v.relative_pose_base is not None:
             pose = xyz_quaternion(v.relative_pose_base)
+            if v.covariance_base is not None:
+                cov = tuple(float(x) for x in np.asarray(v.covariance_base).reshape(36))
         records.append(CandidateRecord(
             query_id=q.id, query_stamp_ns=q.stamp_ns, query_session=q.session,
             query_camera=q.camera, query_seq=q.seq, match_id=c.keyframe_id,
             match_stamp_ns=c.meta.stamp_ns, match_session=c.meta.session, match_seq=c.meta.seq,
             similarity=float(c.similarity), rank=c.rank, accepted=c is match,
             status=int(c.status), inliers=0 if v is None else int(v.inliers),
-            pose_kind=0 if v is None else int(v.pose_kind), relative_pose=pose))
+            pose_kind=0 if v is None else int(v.pose_kind), relative_pose=pose, covariance=cov))
     return records
 
 
@@ -608,6 +617,13 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
                 plots.append(f'trajectory{name}.png')
                 runs.append(run)
         report_mod.plot_pr_curves(out / 'pr_curve.png', [(r.label, r.result) for r in runs])
+        extra = {}
+        if spec.odometry_topic is not None:
+            verified = [(o.verified.label, o.verified.records) for o in outcomes
+                        if o.verified is not None]
+            extra['trajectories'] = _drift(spec.map_input, spec.odometry_topic, verified,
+                                           spec.pose_graph, out / 'trajectories.png')
+            plots.append('trajectories.png')
         detector = spec.detector_config()
         return report_mod.write_report(
             out, task=spec.task,
@@ -627,7 +643,30 @@ def run_evaluation(spec: EvalSpec, out_dir: str | os.PathLike,
             detector={**asdict(spec.detector), 'mode': detector.mode,
                       'candidates_per_query': detector.top_k},
             evaluation=spec.evaluation, runs=[r.summary for r in runs], plots=plots,
-            files=files)
+            files=files, extra=extra)
+
+
+def _drift(source: BagInput, odometry_topic: str,
+           runs: Sequence[tuple[str, Sequence[CandidateRecord]]], settings: PoseGraphSettings,
+           plot: Path) -> dict[str, Any]:
+    """Run the pose graph on each run's loops; score it and the odometry against ground truth.
+
+    `runs` are (label, records) of verified runs (appearance-only loops carry no pose).
+    """
+    if not runs:
+        raise EvalInputError('the pose graph (--odometry-topic) needs verified loops: leave '
+                             'verification on')
+    odometry = Trajectory.from_bag(source.path, odometry_topic)
+    stamps = np.array(sorted({r.query_stamp_ns for r in runs[0][1]}), np.int64)
+    ground_truth = source.ground_truth.load(source.path, stamps)
+    studies = [DriftStudy(records, odometry, ground_truth) for _, records in runs]
+    scores = [studies[0].odometry_score()] + [
+        study.graph_score(f'pose graph, {label}', settings)
+        for study, (label, _) in zip(studies, runs)]
+    plot_trajectories(plot, studies[0].reference,
+                      {s.label: s.ate for s in scores[:2]}, studies[0].edges(), scores[1].label)
+    return {'scores': [s.to_dict() for s in scores], 'odometry_topic': odometry_topic,
+            'alignment': 'SE(3) (Umeyama, no scale)', 'plot': plot.name}
 
 
 def _describe_input(source: BagInput) -> dict[str, Any]:
@@ -639,7 +678,9 @@ def _describe_input(source: BagInput) -> dict[str, Any]:
 
 def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
                            exclusion_seconds: float, exclusion_keyframes: int,
-                           evaluation: EvalConfig, out_dir: str | os.PathLike
+                           evaluation: EvalConfig, out_dir: str | os.PathLike,
+                           odometry_topic: str | None = None,
+                           pose_graph: PoseGraphSettings = PoseGraphSettings()
                            ) -> dict[str, Any]:
     """Evaluate recorded candidates (e.g. what the live node published during a replay).
 
@@ -666,6 +707,12 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
     with report_mod.staged_output(out_dir) as out:
         plots = report_mod.plot_loop_closure(out, [('recorded', result)], ground_truth,
                                              f'{Path(records_path).name}: accepted loops')
+        extra = {}
+        if odometry_topic is not None:
+            extra['trajectories'] = _drift(source, odometry_topic,
+                                           [('recorded', records)], pose_graph,
+                                           out / 'trajectories.png')
+            plots.append('trajectories.png')
         return report_mod.write_report(
             out, task='loop_closure',
             inputs={'bag': str(source.path), 'query_bag': None, 'records': str(records_path),
@@ -678,5 +725,5 @@ def run_records_evaluation(records_path: str | os.PathLike, source: BagInput,
                    'keyframes': ground_truth.queries.stamps_ns.size, 'skipped': None,
                    'records_without_ground_truth': dropped, 'cached': False, 'timings_s': {},
                    'frames_per_s': None, 'metrics': result.to_dict()}],
-            plots=plots)
+            plots=plots, extra=extra)
 

@@ -12,7 +12,7 @@ import cv2
 from geometry_msgs.msg import Point, PoseWithCovariance, PoseWithCovarianceStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 from boq_ros import pipeline
@@ -147,11 +147,6 @@ def relocalization_pose(query: KeyframeMeta, match: KeyframeMeta,
     np.fill_diagonal(covariance, covariance_diagonal)
     msg.pose.covariance = covariance.reshape(-1).tolist()
     return msg
-
-
-def lio_sam_pair(query: KeyframeMeta, match: KeyframeMeta) -> Float64MultiArray:
-    """LIO-SAM's loop message: [t_query, t_match] in seconds."""
-    return Float64MultiArray(data=[query.stamp_ns / 1e9, match.stamp_ns / 1e9])
 
 
 def loop_marker(query: KeyframeMeta, match: KeyframeMeta, marker_id: int) -> Marker | None:

@@ -35,12 +35,10 @@ from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.qos import (
     QoSProfile,
-    ReliabilityPolicy,
     qos_profile_sensor_data,
-    qos_profile_system_default,
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from boq_ros.bags import stamp_to_ns
@@ -55,7 +53,6 @@ from boq_ros.detector import (
 from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
-from boq_ros.msg import LoopCandidateArray
 from boq_ros.pipeline import (
     CameraInfoUpdate,
     FramePipeline,
@@ -66,24 +63,24 @@ from boq_ros.pipeline import (
     Selected,
 )
 from boq_ros.poses import PoseBuffer, PoseError
-from boq_ros.ros import convert, params
+from boq_ros.ros import convert, outputs, params
 from boq_ros.ros.map_paths import map_root, resolve_map_path
+from boq_ros.ros.process import ignore_interrupt, interrupt_once, reason, subscription_qos
 from boq_ros.settings import SettingError, VerificationSettings, from_values
 from boq_ros.sources import camera_info_topic
 from boq_ros.srv import LoadMap, Relocalize, SaveMap
 from boq_ros.verification import GeometricVerifier
 from boq_ros.verification.verifier import relocalized
 
-CANDIDATE_TOPIC = 'loop_candidates'
 POSE_TOPIC = 'relocalization_pose'
-LIO_SAM_TOPIC = 'lio_loop/loop_closure_detection'
 MARKER_TOPIC = 'loop_closure_markers'
 DEBUG_IMAGE_TOPIC = 'loop_closure_debug_image'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 
 STAGES = ('queue', 'decode', 'describe', 'features', 'search', 'verify', 'publish', 'total')
 """Latency stages in /diagnostics (the pipeline's names): waiting in the queue, then each step."""
-ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'configure', 'internal', 'service')
+ERROR_KINDS = ('decode', 'descriptor', 'map', 'input', 'configure', 'internal', 'service',
+               'output')
 _ERROR_OF_SKIP = {'decode': 'decode', 'depth': 'decode', 'descriptor': 'descriptor',
                   'no_pose': 'input', 'stamp': 'input'}
 """Which /diagnostics error counter a frame skipped by the pipeline counts in."""
@@ -106,7 +103,8 @@ class _Runtime:
     camera_infos: dict[str, str]  # camera -> its camera_info topic
     depths: dict[str, str]  # camera -> its aligned depth topic
     root: Path  # the map directory, resolved
-    publishers: dict[str, Any]
+    publishers: dict[str, Any]  # relocalisation pose, markers, debug image
+    outputs: list[outputs.Output]  # the backends' outputs (boq_ros.ros.outputs)
     services: list[Any]
     queues: dict[str, deque] = field(default_factory=dict)  # camera -> Selected, oldest first
     subscriptions: list[Any] = field(default_factory=list)
@@ -178,7 +176,7 @@ class VprNode(LifecycleNode):
                 queue.clear()
             self._accepting = True
         node = rt.settings
-        qos = _qos(node.input_qos, node.input_qos_depth)
+        qos = subscription_qos(node.input_qos, node.input_qos_depth)
         for topics, msg_type in ((node.image_topics, Image),
                                  (node.compressed_topics, CompressedImage)):
             for topic in topics:
@@ -199,7 +197,7 @@ class VprNode(LifecycleNode):
         if node.odometry_topic:
             rt.subscriptions.append(self.create_subscription(
                 Odometry, node.odometry_topic, self._on_odometry,
-                _qos(node.odometry_qos, _ODOMETRY_DEPTH),
+                subscription_qos(node.odometry_qos, _ODOMETRY_DEPTH),
                 callback_group=self._input_group))
         if node.odometry_topic or rt.depths or node.camera_info_topics:  # frames may wait
             wait_s = rt.pipeline.policy.pose_tolerance_s
@@ -257,6 +255,7 @@ class VprNode(LifecycleNode):
         if not node.camera_info_topics:
             camera_infos = {c: camera_info_topic(c) for c in cameras}
         depths = self._per_camera(node.depth_topics, 'depth_topics', cameras)
+        outputs.check(node)  # a backend's missing messages fail configure before the model loads
         verification = from_values(VerificationSettings, values)
         model_settings = from_values(ModelSettings, values)
         detector_config = from_values(DetectorConfig, values)
@@ -309,12 +308,11 @@ class VprNode(LifecycleNode):
         if node.camera_info_topics:  # named: intrinsics are part of the setup, so wait for them
             for camera in camera_infos:
                 pipeline.expect_camera_model(camera)
+        made = outputs.create(outputs.OutputContext(
+            self, self._stats.count, lambda text: self._fail('output', text)), node)
         reliable = QoSProfile(depth=10)
         publishers = {
-            'candidates': self.create_publisher(LoopCandidateArray, CANDIDATE_TOPIC, reliable),
             'pose': self.create_publisher(PoseWithCovarianceStamped, POSE_TOPIC, reliable),
-            'lio_sam': self.create_publisher(Float64MultiArray, LIO_SAM_TOPIC,
-                                             qos_profile_sensor_data),
             'markers': self.create_publisher(MarkerArray, MARKER_TOPIC, reliable),
             'debug_image': self.create_publisher(Image, DEBUG_IMAGE_TOPIC,
                                                  qos_profile_sensor_data),
@@ -330,7 +328,7 @@ class VprNode(LifecycleNode):
         rt = _Runtime(settings=node, pipeline=pipeline, kmap=kmap,
                       detector=LoopDetector(kmap, detector_config, verifier), verifier=verifier,
                       camera_infos=camera_infos, depths=depths, root=root,
-                      publishers=publishers, services=services)
+                      publishers=publishers, services=services, outputs=made)
         for camera in cameras:
             rt.queues[camera] = deque()
         return rt
@@ -383,6 +381,8 @@ class VprNode(LifecycleNode):
             self.destroy_service(service)
         for publisher in rt.publishers.values():
             self.destroy_publisher(publisher)
+        for output in rt.outputs:
+            output.close()
         cuda = rt.extractor.device.type == 'cuda'
         del rt
         if cuda:
@@ -578,16 +578,19 @@ class VprNode(LifecycleNode):
         self._stats.count('answered')  # before publishing: a reader never sees more answers
         if match is not None:
             self._stats.count('accepted')
-        pubs['candidates'].publish(
-            convert.candidate_array(detection, rt.extractor.model_id, map_id))
+        decision = outputs.Decision(detection, rt.extractor.model_id, map_id)
+        for output in rt.outputs:
+            if output.enabled(node):
+                try:
+                    output.publish(decision)
+                except Exception as err:  # noqa: BLE001 - one consumer must not stop the others
+                    self._fail('output', f'{type(output).__name__}: {reason(err)}')
         if match is None:
             return
         if node.publish_pose:
             pose = self._relocalization(accepted, query, node)
             if pose is not None:
                 pubs['pose'].publish(pose)
-        if node.publish_lio_sam:
-            pubs['lio_sam'].publish(convert.lio_sam_pair(query, match))
         if node.publish_markers:
             marker = convert.loop_marker(query, match, query.id % 2 ** 31)
             if marker is not None:
@@ -632,7 +635,7 @@ class VprNode(LifecycleNode):
                 rt.kmap.save(path)
                 count = len(rt.kmap)
         except Exception as err:  # noqa: BLE001 - a service must never take the node down
-            response.success, response.message = False, _reason(err)
+            response.success, response.message = False, reason(err)
             self._fail('service', f'save_map: {response.message}')
             return response
         response.success, response.path, response.keyframes = True, str(path), count
@@ -662,7 +665,7 @@ class VprNode(LifecycleNode):
                 rt.latest.clear()
                 rt.thumbnails.clear()
         except Exception as err:  # noqa: BLE001 - e.g. MemoryError for a map too large
-            response.success, response.message = False, _reason(err)
+            response.success, response.message = False, reason(err)
             self._fail('service', f'load_map: {response.message}')
             with self._map_lock:
                 response.keyframes = len(rt.kmap)
@@ -676,7 +679,7 @@ class VprNode(LifecycleNode):
         try:
             return self._relocalize(request, response)
         except Exception as err:  # noqa: BLE001 - a service must never take the node down
-            response = Relocalize.Response(success=False, message=_reason(err))
+            response = Relocalize.Response(success=False, message=reason(err))
             self._fail('service', f'relocalize: {response.message}')
             return response
 
@@ -743,11 +746,13 @@ class VprNode(LifecycleNode):
         for key in ('frames', 'keyframes', 'answered', 'accepted', 'queue_drops', 'odometry',
                     'keyframe_stamps', 'depth_images', 'verified',
                     *(f'verification_{c}' for c in REJECTION_CAUSES), 'feature_errors',
-                    'depth_errors', 'camera_info_errors'):
+                    'depth_errors', 'camera_info_errors', *outputs.COUNTERS):
             values.append((f'{key}_total', totals.get(key, 0)))
         if rt is not None:
             values.append(('verification', rt.verifier.settings.feature_kind
                            if rt.verifier is not None else 'off'))
+            for output in rt.outputs:
+                values += output.gauges()
         for kind in ERROR_KINDS:
             values.append((f'{kind}_errors_total', totals.get(f'{kind}_errors', 0)))
         for stage in STAGES:
@@ -771,47 +776,13 @@ class VprNode(LifecycleNode):
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
 
-def _reason(err: Exception) -> str:
-    """Say why a request failed: refusals name their cause, anything else its type too."""
-    return str(err) if isinstance(err, ValueError | OSError) else f'{type(err).__name__}: {err}'
-
-
-def _qos(kind: str, depth: int) -> QoSProfile:
-    """Make a subscription QoS from its parameter value (input_qos, odometry_qos)."""
-    base = {'sensor_data': qos_profile_sensor_data, 'reliable': QoSProfile(depth=10),
-            'system_default': qos_profile_system_default}[kind]
-    qos = QoSProfile(depth=depth, history=base.history, reliability=base.reliability,
-                     durability=base.durability)
-    if kind == 'reliable':
-        qos.reliability = ReliabilityPolicy.RELIABLE
-    return qos
-
-
-def _ignore_interrupt(signum: int, frame: Any) -> None:
-    """SIGINT handler while the node shuts down: a later Ctrl-C does nothing."""
-
-
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """SIGINT handler while the node runs: the first Ctrl-C stops it, later ones are ignored.
-
-    A terminal's Ctrl-C reaches both `ros2 launch` and the node, and launch then forwards one
-    more SIGINT: that second one must not interrupt the shutdown the first started (it raised
-    KeyboardInterrupt in main()'s cleanup: a traceback and "process has died [exit code -2]").
-    rclpy's own handler, installed over this one by rclpy.init, runs first and chains to it.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, _ignore_interrupt)
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the node until Ctrl-C; with autostart, configure and activate it first."""
     import signal
 
     handles_signals = threading.current_thread() is threading.main_thread()
     if handles_signals:
-        signal.signal(signal.SIGINT, _interrupt_once)
+        signal.signal(signal.SIGINT, interrupt_once)
     rclpy.init(args=sys.argv if argv is None else list(argv))
     node = VprNode()
     executor = MultiThreadedExecutor(num_threads=4)
@@ -829,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         if handles_signals:  # whatever ended the spin, Ctrl-C no longer interrupts the cleanup
-            signal.signal(signal.SIGINT, _ignore_interrupt)
+            signal.signal(signal.SIGINT, ignore_interrupt)
         node._stop_inputs()
         executor.shutdown()
         node.destroy_node()

@@ -2,7 +2,9 @@
 
 The table is the single source of truth: the node declares its parameters from it (with
 descriptions, ranges and choices), reads them through it, and `config/vpr.yaml` is its rendering
-(`python -m boq_ros.ros.params > config/vpr.yaml`; a test keeps the two equal).
+(`python -m boq_ros.ros.params > config/vpr.yaml`; a test keeps the two equal). The pose graph
+node has a table of its own (`ParamTable`, rendered by `python -m boq_ros.ros.params
+pose_graph_node > config/pose_graph.yaml`).
 
 Each parameter has a time at which it takes effect:
 - ``startup``: read once when the process starts (read-only);
@@ -10,8 +12,8 @@ Each parameter has a time at which it takes effect:
   is configured (deactivate and clean up first, then configure again);
 - ``live``: applied to the next keyframe.
 """
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
@@ -23,6 +25,7 @@ from boq_ros.extractor import ModelSettings
 from boq_ros.keyframe_map import MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import PipelineConfig
+from boq_ros.ros.process import QOS_CHOICES
 from boq_ros.settings import (
     Setting,
     SettingError,
@@ -74,7 +77,7 @@ class NodeSettings:
     input_qos: str = setting(
         'sensor_data', 'QoS of the camera subscriptions: sensor_data (best effort, as most '
         'cameras publish), reliable, or system_default.', section='Cameras',
-        choices=('sensor_data', 'reliable', 'system_default'))
+        choices=QOS_CHOICES)
     input_qos_depth: int = setting(5, 'History depth of the camera subscriptions.',
                                    section='Cameras', low=1, high=1000)
     queue_size: int = setting(
@@ -87,7 +90,7 @@ class NodeSettings:
         'sensor_data', 'QoS of the odometry subscription: sensor_data (best effort: matches '
         'any publisher), reliable (nothing lost from a reliable publisher, e.g. a replay), or '
         'system_default.', section='Keyframe selection',
-        choices=('sensor_data', 'reliable', 'system_default'))
+        choices=QOS_CHOICES)
     keyframe_topic: str = setting(
         'keyframes', 'std_msgs/Header topic (reliable) of the stamps of the images the SLAM '
         'system made keyframes (external mode).', section='Keyframe selection')
@@ -107,6 +110,36 @@ class NodeSettings:
     publish_lio_sam: bool = setting(
         False, 'Publish accepted loops as LIO-SAM pairs [t_query, t_match] (Float64MultiArray) '
         'on lio_loop/loop_closure_detection.', section='Outputs', when='live')
+    publish_pose_graph: bool = setting(
+        False, 'Publish accepted loops with a metric relative pose as pose_graph_tools_msgs/'
+        'PoseGraph edges (Hydra, Kimera-PGMO external loop closures) on pose_graph_topic; '
+        'needs pose_graph_tools_msgs (docs/backends.md).', section='Outputs')
+    pose_graph_topic: str = setting(
+        'external_loop_closures', 'Topic of the PoseGraph edges (reliable, depth 100).',
+        section='Outputs')
+    pose_graph_robot_ids: list = setting(
+        [], 'Robot names (the robot_id of keyframes) in the order of their integer ids in the '
+        'pose graph: the i-th is robot i. Empty: one robot, every keyframe is robot 0, and a '
+        'loop between keyframes of two robot names is not sent. A loop with a robot not '
+        'listed is not sent (both counted in /diagnostics).', section='Outputs', item=str)
+    publish_rtabmap: bool = setting(
+        False, 'Send accepted loops with a metric relative pose to RTAB-Map as links (type 4, '
+        'user closure) through <rtabmap_namespace>/add_link, with node ids from '
+        '<rtabmap_namespace>/info; needs rtabmap_msgs (docs/backends.md).', section='Outputs')
+    rtabmap_namespace: str = setting(
+        'rtabmap', "Namespace of RTAB-Map's node: its add_link service and info topic.",
+        section='Outputs')
+    rtabmap_stamp_tolerance_s: float = setting(
+        0.01, 'Largest gap between a keyframe stamp and the data stamp RTAB-Map announces for '
+        'one of its nodes on info for the two to be the same keyframe (the nearest wins).',
+        section='Outputs', low=0.0, high=1.0)
+    rtabmap_pending_timeout_s: float = setting(
+        10.0, 'Seconds a loop waits for RTAB-Map to announce the node ids of its two keyframes '
+        '(and for add_link to be available) before it is dropped and counted.',
+        section='Outputs', low=0.0, high=3600.0, above_low=True)
+    rtabmap_call_timeout_s: float = setting(
+        5.0, 'Seconds an add_link call may take before it counts as timed out.',
+        section='Outputs', low=0.0, high=600.0, above_low=True)
     publish_markers: bool = setting(
         False, 'Publish accepted loops as visualization_msgs/MarkerArray edges between keyframe '
         'poses.', section='Outputs', when='live')
@@ -191,34 +224,91 @@ class Param:
             raise ParameterValueError(f'parameter {err}') from None
 
 
-PARAMS: dict[str, Param] = {s.name: Param(s) for s in sorted(
-    (s for s in iter_settings(*SETTING_CLASSES) if s.name not in NOT_PARAMETERS),
-    key=lambda s: SECTION_ORDER.index(s.section))}
-"""Every node parameter, by section (sorted is stable: field order within a section)."""
+class ParamTable:
+    """The parameters of one node: declared, read and rendered from its settings classes."""
 
+    def __init__(self, classes: Sequence[Any], sections: Sequence[str], *, node_name: str,
+                 config_name: str, excluded: frozenset[str] = frozenset(),
+                 startup_only: bool = False) -> None:
+        """``startup_only``: a plain node that reads every parameter once, at startup."""
+        self.classes, self.sections = tuple(classes), tuple(sections)
+        self.node_name, self.config_name = node_name, config_name
+        self.startup_only = startup_only
+        chosen = [replace(s, when='startup') if startup_only else s
+                  for s in iter_settings(*classes) if s.name not in excluded]
+        # sorted is stable: field order within a section
+        self.params: dict[str, Param] = {s.name: Param(s) for s in sorted(
+            chosen, key=lambda s: self.sections.index(s.section))}
 
-def declare(node: Any) -> None:
-    """Declare every parameter on `node` (an rclpy Node) with its descriptor and default."""
-    for p in PARAMS.values():
-        default = Parameter.Type(p.type) if p.default == [] else p.default
-        node.declare_parameter(p.name, default, p.descriptor())
+    def declare(self, node: Any) -> None:
+        """Declare every parameter on `node` (an rclpy Node) with its descriptor and default."""
+        for p in self.params.values():
+            default = Parameter.Type(p.type) if p.default == [] else p.default
+            node.declare_parameter(p.name, default, p.descriptor())
 
+    def read(self, node: Any) -> dict[str, Any]:
+        """Read and check every parameter; an array overridden with [] reads as an empty list.
 
-def read(node: Any) -> dict[str, Any]:
-    """Read and check every parameter; an array overridden with [] reads as an empty list.
+        (An empty YAML or command-line list leaves an rclpy parameter unset, whatever its type.)
+        """
+        values = {}
+        for p in self.params.values():
+            try:
+                value = node.get_parameter(p.name).value
+            except ParameterUninitializedException:
+                if not isinstance(p.default, list):
+                    raise ParameterValueError(f'parameter {p.name} has no value') from None
+                value = []
+            values[p.name] = p.check(list(value) if isinstance(p.default, list) else value)
+        return values
 
-    (An empty YAML or command-line list leaves an rclpy parameter unset, whatever its type.)
-    """
-    values = {}
-    for p in PARAMS.values():
-        try:
-            value = node.get_parameter(p.name).value
-        except ParameterUninitializedException:
-            if not isinstance(p.default, list):
-                raise ParameterValueError(f'parameter {p.name} has no value') from None
-            value = []
-        values[p.name] = p.check(list(value) if isinstance(p.default, list) else value)
-    return values
+    def _documented(self, choice: Callable[[Any], str], code: Callable[[str], str], when: bool
+                    ) -> Iterator[tuple[str | None, Setting, str]]:
+        """Each parameter with the section it opens (or None) and its description with notes."""
+        section = None
+        for p in self.params.values():
+            s = p.setting
+            opens = s.section if s.section != section else None
+            section = s.section
+            notes = []
+            if s.choices:
+                notes.append('one of ' + ', '.join(choice(c) for c in s.choices))
+            if s.low is not None:
+                notes.append(f'range {code(s.range_text())}')
+            if when and s.when != 'configure':
+                notes.append(s.when)
+            yield opens, s, s.description + (f' ({"; ".join(notes)})' if notes else '')
+
+    def render_yaml(self) -> str:
+        """Return the node's config file: every parameter with its default and documentation."""
+        out = [
+            f'# Parameters of the boq_ros {self.node_name}, with their defaults.',
+            '# Generated from the settings declarations (boq_ros/settings.py):',
+            f'#   python -m boq_ros.ros.params {self.node_name} > {self.config_name}',
+            *(['# Parameters are read once, at startup.'] if self.startup_only else [
+                '# Parameters are read when the node is configured (lifecycle transition '
+                'configure),',
+                '# except those marked live (applied at once, also while active) or startup '
+                '(read-only).']),
+            '/**:',
+            '  ros__parameters:',
+        ]
+        for section, s, text in self._documented(repr, str, when=not self.startup_only):
+            if section:
+                out.append(f'    # --- {section} ---')
+            out += _wrap(text, '    ')
+            out.append(f'    {s.name}: {_yaml_value(s.default)}')
+        return '\n'.join(out) + '\n'
+
+    def render_markdown(self) -> str:
+        """Return the node's parameter table for docs/ (a test keeps the two equal)."""
+        out = ['| parameter | default | read | meaning |', '|---|---|---|---|']
+        for section, s, text in self._documented(lambda c: f'`{c}`' if c else "`''`",
+                                                 lambda t: f'`{t}`', when=False):
+            if section:
+                out.append(f'| **{section}** | | | |')
+            out.append(f'| `{s.name}` | `{_yaml_value(s.default)}` | {s.when} | {text} |')
+        return '\n'.join(out) + '\n'
 
 
 def _yaml_value(value: Any) -> str:
@@ -243,55 +333,25 @@ def _wrap(text: str, indent: str, width: int = 99) -> list[str]:
     return lines
 
 
-def _documented(choice: Callable[[Any], str], code: Callable[[str], str], when: bool
-                ) -> Iterator[tuple[str | None, Setting, str]]:
-    """Each parameter with the section it opens (or None) and its description with notes."""
-    section = None
-    for p in PARAMS.values():
-        s = p.setting
-        opens = s.section if s.section != section else None
-        section = s.section
-        notes = []
-        if s.choices:
-            notes.append('one of ' + ', '.join(choice(c) for c in s.choices))
-        if s.low is not None:
-            notes.append(f'range {code(s.range_text())}')
-        if when and s.when != 'configure':
-            notes.append(s.when)
-        yield opens, s, s.description + (f' ({"; ".join(notes)})' if notes else '')
+VPR_PARAMS = ParamTable(SETTING_CLASSES, SECTION_ORDER, node_name='vpr_node',
+                        config_name='config/vpr.yaml', excluded=NOT_PARAMETERS)
+"""The loop-closure node's parameters."""
+PARAMS = VPR_PARAMS.params
+"""Every loop-closure node parameter, by section."""
+declare, read = VPR_PARAMS.declare, VPR_PARAMS.read
+render_yaml, render_markdown = VPR_PARAMS.render_yaml, VPR_PARAMS.render_markdown
 
 
-def render_yaml() -> str:
-    """Return config/vpr.yaml: every parameter with its default and documentation."""
-    out = [
-        '# Parameters of the boq_ros loop-closure node (vpr_node), with their defaults.',
-        '# Generated from the settings declarations (boq_ros/settings.py):',
-        '#   python -m boq_ros.ros.params > config/vpr.yaml',
-        '# Parameters are read when the node is configured (lifecycle transition configure),',
-        '# except those marked live (applied at once, also while active) or startup (read-only).',
-        '/**:',
-        '  ros__parameters:',
-    ]
-    for section, s, text in _documented(repr, str, when=True):
-        if section:
-            out.append(f'    # --- {section} ---')
-        out += _wrap(text, '    ')
-        out.append(f'    {s.name}: {_yaml_value(s.default)}')
-    return '\n'.join(out) + '\n'
+def _tables() -> dict[str, ParamTable]:
+    """Every node's table, by node name (the backend's module imports this one)."""
+    from boq_ros.ros.pose_graph_node import PARAMS as BACKEND_PARAMS
 
-
-def render_markdown() -> str:
-    """Return the parameter table of docs/node.md (a test keeps the two equal)."""
-    out = ['| parameter | default | read | meaning |', '|---|---|---|---|']
-    for section, s, text in _documented(lambda c: f'`{c}`' if c else "`''`",
-                                        lambda t: f'`{t}`', when=False):
-        if section:
-            out.append(f'| **{section}** | | | |')
-        out.append(f'| `{s.name}` | `{_yaml_value(s.default)}` | {s.when} | {text} |')
-    return '\n'.join(out) + '\n'
+    return {t.node_name: t for t in (VPR_PARAMS, BACKEND_PARAMS)}
 
 
 if __name__ == '__main__':
     import sys
 
-    print(render_markdown() if sys.argv[1:] == ['--markdown'] else render_yaml(), end='')
+    args = sys.argv[1:]
+    table = _tables()[args.pop(0)] if args and not args[0].startswith('-') else VPR_PARAMS
+    print(table.render_markdown() if args == ['--markdown'] else table.render_yaml(), end='')

@@ -48,6 +48,9 @@ class ReplayOptions:
     record_topic: str | None = None  # the node's candidate topic (LoopCandidateArray)
     lockstep: bool = False  # publish an image only after the previous one was answered
     depth_topics: tuple[str, ...] = ()  # image topics that are depth, not cameras: never answered
+    # (live topic, count): also wait for this many subscriptions on each, e.g. a SLAM backend
+    # beside the node on the odometry and the candidates (matched on the replay's own topics)
+    listeners: tuple[tuple[str, int], ...] = ()
     subscriber_timeout_s: float = 20.0  # bounded wait for the node's endpoints before starting
     answer_timeout_s: float = 30.0  # max wait for one answer (lockstep) / the last answers
     allow_network: bool = False  # accept DDS discovery beyond localhost
@@ -152,6 +155,12 @@ def _pose(msg: Any) -> tuple[float, ...]:
             float(q.w))
 
 
+def _covariance(msg: Any) -> tuple[float, ...] | None:
+    """Return the 36 covariance values of a PoseWithCovariance; None when unknown (all -1)."""
+    values = tuple(float(v) for v in msg.covariance)
+    return None if all(v == -1.0 for v in values) else values
+
+
 class CandidateRecorder:
     """Turns the node's candidate arrays into candidate records, as the offline runner makes them.
 
@@ -194,7 +203,8 @@ class CandidateRecorder:
                     match_seq=self._seq_of.get(int(c.match.id), -1),
                     similarity=float(c.similarity), rank=int(c.rank), accepted=i == accepted,
                     status=int(c.status), inliers=int(c.inliers), pose_kind=int(c.pose_kind),
-                    relative_pose=_pose(c.relative_pose_base) if c.has_relative_pose else None)
+                    relative_pose=_pose(c.relative_pose_base) if c.has_relative_pose else None,
+                    covariance=_covariance(c.relative_pose_base) if c.has_relative_pose else None)
                 for i, c in enumerate(msg.candidates)]
         for record in records:
             record.validate()
@@ -293,6 +303,13 @@ class _RosSide:
     def listened(self, topic: str) -> bool:
         """Whether some subscriber (the node) is matched to the bag topic's publisher."""
         return self.publishers[topic].get_subscription_count() > 0
+
+    def subscriptions(self, topic: str) -> int:
+        """Subscriptions of a live topic: matched ones if the replay publishes it, else seen."""
+        for publisher in self.publishers.values():
+            if publisher.topic_name == topic:
+                return publisher.get_subscription_count()
+        return self.node.count_subscribers(topic)
 
     def node_publishing(self) -> bool:
         return self.subscription is None or self.subscription.get_publisher_count() > 0
@@ -417,13 +434,18 @@ def _ready(ros: _RosSide, streams: dict[str, _Stream], options: ReplayOptions,
            answers: _Answers) -> set[str]:
     """Bounded wait for the node's endpoints; return the bag topics it subscribes to."""
     def ready() -> bool:
-        return ros.node_publishing() and any(ros.listened(t) for t in streams)
+        return (ros.node_publishing() and any(ros.listened(t) for t in streams)
+                and all(ros.subscriptions(t) >= n for t, n in options.listeners))
 
     if not answers.wait_for(ready, options.subscriber_timeout_s):
         waited = f'after {options.subscriber_timeout_s:.0f} s'
         if not ros.node_publishing():
             raise ReplayError(f'nothing publishes {options.record_topic} {waited}: is the node '
                               'running on this ROS_DOMAIN_ID?')
+        for topic, count in options.listeners:
+            if ros.subscriptions(topic) < count:
+                raise ReplayError(f'{ros.subscriptions(topic)} of the {count} expected '
+                                  f'subscriptions on {topic} {waited}')
         topics = ', '.join(s.topic for s in streams.values())
         raise ReplayError(f'nothing subscribes to any of {topics} {waited}: is the node '
                           'running on this ROS_DOMAIN_ID, with these topics?')
