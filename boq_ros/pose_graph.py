@@ -15,7 +15,7 @@ Frames and covariances follow docs/verification.md: a loop's ``relative_pose`` i
 ``relative_pose_base`` with from = query, to = match), its covariance is over (x y z rx ry rz) for
 the perturbation t' = t + d_t, R' = exp([d_rot]x) R in the ``from`` frame; ``to_gtsam_covariance``
 converts it to GTSAM's tangent convention. The backend has no randomness: the same calls in the
-same order give bit-identical poses (the live node and an offline run agree).
+same order give bit-identical poses.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import gtsam
 import numpy as np
 
 from boq_ros.settings import PoseGraphSettings
+from boq_ros.verification.verifier import local_frame_covariance
 
 PRIOR_SIGMA = 1e-6
 """Sigma (m and rad) of the first keyframe's prior: it pins the map frame to the odometry frame."""
@@ -81,17 +82,12 @@ def _gtsam_pose(pose: np.ndarray) -> gtsam.Pose3:
 def to_gtsam_covariance(covariance: np.ndarray, relative_pose: np.ndarray) -> np.ndarray:
     """Return a loop covariance of our convention in GTSAM's Pose3 tangent convention.
 
-    Ours: d = (d_t, d_rot) in the ``from`` frame, T' = (exp([d_rot]x) R, t + d_t). GTSAM:
-    xi = (w, v), T' = T Exp(xi) = (R exp([w]x), t + R v) to first order. Equal when
-    w = R^T d_rot and v = R^T d_t, so xi = J d with J = [[0, R^T], [R^T, 0]] and the covariance
-    is J C J^T (exact to first order, the order of any covariance).
+    GTSAM perturbs in the pose's own frame (``local_frame_covariance``) and orders the tangent
+    rotation first: xi = (w, v).
     """
-    rotation_t = np.asarray(relative_pose, dtype=np.float64)[:3, :3].T
-    jacobian = np.zeros((6, 6))
-    jacobian[:3, 3:] = rotation_t
-    jacobian[3:, :3] = rotation_t
-    out = jacobian @ np.asarray(covariance, dtype=np.float64) @ jacobian.T
-    return 0.5 * (out + out.T)
+    local = local_frame_covariance(covariance, relative_pose)
+    order = [3, 4, 5, 0, 1, 2]
+    return local[np.ix_(order, order)]
 
 
 def floored_covariance(covariance: np.ndarray, min_sigma_translation: float,
@@ -140,6 +136,8 @@ class PoseGraph:
         self._new_values = gtsam.Values()
         self._new_loops = 0
         self._missing_key_loops = 0
+        self._params = params
+        self._prior: gtsam.PriorFactorPose3 | None = None
 
     # -- building ----------------------------------------------------------------------------
     def add_keyframe(self, key: int, odometry_pose: np.ndarray) -> None:
@@ -156,9 +154,10 @@ class PoseGraph:
         variable = len(self._keys)
         if not self._keys:
             guess = odometry_pose
-            self._new_factors.add(gtsam.PriorFactorPose3(
+            self._prior = gtsam.PriorFactorPose3(
                 variable, _gtsam_pose(odometry_pose),
-                gtsam.noiseModel.Isotropic.Sigma(6, PRIOR_SIGMA)))
+                gtsam.noiseModel.Isotropic.Sigma(6, PRIOR_SIGMA))
+            self._new_factors.add(self._prior)
         else:
             increment = np.linalg.inv(self._odometry[-1]) @ odometry_pose
             sigmas = self._odometry_sigmas(increment)
@@ -204,13 +203,17 @@ class PoseGraph:
             return False
         gaussian = gtsam.noiseModel.Gaussian.Covariance(
             to_gtsam_covariance(covariance, relative_pose))
-        noise = gaussian if self._kernel is None else gtsam.noiseModel.Robust.Create(
-            self._kernel, gaussian)
-        self._new_factors.add(gtsam.BetweenFactorPose3(
-            self._index[key_from], self._index[key_to], _gtsam_pose(relative_pose), noise))
-        self._loops.append(_LoopFactor(key_from, key_to, relative_pose, gaussian))
+        loop = _LoopFactor(key_from, key_to, relative_pose, gaussian)
+        self._new_factors.add(self._loop_factor(loop))
+        self._loops.append(loop)
         self._new_loops += 1
         return True
+
+    def _loop_factor(self, loop: _LoopFactor) -> gtsam.BetweenFactorPose3:
+        noise = loop.gaussian if self._kernel is None else gtsam.noiseModel.Robust.Create(
+            self._kernel, loop.gaussian)
+        return gtsam.BetweenFactorPose3(self._index[loop.key_from], self._index[loop.key_to],
+                                        _gtsam_pose(loop.relative_pose), noise)
 
     def _loop_covariance(self, covariance: np.ndarray | None, key_from: int,
                          key_to: int) -> np.ndarray:
@@ -239,21 +242,55 @@ class PoseGraph:
 
     # -- solving -----------------------------------------------------------------------------
     def update(self) -> float:
-        """Optimise with what was added since the last update; return the seconds it took."""
+        """Optimise with what was added since the last update; return the seconds it took.
+
+        Should the solver fail (it raises on a system it cannot solve), the graph is rebuilt
+        without the loops added since the last update, and PoseGraphError says so: one bad
+        batch never wedges the graph (ISAM2 keeps a failed batch's variables).
+        """
         if self._new_factors.size() == 0:
             return 0.0
         start = time.perf_counter()
-        self._isam.update(self._new_factors, self._new_values)
-        self._new_factors = gtsam.NonlinearFactorGraph()
-        self._new_values = gtsam.Values()
-        if self._new_loops:
-            for _ in range(self.settings.loop_iterations):
-                if not self._isam.update().getVariablesRelinearized():
-                    break
-        self._new_loops = 0
+        try:
+            self._isam.update(self._new_factors, self._new_values)
+            if self._new_loops:
+                for _ in range(self.settings.loop_iterations):
+                    if not self._isam.update().getVariablesRelinearized():
+                        break
+        except RuntimeError as err:
+            dropped = self._rebuild_without_new_loops()
+            raise PoseGraphError(f'the solver failed ({err}); the graph was rebuilt without '
+                                 f'the {dropped} loop(s) added since the last update') from None
+        finally:
+            self._new_factors = gtsam.NonlinearFactorGraph()
+            self._new_values = gtsam.Values()
+            self._new_loops = 0
+        self._read_estimate()
+        return time.perf_counter() - start
+
+    def _read_estimate(self) -> None:
         estimate = self._isam.calculateEstimate()
         self._poses = [estimate.atPose3(i).matrix() for i in range(len(self._keys))]
-        return time.perf_counter() - start
+
+    def _rebuild_without_new_loops(self) -> int:
+        """Start ISAM2 afresh from every factor but the new loops; return how many were dropped."""
+        dropped = self._new_loops
+        if dropped:
+            del self._loops[-dropped:]
+        graph = gtsam.NonlinearFactorGraph()
+        graph.add(self._prior)
+        for i, j, measured, sigmas in self._odometry_edges:
+            graph.add(gtsam.BetweenFactorPose3(i, j, measured,
+                                               gtsam.noiseModel.Diagonal.Sigmas(sigmas)))
+        for loop in self._loops:
+            graph.add(self._loop_factor(loop))
+        values = gtsam.Values()
+        for i, pose in enumerate(self._poses):
+            values.insert(i, _gtsam_pose(pose))
+        self._isam = gtsam.ISAM2(self._params)
+        self._isam.update(graph, values)
+        self._read_estimate()
+        return dropped
 
     # -- reading -----------------------------------------------------------------------------
     @property

@@ -16,12 +16,13 @@ import math
 import numpy as np
 
 from boq_ros.eval.records import POSE_METRIC, STATUS_VERIFIED, CandidateRecord
-from boq_ros.pose_graph import PoseGraph
+from boq_ros.pose_graph import PoseGraph, PoseGraphError
 from boq_ros.settings import PoseGraphSettings
 from boq_ros.trajectory import Trajectory
 from boq_ros.verification.verifier import transform_from
 
-SKIP_CAUSES = ('out_of_order', 'no_odometry', 'loop_not_metric', 'match_not_in_graph')
+SKIP_CAUSES = ('out_of_order', 'no_odometry', 'loop_not_metric', 'match_not_in_graph',
+               'loop_refused')
 """Why an input added less than it carried (counted per cause in :attr:`KeyframeGraph.skipped`)."""
 
 
@@ -74,12 +75,18 @@ class KeyframeGraph:
                 self.skipped['loop_not_metric'] += 1
             elif loop.match_stamp_ns == item.stamp_ns:
                 pass  # another camera of the same robot pose: no constraint
-            elif self.graph.add_loop(item.stamp_ns, loop.match_stamp_ns, loop.relative_pose,
-                                     loop.covariance):
-                self.loops_added += 1
-                changed = True
             else:
-                self.skipped['match_not_in_graph'] += 1
+                try:
+                    added = self.graph.add_loop(item.stamp_ns, loop.match_stamp_ns,
+                                                loop.relative_pose, loop.covariance)
+                except PoseGraphError:  # e.g. a covariance that is not positive semi-definite
+                    self.skipped['loop_refused'] += 1
+                    return changed
+                if added:
+                    self.loops_added += 1
+                    changed = True
+                else:
+                    self.skipped['match_not_in_graph'] += 1
         return changed
 
 
@@ -97,20 +104,22 @@ def loop_of_records(records: Sequence[CandidateRecord]) -> Loop | None:
 
 def inputs_from_records(records: Iterable[CandidateRecord], odometry: Trajectory,
                         max_gap_s: float = 0.5) -> list[GraphInput]:
-    """Graph inputs of candidate records, in the order the queries were decided.
+    """Graph inputs of candidate records, oldest stamp first (as the backend node adds them).
 
     The odometry pose of each query is interpolated in ``odometry`` (None where it has no pose
-    within ``max_gap_s`` or no orientation), as the backend node looks it up in its buffer.
+    within ``max_gap_s`` or no orientation); the node interpolates its odometry buffer the same
+    way, so both agree to float rounding where the odometry has a pose near each stamp.
     """
     by_query: dict[tuple[int, str, str], list[CandidateRecord]] = {}
     for r in records:
         by_query.setdefault((r.query_stamp_ns, r.query_session, r.query_camera), []).append(r)
     if not by_query:
         return []
-    stamps = np.array([key[0] for key in by_query], dtype=np.int64)
+    keys = sorted(by_query, key=lambda key: key[0])  # stable: cameras at one stamp keep order
+    stamps = np.array([key[0] for key in keys], dtype=np.int64)
     positions, orientations, valid = odometry.interpolate(stamps, max_gap_s)
     out = []
-    for i, rows in enumerate(by_query.values()):
+    for i, rows in enumerate(by_query[key] for key in keys):
         pose = None
         if valid[i] and orientations is not None and math.isfinite(orientations[i][3]):
             pose = transform_from([*positions[i], *orientations[i]])

@@ -36,7 +36,11 @@ from boq_ros.ros.outputs import hydra, rtabmap
 from boq_ros.ros.outputs.lio_sam import lio_sam_pair
 from boq_ros.ros.params import NodeSettings
 from boq_ros.synth import World
-from boq_ros.verification.verifier import transform_from, xyz_quaternion
+from boq_ros.verification.verifier import (
+    local_frame_covariance,
+    transform_from,
+    xyz_quaternion,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_SRC = ROOT.parent / 'shared' / 'reference' / 'backend_interfaces'
@@ -82,17 +86,22 @@ def _loop(pose_kind: PoseKind = PoseKind.METRIC, covariance: np.ndarray | None =
     return Detection(query, [rejected, loop], accepted=True, threshold=0.5), v
 
 
-def test_information_is_the_inverse_covariance():
+def test_information_is_the_inverse_covariance_in_the_links_frame():
     covariance = _covariance()
-    info = rtabmap.information(covariance)
+    info = rtabmap.information(covariance, np.eye(4))  # no rotation: the frames coincide
     assert np.allclose(info @ covariance, np.eye(6), atol=1e-8)
     assert np.array_equal(info, info.T)
+    # a yawed link: the query frame's x error is the link frame's -y error (yaw 90 deg)
+    yawed = transform_from([1.0, 2.0, 0.0, 0.0, 0.0, math.sqrt(0.5), math.sqrt(0.5)])
+    only_x = np.diag([0.04, 1e-4, 1e-4, 1e-6, 1e-6, 1e-6])
+    local = np.linalg.inv(rtabmap.information(only_x, yawed))
+    np.testing.assert_allclose(np.diag(local), [1e-4, 0.04, 1e-4, 1e-6, 1e-6, 1e-6], atol=1e-12)
 
 
 def test_information_of_a_singular_covariance_is_finite_and_positive():
     covariance = _covariance()
     covariance[2, :] = covariance[:, 2] = 0.0  # z exactly known: no inverse
-    info = rtabmap.information(covariance)
+    info = rtabmap.information(covariance, np.eye(4))
     assert np.all(np.isfinite(info)) and np.all(np.diag(info) > 0)
     assert np.all(np.linalg.eigvalsh(info) > 0)
     assert np.linalg.eigvalsh(info).max() <= 1 / rtabmap.MIN_VARIANCE * (1 + 1e-9)
@@ -100,11 +109,11 @@ def test_information_of_a_singular_covariance_is_finite_and_positive():
 
 
 def test_unknown_covariance_has_no_information():
-    assert rtabmap.information(None) is None
-    assert rtabmap.information(np.full((6, 6), -1.0)) is None  # as published when unknown
+    assert rtabmap.information(None, np.eye(4)) is None
+    assert rtabmap.information(np.full((6, 6), -1.0), np.eye(4)) is None  # published: unknown
     nan = _covariance()
     nan[0, 0] = math.nan
-    assert rtabmap.information(nan) is None
+    assert rtabmap.information(nan, np.eye(4)) is None
 
 
 def test_node_ids_are_matched_by_the_nearest_stamp_within_the_tolerance():
@@ -172,12 +181,12 @@ def test_rtabmap_link_carries_the_loop():
     covariance = _covariance(1)
     _, v = _loop(covariance=covariance)
     link = rtabmap.link_message(messages, 12, 3, v.relative_pose_base,
-                                rtabmap.information(covariance))
+                                rtabmap.information(covariance, v.relative_pose_base))
     assert (link.from_id, link.to_id, link.type) == (12, 3, rtabmap.USER_CLOSURE) == (12, 3, 4)
     t, r = link.transform.translation, link.transform.rotation
     assert np.allclose([t.x, t.y, t.z, r.x, r.y, r.z, r.w], xyz_quaternion(v.relative_pose_base))
-    assert np.allclose(np.array(link.information).reshape(6, 6) @ covariance, np.eye(6),
-                       atol=1e-8)
+    local = local_frame_covariance(covariance, v.relative_pose_base)
+    assert np.allclose(np.array(link.information).reshape(6, 6) @ local, np.eye(6), atol=1e-8)
 
 
 @pytest.mark.parametrize(('parameter', 'package', 'upstream'), [
@@ -347,6 +356,10 @@ def _graph_for(node, query_ns: int):
     return next(g for g in graphs if g.edges[0].key_from == query_ns)
 
 
+def _matrix(pose) -> np.ndarray:
+    return transform_from(_pose_values(pose))
+
+
 def _pose_values(pose) -> list[float]:
     p, q = pose.position, pose.orientation
     return [p.x, p.y, p.z, q.x, q.y, q.z, q.w]
@@ -357,7 +370,8 @@ def _check_link(link, loop: LoopCandidate, ids: dict[int, int], query_ns: int) -
     t, r = link.transform.translation, link.transform.rotation
     assert [t.x, t.y, t.z, r.x, r.y, r.z, r.w] == _pose_values(loop.relative_pose_base.pose)
     covariance = np.array(loop.relative_pose_base.covariance).reshape(6, 6)
-    info, expected = np.array(link.information).reshape(6, 6), np.linalg.inv(covariance)
+    local = local_frame_covariance(covariance, _matrix(loop.relative_pose_base.pose))
+    info, expected = np.array(link.information).reshape(6, 6), np.linalg.inv(local)
     assert np.allclose(info, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
 
 

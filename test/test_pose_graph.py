@@ -183,6 +183,44 @@ def test_same_inputs_same_poses(scenario):
     np.testing.assert_array_equal(a.map_from_odom(), b.map_from_odom())
 
 
+class _FailingOnce:
+    """An ISAM2 whose next update with new factors raises, as on an indeterminant system."""
+
+    def __init__(self, isam) -> None:
+        self.isam, self.failed = isam, False
+
+    def update(self, *args):
+        if args and not self.failed:
+            self.failed = True
+            self.isam.update(*args)  # ISAM2 keeps a failed batch's variables
+            raise RuntimeError('Indeterminant linear system detected near variable 7')
+        return self.isam.update(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.isam, name)
+
+
+def test_a_solver_failure_drops_that_batch_of_loops_and_the_graph_goes_on(scenario):
+    truth, odometry, clean, _ = scenario
+    reference = run(odometry, clean)
+    failing = next(loop[0] for loop in clean if loop[0] > 60)  # a keyframe with a loop
+    graph = run(odometry[:failing], [loop for loop in clean if loop[0] < failing])
+    loops_before = graph.loop_count
+    graph._isam = _FailingOnce(graph._isam)
+    graph.add_keyframe(key(failing), odometry[failing])
+    late = next(loop for loop in clean if loop[0] == failing)
+    assert graph.add_loop(key(late[0]), key(late[1]), late[2], late[3])
+    with pytest.raises(PoseGraphError, match='rebuilt without the 1 loop'):
+        graph.update()
+    assert graph.loop_count == loops_before and len(graph) == failing + 1
+    for i in range(failing + 1, len(odometry)):  # the rebuilt graph takes the rest as usual
+        graph.add_keyframe(key(i), odometry[i])
+        for i_from, i_to, relative, cov, _ in (loop for loop in clean if loop[0] == i):
+            assert graph.add_loop(key(i_from), key(i_to), relative, cov)
+        graph.update()
+    assert ate(estimate(graph), truth) < 1.5 * ate(estimate(reference), truth)
+
+
 # -- map -> odom -------------------------------------------------------------------------------
 def test_map_from_odom_is_identity_until_a_loop_then_corrects_the_drift(scenario, clean_graph):
     truth, odometry, clean, _ = scenario

@@ -7,6 +7,7 @@ hold that keyframe: the condition the test then checks.
 """
 import math
 from pathlib import Path
+import time
 
 from boq_ros.msg import LoopCandidate, LoopCandidateArray
 from builtin_interfaces.msg import Time
@@ -159,7 +160,7 @@ def test_backend_refuses_a_bad_parameter(start_node):
 
 
 def test_backend_publishes_map_to_odom_on_tf(start_node, ros_node):
-    """With tf2_msgs installed the correction goes to /tf too, the same transform."""
+    """With tf2_msgs installed the correction goes to /tf too, republished, stamped now."""
     tf2_msgs = pytest.importorskip(
         'tf2_msgs.msg', reason='tf2_msgs is not installed (make test-interfaces builds its '
         'TFMessage from test/interfaces; the ROS wheels of the registry lack it)')
@@ -179,32 +180,81 @@ def test_backend_publishes_map_to_odom_on_tf(start_node, ros_node):
         odom_pub.publish(_odometry(k + 0.5, _truth(k)))
     last = corrections.wait_for(predicate=lambda got: any(
         stamp_to_ns(m.header.stamp) == T0 + 2 * S for m in got))[-1]
-    on_tf = tf.wait_for(predicate=lambda got: any(
-        t.header.stamp == last.header.stamp for m in got for t in m.transforms))
-    assert [t for m in on_tf for t in m.transforms if t.header.stamp == last.header.stamp] == [
-        last]
+
+    def same(t) -> bool:
+        return (t.transform == last.transform and t.child_frame_id == last.child_frame_id
+                and t.header.frame_id == last.header.frame_id)
+
+    on_tf = tf.wait_for(predicate=lambda got: sum(same(t) for m in got for t in m.transforms) >= 3)
+    stamps = [stamp_to_ns(t.header.stamp) for m in on_tf for t in m.transforms if same(t)]
+    # republished, stamped with the current time (later than any keyframe here)
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert stamps[0] > stamp_to_ns(last.header.stamp)
     backend.assert_alive()
 
 
-def test_a_keyframe_waits_for_the_odometry_at_its_stamp(ros_domain_id):
-    """A candidate array may overtake the odometry before its stamp (another publisher)."""
+def test_keyframes_wait_for_their_odometry_and_join_in_stamp_order(ros_domain_id):
+    """A candidate array may overtake the odometry before its stamp (another publisher), and a
+    camera's keyframe may come after another camera's newer one."""
     from boq_ros.ros.pose_graph_node import PoseGraphNode
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=ros_domain_id)
     node = PoseGraphNode(context=context)
+    later = time.monotonic() + 1.0  # past reorder_s for everything received so far
     try:
         node._on_odometry(_odometry(0, _truth(0)))
         node._on_candidates(_candidates(0, None, None))
+        assert len(node.graph.graph) == 0  # reorder_s: another camera's may still come
+        node.drain(now=later)
         node._on_candidates(_candidates(2, None, None))  # odometry 1 and 2 still on their way
+        node.drain(now=later)
         assert len(node.graph.graph) == 1 and len(node._pending) == 1
         node._on_odometry(_odometry(1, _truth(1)))
+        node.drain(now=later)
         assert len(node.graph.graph) == 1  # odometry older than the stamp decides nothing
         node._on_odometry(_odometry(2, _truth(2)))
+        node.drain(now=later)
         assert node.graph.graph.keys == [T0, T0 + 2 * S] and not node._pending
         np.testing.assert_allclose(node.graph.graph.odometry_pose(T0 + 2 * S), _truth(2),
                                    atol=1e-9)
+        # two cameras: the newer keyframe first, the older one right after
+        for t in (3.4, 3.5):
+            node._on_odometry(_odometry(t, _truth(3)))
+        node._on_candidates(_candidates(3.5, None, None))
+        node._on_candidates(_candidates(3.4, None, None))
+        node.drain(now=time.monotonic() + 1.0)
+        assert node.graph.graph.keys[2:] == [T0 + round(3.4 * S), T0 + round(3.5 * S)]
         assert not node.graph.skipped
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_shutdown_with_a_keyframe_pending_writes_what_there_is(start_node, ros_node, tmp_path):
+    tum = tmp_path / 'k.tum'
+    backend = start_node(module='boq_ros.ros.pose_graph_node', name='pose_graph_node',
+                         params={'odometry_qos': 'reliable', 'trajectory_path': str(tum),
+                                 'odometry_wait_s': 600.0})
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    odom_pub = ros_node.publisher(Odometry, '/odom', reliable)
+    cand_pub = ros_node.publisher(LoopCandidateArray, '/loop_candidates', reliable)
+    diagnostics = ros_node.collect(DiagnosticArray, '/diagnostics', 10)
+    ros_node.wait_for_subscribers(odom_pub, timeout=DISCOVERY_TIMEOUT_S * 2)
+    ros_node.wait_for_subscribers(cand_pub)
+    odom_pub.publish(_odometry(0, _truth(0)))
+    odom_pub.publish(_odometry(0.5, _truth(0)))
+    cand_pub.publish(_candidates(0, None, None))
+    cand_pub.publish(_candidates(1, None, None))  # its odometry never comes
+
+    def waiting(got: list) -> bool:
+        values = {kv.key: kv.value for a in got[-1:] for s in a.status
+                  if s.name.endswith('pose graph') for kv in s.values}
+        return values.get('keyframes') == '1' and values.get('pending_keyframes') == '1'
+
+    diagnostics.wait_for(predicate=waiting, timeout=30)
+    assert backend.stop() == 0
+    log = backend.log_text()
+    assert 'Traceback' not in log and f'wrote {tum}' in log
+    rows = [line for line in tum.read_text().splitlines() if line[:1] != '#']
+    assert len(rows) == 1  # the pending keyframe had no odometry pose: not invented

@@ -84,9 +84,13 @@ def test_keyframe_graph_counts_what_it_does_not_take():
                                 Loop(99 * S, pose, None, metric=True)))  # unknown match
     assert graph.add(GraphInput(4 * S, transform_from((3, 0, 0, 0, 0, 0, 1)),
                                 Loop(1 * S, pose, None, metric=False)))
-    assert len(graph.graph) == 4 and graph.loops_added == 1
+    not_psd = -np.eye(6)
+    assert graph.add(GraphInput(5 * S, transform_from((4, 0, 0, 0, 0, 0, 1)),
+                                Loop(1 * S, pose, not_psd, metric=True)))  # the keyframe stays
+    assert len(graph.graph) == 5 and graph.loops_added == 1
     assert dict(graph.skipped) == {'no_odometry': 1, 'out_of_order': 1,
-                                   'match_not_in_graph': 1, 'loop_not_metric': 1}
+                                   'match_not_in_graph': 1, 'loop_not_metric': 1,
+                                   'loop_refused': 1}
 
 
 def test_with_wrong_loops_corrupts_the_asked_share_far_from_the_truth():

@@ -130,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         except (RuntimeError, TimeoutError) as err:
             raise demo.DemoError(f'{err}; end of its log:\n{backend.log_tail()}') from None
     finally:
-        status = node.stop()
-        backend_status = backend.stop()
+        try:
+            status = node.stop()
+        finally:
+            backend_status = backend.stop()
     _say(summary.format())
     for name, process, code in (('node', node, status), ('pose graph node', backend,
                                                          backend_status)):

@@ -110,8 +110,9 @@ class DriftStudy:
         poses = graph.graph.poses()
         missing = [int(s) for s in self.stamps if int(s) not in poses]
         if missing:
-            raise TrajectoryError(f'{len(missing)} keyframes have no odometry pose (first at '
-                                  f'{missing[0]} ns): the pose graph skipped them')
+            causes = ', '.join(f'{cause} {n}' for cause, n in graph.skipped.items())
+            raise TrajectoryError(f'the pose graph skipped {len(missing)} keyframes (first at '
+                                  f'{missing[0]} ns; {causes or "no cause counted"})')
         return score(label, np.stack([poses[int(s)] for s in self.stamps]), self.reference,
                      graph.loops_added)
 

@@ -2,15 +2,18 @@
 
 `ros2 run boq_ros pose_graph_node` (or `vpr.launch.py pose_graph:=true`) subscribes to odometry
 (`nav_msgs/Odometry`) and to the loop-closure node's `loop_candidates`; every answered query is
-a keyframe: a graph node at its odometry pose (looked up in the odometry buffer, waiting until
-the odometry that decides it has arrived), and an accepted candidate verified with a metric
-relative pose becomes a robust loop factor (boq_ros/slam.py states the rule, boq_ros/pose_graph.py
-the noise models). After each change ISAM2 updates the estimate; the node publishes the optimised
-keyframe path (`nav_msgs/Path`), the `map -> odom` correction as `geometry_msgs/TransformStamped`
-on `pose_graph/map_to_odom` and, when tf2_msgs is installed, on /tf; `~/save_graph` (and
-shutdown) write the graph (g2o) and the optimised keyframe trajectory (TUM) to the configured
-files. Bad messages are counted in /diagnostics and dropped; the node keeps running.
+a keyframe: a graph node at its odometry pose (looked up in the odometry buffer once odometry at
+or after its stamp has arrived; keyframes join in stamp order), and an accepted candidate
+verified with a metric relative pose becomes a robust loop factor (boq_ros/slam.py states the
+rule, boq_ros/pose_graph.py the noise models). After each change ISAM2 updates the estimate;
+the node publishes the optimised keyframe path (`nav_msgs/Path`, latched), the `map -> odom`
+correction as `geometry_msgs/TransformStamped` on `pose_graph/map_to_odom` and, when tf2_msgs is
+installed, on /tf every tf_period_s stamped now; `~/save_graph` (and shutdown) write the graph
+(g2o) and the optimised keyframe trajectory (TUM) to the configured files. Bad messages are
+counted in /diagnostics and dropped; the node keeps running. One thread (a single-threaded
+executor) runs every callback, so the graph needs no lock.
 """
+import bisect
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,13 +79,22 @@ class BackendSettings:
         0.1, 'Largest gap between a keyframe stamp and the odometry poses it is interpolated '
         'from.', section='Inputs', low=0.0, high=10.0)
     odometry_wait_s: float = setting(
-        5.0, 'How long a keyframe waits for the odometry that decides its pose before it is '
-        'dropped (counted as no_odometry).', section='Inputs', low=0.0, high=3600.0)
+        5.0, 'How long a keyframe waits for odometry at or after its stamp; then its pose is '
+        'looked up in what there is (without one it is dropped, counted as no_odometry).',
+        section='Inputs', low=0.0, high=3600.0)
+    reorder_s: float = setting(
+        0.1, 'How long a keyframe waits from its arrival for keyframes of other cameras with '
+        'older stamps: keyframes join the graph in stamp order (a later older one is dropped, '
+        'counted as out_of_order).', section='Inputs', low=0.0, high=60.0)
     map_frame: str = setting('map', 'Frame of the optimised path; parent of map -> odom.',
                              section='Outputs')
     publish_tf: bool = setting(
         True, 'Also publish map -> odom on /tf (needs tf2_msgs; without it only on '
         'pose_graph/map_to_odom).', section='Outputs')
+    tf_period_s: float = setting(
+        0.05, 'Period at which map -> odom is republished on /tf, stamped with the current '
+        'time (tf2 does not extrapolate: a transform stamped only at keyframes would be too '
+        'old for lookups between them).', section='Outputs', low=0.001, high=10.0)
     graph_path: str = setting(
         '', "g2o file the graph is written to by ~/save_graph and at shutdown; '' for none.",
         section='Outputs')
@@ -148,11 +160,11 @@ class PoseGraphNode(Node):
         self.counts: Counter[str] = Counter()
         self._last_error = ''
         self._update_s: deque[float] = deque(maxlen=1000)
-        self._lock = threading.Lock()  # the graph: callbacks vs the save service
         s = self.settings
         self._poses = PoseBuffer(s.pose_tolerance_s, frame='')
-        self._pending: deque[_Pending] = deque()
+        self._pending: list[_Pending] = []  # oldest stamp first
         self._odom_frame = ''
+        self._correction: TransformStamped | None = None  # the latest map -> odom
         self._path_pub = self.create_publisher(PathMsg, PATH_TOPIC, PATH_QOS)
         self._map_odom_pub = self.create_publisher(TransformStamped, MAP_TO_ODOM_TOPIC,
                                                    QoSProfile(depth=10))
@@ -169,7 +181,8 @@ class PoseGraphNode(Node):
         self.create_subscription(LoopCandidateArray, s.candidates_topic, self._on_candidates,
                                  QoSProfile(depth=_CANDIDATE_DEPTH))
         self.create_service(Trigger, '~/save_graph', self._on_save)
-        self.create_timer(s.diagnostics_period_s, self._on_timer)
+        self.create_timer(s.tf_period_s, self._on_tick)
+        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics)
 
     # -- inputs ---------------------------------------------------------------------------
     def _on_odometry(self, msg: Odometry) -> None:
@@ -191,87 +204,102 @@ class PoseGraphNode(Node):
             self._count_error('candidates', f'loop dropped: {err}')
             loop = None
         self.counts['keyframes_received'] += 1
-        self._pending.append(_Pending(stamp_to_ns(msg.header.stamp), loop, time.monotonic()))
+        bisect.insort(self._pending, _Pending(stamp_to_ns(msg.header.stamp), loop,
+                                              time.monotonic()), key=lambda p: p.stamp_ns)
         self.drain()
 
-    def drain(self, expire: bool = False, final: bool = False) -> None:
-        """Add the waiting keyframes whose odometry pose is decided (in arrival order).
+    def drain(self, expire: bool = False, final: bool = False, publish: bool = True,
+              now: float | None = None) -> None:
+        """Add the waiting keyframes whose odometry pose is decided, oldest stamp first.
 
-        A keyframe's pose is decided by the first odometry at or after its stamp; ``expire``:
-        also those that waited longer than odometry_wait_s (a stopped odometry); ``final``: all
-        of them (shutdown: no more odometry will come).
+        A keyframe is decided once odometry at or after its stamp has arrived (the candidates
+        come from another process than the odometry: older odometry may still be in flight)
+        and it waited reorder_s (other cameras' older keyframes); ``expire``: also once it
+        waited odometry_wait_s (a stopped odometry); ``final``: all of them (shutdown).
+        ``now``: the monotonic time to judge the waits by (default: now).
         """
+        s = self.settings
+        now = time.monotonic() if now is None else now
         changed = False
-        now = time.monotonic()
         while self._pending:
             item = self._pending[0]
-            timed_out = final or (expire and now - item.since > self.settings.odometry_wait_s)
+            waited = now - item.since
             newest = self._poses.newest_ns
-            # Only odometry at or after the stamp decides it: the candidates come from another
-            # process than the odometry, so odometry older than the stamp may be in flight.
-            if not ((newest is not None and newest >= item.stamp_ns) or timed_out):
+            decided = (newest is not None and newest >= item.stamp_ns
+                       and waited >= s.reorder_s)
+            if not (decided or final or (expire and waited > s.odometry_wait_s)):
                 break
-            self._pending.popleft()
+            self._pending.pop(0)
             pose = self._poses.lookup(item.stamp_ns)
             odometry = None
             if pose is not None and not any(math.isnan(v) for v in pose):
                 odometry = transform_from(pose)
             try:
-                with self._lock:
-                    changed |= self.graph.add(GraphInput(item.stamp_ns, odometry, item.loop))
+                changed |= self.graph.add(GraphInput(item.stamp_ns, odometry, item.loop))
             except ValueError as err:
                 self._count_error('graph', f'keyframe {item.stamp_ns} refused: {err}')
         if changed:
-            self._optimise()
+            self._optimise(publish)
 
-    def _optimise(self) -> None:
-        with self._lock:
-            try:
-                self._update_s.append(self.graph.graph.update())
-            except Exception as err:  # noqa: BLE001 - a solver failure must not kill the node
-                self._count_error('optimise', f'optimisation failed: {reason(err)}')
-                return
-            poses = self.graph.graph.poses()
-            correction = self.graph.graph.map_from_odom()
-        self._publish(poses, correction)
+    def _optimise(self, publish: bool) -> None:
+        try:
+            self._update_s.append(self.graph.graph.update())
+        except Exception as err:  # noqa: BLE001 - a solver failure must not kill the node
+            self._count_error('optimise', f'optimisation failed: {reason(err)}')
+            return
+        self._correction = self._transform(self.graph.graph.map_from_odom(),
+                                           self.graph.graph.newest_key)
+        if publish:
+            self._publish(self.graph.graph.poses())
 
     # -- outputs --------------------------------------------------------------------------
-    def _publish(self, poses: dict[int, np.ndarray], map_from_odom: np.ndarray) -> None:
-        s = self.settings
-        newest = max(poses)
-        path = PathMsg(header=Header(stamp=convert.ns_to_stamp(newest), frame_id=s.map_frame))
-        for stamp, pose in poses.items():
-            stamped = PoseStamped(header=Header(stamp=convert.ns_to_stamp(stamp),
-                                                frame_id=s.map_frame))
-            stamped.pose = convert.pose_with_covariance(pose, None).pose
-            path.poses.append(stamped)
-        self._path_pub.publish(path)
-        tf = TransformStamped(header=Header(stamp=convert.ns_to_stamp(newest),
-                                            frame_id=s.map_frame),
+    def _transform(self, map_from_odom: np.ndarray, stamp_ns: int) -> TransformStamped:
+        tf = TransformStamped(header=Header(stamp=convert.ns_to_stamp(stamp_ns),
+                                            frame_id=self.settings.map_frame),
                               child_frame_id=self._odom_frame or 'odom')
         t, q = map_from_odom[:3, 3], quaternion_from_matrix(map_from_odom[:3, :3])
         tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (
             float(v) for v in t)
         (tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z,
          tf.transform.rotation.w) = (float(v) for v in q)
-        self._map_odom_pub.publish(tf)
-        if self._tf_pub is not None:
-            self._tf_pub.publish(self._tf_class(transforms=[tf]))
+        return tf
+
+    def _publish(self, poses: dict[int, np.ndarray]) -> None:
+        """Publish the optimised path and the correction (stamped with the newest keyframe)."""
+        frame = self.settings.map_frame
+        path = PathMsg(header=Header(stamp=convert.ns_to_stamp(max(poses)), frame_id=frame))
+        for stamp, pose in poses.items():
+            stamped = PoseStamped(header=Header(stamp=convert.ns_to_stamp(stamp),
+                                                frame_id=frame))
+            stamped.pose = convert.pose_with_covariance(pose, None).pose
+            path.poses.append(stamped)
+        self._path_pub.publish(path)
+        self._map_odom_pub.publish(self._correction)
+        self._publish_tf()
+
+    def _publish_tf(self) -> None:
+        """Publish the latest correction on /tf, stamped now (no-op without tf2_msgs)."""
+        if self._tf_pub is None or self._correction is None:
+            return
+        tf = TransformStamped(header=Header(stamp=self.get_clock().now().to_msg(),
+                                            frame_id=self._correction.header.frame_id),
+                              child_frame_id=self._correction.child_frame_id,
+                              transform=self._correction.transform)
+        self._tf_pub.publish(self._tf_class(transforms=[tf]))
 
     def save(self) -> list[Path]:
         """Write the graph (g2o) and the optimised trajectory (TUM) to the configured files."""
         s = self.settings
         if not (s.graph_path or s.trajectory_path):
             raise ValueError('nothing to save: set graph_path and/or trajectory_path')
-        with self._lock:
-            if not len(self.graph.graph):
-                raise ValueError('the graph is empty: no keyframe received yet')
-            written = []
-            if s.graph_path:
-                written.append(self.graph.graph.write_g2o(Path(s.graph_path).expanduser()))
-            if s.trajectory_path:
-                written.append(write_tum(Path(s.trajectory_path).expanduser(),
-                                         self.graph.graph.poses()))
+        if not len(self.graph.graph):
+            raise ValueError('the graph is empty: no keyframe received yet')
+        written = []
+        if s.graph_path:
+            written.append(self.graph.graph.write_g2o(Path(s.graph_path).expanduser()))
+        if s.trajectory_path:
+            written.append(write_tum(Path(s.trajectory_path).expanduser(),
+                                     self.graph.graph.poses()))
         return written
 
     def _on_save(self, request: Trigger.Request, response: Trigger.Response
@@ -286,9 +314,9 @@ class PoseGraphNode(Node):
         response.message = 'wrote ' + ', '.join(str(p) for p in written)
         return response
 
-    def _on_timer(self) -> None:
+    def _on_tick(self) -> None:
         self.drain(expire=True)
-        self._publish_diagnostics()
+        self._publish_tf()
 
     def _count_error(self, kind: str, text: str) -> None:
         self.counts[f'{kind}_errors'] += 1
@@ -296,12 +324,13 @@ class PoseGraphNode(Node):
         self.get_logger().warning(text, throttle_duration_sec=5.0)
 
     def _publish_diagnostics(self) -> None:
-        with self._lock:
-            graph = self.graph
-            values = [('keyframes', len(graph.graph)), ('loops', graph.loops_added),
-                      ('pending_keyframes', len(self._pending))]
-            values += [(f'skipped_{cause}_total', graph.skipped.get(cause, 0))
-                       for cause in SKIP_CAUSES]
+        graph = self.graph
+        # Loops the robust kernel trusts less than half: the likely false ones.
+        doubted = sum(1 for loop in graph.graph.loops() if loop.weight < 0.5)
+        values = [('keyframes', len(graph.graph)), ('loops', graph.loops_added),
+                  ('loops_downweighted', doubted), ('pending_keyframes', len(self._pending))]
+        values += [(f'skipped_{cause}_total', graph.skipped.get(cause, 0))
+                   for cause in SKIP_CAUSES]
         values += [(f'{key}_total', self.counts.get(key, 0))
                    for key in ('odometry', 'keyframes_received', 'odometry_errors',
                                'candidates_errors', 'graph_errors', 'optimise_errors',
@@ -385,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handles_signals:
             signal.signal(signal.SIGINT, ignore_interrupt)
         s = node.settings
-        node.drain(final=True)
+        node.drain(final=True, publish=False)  # Ctrl-C has shut the context down
         if (s.graph_path or s.trajectory_path) and len(node.graph.graph):
             # printed: Ctrl-C has shut the context down, the logger could not reach /rosout
             try:

@@ -87,6 +87,20 @@ def propagate(covariance: np.ndarray, pose: np.ndarray, function: Any) -> np.nda
     return 0.5 * (cov + cov.T)
 
 
+def local_frame_covariance(covariance: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Return a covariance of ours in the pose's own frame (g2o's, GTSAM's, RTAB-Map's).
+
+    Ours perturbs in the frame the pose is expressed in: t' = t + d_t, R' = exp([d_rot]x) R.
+    Optimisers perturb in the pose's frame: T' = T Exp(v, w), so t' = t + R v, R' = R exp([w]x)
+    to first order; equal when v = R^T d_t and w = R^T d_rot. Same order (x y z rx ry rz).
+    """
+    rotation_t = np.asarray(pose, dtype=np.float64)[:3, :3].T
+    jacobian = np.zeros((6, 6))
+    jacobian[:3, :3] = jacobian[3:, 3:] = rotation_t
+    out = jacobian @ np.asarray(covariance, dtype=np.float64) @ jacobian.T
+    return 0.5 * (out + out.T)
+
+
 def transform_from(xyz_quaternion: list[float] | tuple[float, ...]) -> np.ndarray:
     """Return the 4x4 transform of (x y z qx qy qz qw)."""
     values = [float(v) for v in xyz_quaternion]

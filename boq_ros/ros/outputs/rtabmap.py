@@ -36,7 +36,7 @@ from boq_ros.ros.outputs.base import (
     resolve,
 )
 from boq_ros.ros.params import NodeSettings
-from boq_ros.verification.verifier import xyz_quaternion
+from boq_ros.verification.verifier import local_frame_covariance, xyz_quaternion
 
 USER_CLOSURE = 4
 """rtabmap::Link::kUserClosure, the type of a link added from outside."""
@@ -46,18 +46,21 @@ _INFO_DEPTH = 100  # reliable, as RTAB-Map publishes info by default
 _TICK_S = 0.1  # how often waiting loops and calls are checked for their timeouts
 
 
-def information(covariance: np.ndarray | None) -> np.ndarray | None:
-    """Return the 6x6 information of a covariance, or None when the covariance is unknown.
+def information(covariance: np.ndarray | None, relative_pose: np.ndarray) -> np.ndarray | None:
+    """Return a link's 6x6 information, or None when the covariance is unknown.
 
     Unknown: absent, not finite, or with a negative variance (the published all -1). The
-    symmetric part is inverted in its eigenbasis with the eigenvalues floored at MIN_VARIANCE,
-    so the result is symmetric positive definite (RTAB-Map refuses a non-positive diagonal).
+    covariance (ours: perturbation in the query frame) is taken into the link's own frame, as
+    RTAB-Map's optimisers perturb (``local_frame_covariance``), and its symmetric part inverted
+    in its eigenbasis with the eigenvalues floored at MIN_VARIANCE, so the result is symmetric
+    positive definite (RTAB-Map refuses a non-positive diagonal).
     """
     if covariance is None:
         return None
     c = np.asarray(covariance, dtype=float).reshape(6, 6)
     if not np.all(np.isfinite(c)) or np.any(np.diag(c) < 0):
         return None
+    c = local_frame_covariance(c, relative_pose)
     values, vectors = np.linalg.eigh((c + c.T) / 2)
     info = (vectors / np.maximum(values, MIN_VARIANCE)) @ vectors.T
     return (info + info.T) / 2
@@ -187,7 +190,7 @@ class RtabmapOutput(Output):
         if found is None:
             return
         loop, verification = found
-        info = information(verification.covariance_base)
+        info = information(verification.covariance_base, verification.relative_pose_base)
         if info is None:
             self.context.count('rtabmap_unknown_covariance')
             return
