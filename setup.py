@@ -24,6 +24,10 @@ setup(
         'tqdm',
         'matplotlib',
         'gtsam',
+        'onnx',
+        'onnxscript',
+        'onnxruntime',
+        'openvino',
     ],
     extras_require={'test': ['pytest', 'pytest-timeout', 'ruff', 'pydocstyle']},
     entry_points={

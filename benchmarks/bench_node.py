@@ -233,6 +233,7 @@ def run_node(args, tmp: Path, ckpt: Path, frame: np.ndarray, rows: list) -> None
     env = safe_dds_environment(domain, tmp / 'ros_log')
     os.environ.update(env)  # this process's peer too: loopback only, the 16 MiB SHM profile
     config = {'checkpoint': str(ckpt), 'device': args.device, 'input_size': args.input_size,
+              'precision': args.precision, 'runtime': args.runtime,
               'map_directory': str(tmp / 'maps'), 'map_path': 'prebuilt', 'mode': 'static',
               'image_topics': [f'cam{i}/image' for i in range(4)], 'threshold': 0.9,
               'diagnostics_period_s': 1.0,
@@ -450,7 +451,7 @@ def run_verification_node(args, tmp: Path, ckpt: Path, height: int,
     run_dir = tmp / f'h{height}'
     (run_dir / 'maps').mkdir(parents=True)
     config = {'checkpoint': str(ckpt), 'device': args.device, 'precision': args.precision,
-              'resize_policy': 'height', 'input_size': height,
+              'runtime': args.runtime, 'resize_policy': 'height', 'input_size': height,
               'map_directory': str(run_dir / 'maps'), 'mode': 'grow', 'session': 'bench',
               'image_topics': ['/cam0/image'], 'depth_topics': ['/cam0/depth'],
               'odometry_topic': '/odom',  # camera_info: the default, /cam0/camera_info
@@ -567,6 +568,8 @@ def main() -> None:
     parser.add_argument('--input-size', type=int, default=384, help='model input height')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    parser.add_argument('--runtime', default='auto',
+                        help="inference runtime (default auto, the node's default)")
     parser.add_argument('--repeats', type=int, default=5, help='bare pipeline repetitions')
     parser.add_argument('--domain-id', type=int, default=None)
     parser.add_argument('--core-only', action='store_true', help='no ROS: model and search')
@@ -596,6 +599,7 @@ def main() -> None:
         tmp = Path(name)
         ckpt = write_random_checkpoint(tmp / 'random.pth', 'resnet50-16384')
         extractor = Extractor(load_boq(ckpt), device=args.device, precision=args.precision,
+                              runtime=args.runtime,
                               preprocess=PreprocessConfig('height', args.input_size))
         frame = np.random.default_rng(1).integers(0, 256, (args.height, args.width, 3),
                                                   dtype=np.uint8)
@@ -607,8 +611,10 @@ def main() -> None:
             rows.append((f'synthetic map: {args.keyframes} keyframes built in',
                          f'{time.perf_counter() - t0:.1f} s'))
             bare = bare_pipeline(extractor, kmap, frame, args.repeats)
-        where = f'{extractor.device} {args.precision}, {args.width}x{args.height} -> ' \
-                f'h{args.input_size}'
+        extractor.extract([frame], 'bgr8')  # export / compile / check before any timing
+        where = f'{extractor.device} {args.runtime}: ' \
+                f'{"; ".join(extractor.runtime_status().values()) or args.precision}, ' \
+                f'{args.width}x{args.height} -> h{args.input_size}'
         for key, values in bare.items():
             what = f'{args.keyframes} keyframes, {extractor.device}' if key == 'search' else where
             rows.append((f'bare {key} p50 ({what})', ms(percentile(values, 50))))

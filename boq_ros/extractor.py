@@ -5,18 +5,25 @@ and folds the ResNet's BatchNorm into its convolutions; on CUDA it also stores t
 convolution weights in the autocast dtype (fp16/bf16, with channels-last convolutions) and
 replays CUDA graphs, one per padded batch shape. Each keeps fp32 results within 1e-4 of the
 plain model (tested on CPU; benchmarks/gpu_suite.py checks the GPU).
+
+Other runtimes (``runtime``: OpenVINO and ONNX Runtime on the CPU, TensorRT and torch.compile
+on CUDA, or ``auto``; boq_ros.runtimes) take over the descriptor path once they reproduced the
+torch fp32 descriptors of a probe batch at the input shape; attention maps always come from
+torch.
 """
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 import copy
+import logging
 import os
+from pathlib import Path
 import threading
 import warnings
 
 import numpy as np
 import torch
 
-from boq_ros import settings
+from boq_ros import runtimes, settings
 from boq_ros.model import BoQModel, load_boq
 from boq_ros.model.resnet import fold_batchnorm
 from boq_ros.preprocess import PreprocessConfig, check_image, preprocess_batch
@@ -25,6 +32,8 @@ from boq_ros.settings import ModelSettings as ModelSettings  # re-exported
 PRECISIONS: dict[str, torch.dtype | None] = dict(zip(
     settings.PRECISIONS, (None, torch.float16, torch.bfloat16), strict=True))
 """The autocast dtype of each precision setting (fp32: none)."""
+
+_log = logging.getLogger(__name__)
 
 
 class DescriptorError(ValueError):
@@ -128,11 +137,15 @@ class Extractor:
     """Descriptor extraction with the device, precision and batching decided once.
 
     The model is moved to the device; with ``optimize`` a private faster copy does the work.
+    With another ``runtime`` than torch, each input shape gets its runner on first use (export
+    and compile, cached in ``cache_dir``), trusted only after the fidelity check; under
+    ``auto`` a runtime that fails it is skipped with a warning, an explicit one raises.
     """
 
     def __init__(self, model: BoQModel, *, device: str | torch.device = 'auto',
                  precision: str = 'fp32', preprocess: PreprocessConfig | None = None,
-                 batch_size: int = 32, optimize: bool = True, cuda_graphs: bool = True
+                 batch_size: int = 32, optimize: bool = True, cuda_graphs: bool = True,
+                 runtime: str = 'torch', cache_dir: str | os.PathLike | None = None
                  ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(
@@ -157,6 +170,15 @@ class Extractor:
         self._graphs = None
         if optimize and cuda_graphs and self._device.type == 'cuda':
             self._graphs = _GraphCache(self._eager_describe, batch_size)
+        self._runtime = runtime
+        self._candidates, skipped = runtimes.candidates(runtime, self._device, precision)
+        for name, reason in skipped.items():
+            _log.info('runtime %s skipped: %s', name, reason)
+        self._cache_dir = Path(cache_dir) if cache_dir else runtimes.default_cache_dir()
+        self._instances: dict[str, runtimes.Runtime] = {}
+        self._runners: dict[tuple[int, int], tuple[str, runtimes.Runner | None]] = {}
+        self._fidelity: dict[tuple[int, int], runtimes.Fidelity] = {}
+        self._runner_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
@@ -197,6 +219,66 @@ class Extractor:
     def batch_size(self) -> int:
         return self._batch_size
 
+    @property
+    def runtime(self) -> str:
+        """The runtime setting ('auto' or one name); `runtime_status` says what runs."""
+        return self._runtime
+
+    def runtime_status(self) -> dict[str, str]:
+        """Per input shape prepared so far: the runtime and precision running it, and why."""
+        status = {}
+        for (h, w), (name, _) in self._runners.items():
+            fidelity = self._fidelity.get((h, w))
+            status[f'{h}x{w}'] = (f'{name} {fidelity.describe()}' if fidelity else
+                                  f'torch {self._precision}')
+        return status
+
+    def prepare(self, shape: tuple[int, int]) -> str:
+        """Choose (export, compile, check) the runtime for inputs of `shape`; returns its name."""
+        shape = (int(shape[0]), int(shape[1]))
+        with self._runner_lock:
+            if shape not in self._runners:
+                self._runners[shape] = self._choose(shape)
+            return self._runners[shape][0]
+
+    def _choose(self, shape: tuple[int, int]) -> tuple[str, runtimes.Runner | None]:
+        """Take the first candidate that builds and passes the fidelity check (torch: always)."""
+        reference = None
+        for name in self._candidates:
+            if name == 'torch':
+                return name, None
+            try:
+                instance = self._instances.get(name)
+                if instance is None:
+                    instance = runtimes.RUNTIMES[name](
+                        self._model, self._device, self._precision, self._batch_size,
+                        self._cache_dir)
+                    self._instances[name] = instance
+                runner = instance.runner(shape)
+                probe = runtimes.probe_batch(shape)
+                if reference is None:
+                    with torch.inference_mode():
+                        reference = self._model.describe(probe.to(self._device)).cpu().numpy()
+                with torch.inference_mode():
+                    got = runner(probe.to(self._device)).float().cpu().numpy()
+                fidelity = runtimes.compare(reference, got, shape, instance.precision)
+                if not fidelity.ok:
+                    raise runtimes.FidelityError(
+                        f'{name} does not reproduce the torch fp32 descriptors of '
+                        f'{self.model_id} at {shape[0]}x{shape[1]}: {fidelity.describe()}')
+            except (runtimes.RuntimeUnavailable, runtimes.FidelityError) as e:
+                if self._runtime != 'auto':
+                    raise
+                warnings.warn(f'runtime {name} not used for {shape[0]}x{shape[1]}: {e}',
+                              stacklevel=3)
+                continue
+            self._fidelity[shape] = fidelity
+            _log.info('runtime %s for %s at %dx%d: %s', name, self.model_id, *shape,
+                      fidelity.describe())
+            return name, runner
+        raise runtimes.RuntimeUnavailable(  # unreachable under auto: torch is the last one
+            f'no runtime could run {shape[0]}x{shape[1]}')
+
     def _autocast(self) -> torch.autocast:
         dtype = PRECISIONS[self._precision]
         # No weight-cast cache: it would outlive a CUDA graph capture; weights are pre-cast.
@@ -214,6 +296,13 @@ class Extractor:
 
     def describe_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Descriptors [B, D] float32 on the device for an already normalised batch."""
+        shape = (int(batch.shape[-2]), int(batch.shape[-1]))
+        entry = self._runners.get(shape)
+        if entry is None and self._candidates != ['torch']:
+            self.prepare(shape)
+            entry = self._runners[shape]
+        if entry is not None and entry[1] is not None:
+            return entry[1](batch).to(self._device)
         batch = self._prepare(batch.to(self._device))
         if self._graphs is not None:
             try:

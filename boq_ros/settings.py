@@ -156,6 +156,9 @@ def from_values(cls: Any, values: dict[str, Any], **overrides: Any) -> Any:
 PRESET_NAMES = ('resnet50-16384', 'dinov2-12288')
 """The released BoQ presets (boq_ros.model.presets holds their architectures)."""
 PRECISIONS = ('fp32', 'fp16', 'bf16')
+RUNTIMES = ('auto', 'torch', 'openvino', 'onnxruntime', 'tensorrt', 'compile')
+"""Inference runtimes (boq_ros.runtimes): 'auto' takes the fastest installed one that passes the
+fidelity check against torch fp32."""
 RESIZE_POLICIES = ('height', 'square')
 KEYFRAME_MODES = ('every_frame', 'interval', 'distance', 'external')
 INDEX_KINDS = ('flat', 'flat_fp16', 'hnsw', 'ivfpq')
@@ -184,6 +187,12 @@ class ModelSettings:
                                   "'cuda', 'cuda:N'.", section='Model')
     precision: str = setting('fp32', 'Inference precision.', section='Model',
                              choices=PRECISIONS)
+    runtime: str = setting(
+        'auto', "Inference runtime: 'auto' takes the fastest installed one that reproduces the "
+        'torch fp32 descriptors at each input shape (CPU: openvino, onnxruntime, torch; CUDA: '
+        "tensorrt, torch); 'torch', 'openvino', 'onnxruntime' (CPU), 'tensorrt', 'compile' "
+        '(CUDA) force one. Exported models are cached under ~/.cache/boq_ros/runtimes.',
+        section='Model', choices=RUNTIMES)
     resize_policy: str = setting(
         '', "Image resize policy: 'height' keeps the aspect ratio, 'square' is the BoQ "
         "authors' fixed square; '' takes the loaded map's policy, else 'height'.",
@@ -233,6 +242,7 @@ class ModelSettings:
         from boq_ros.extractor import Extractor  # noqa: PLC0415
 
         return Extractor(model, device=self.device, precision=self.precision,
+                         runtime=self.runtime,
                          preprocess=self.preprocess_for(model.config.name, stored),
                          batch_size=batch_size)
 

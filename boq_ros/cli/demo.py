@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         '--camera-size', type=int, nargs=2, default=(320, 240), metavar=('W', 'H'),
         help='camera image size of the generated recording (default 320 240)'),
         old=('--image-size',))
-    options.add(parser, ModelSettings, 'checkpoint', 'preset', 'device', 'input_size',
-                defaults={'input_size': 192})
+    options.add(parser, ModelSettings, 'checkpoint', 'preset', 'device', 'runtime',
+                'input_size', defaults={'input_size': 192})
     parser.add_argument('--frames', type=int, default=300,
                         help='frames in the recording, over 3 laps (default 300)')
     parser.add_argument('--rate', type=float, default=1.0,

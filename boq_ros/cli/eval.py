@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         options.add_aliases(gt, gt.add_argument(name, **kwargs))
     model = parser.add_argument_group('model and pipeline')
     options.add(model, ModelSettings, 'checkpoint', 'preset', 'device', 'precision',
-                'resize_policy', 'input_size', several=('input_size',))
+                'runtime', 'resize_policy', 'input_size', several=('input_size',))
     options.add(model, PipelineConfig, 'batch_size', 'max_image_pixels')
     kf = parser.add_argument_group('keyframes')
     options.add(kf, KeyframePolicy, 'keyframe_mode', 'keyframe_interval_s', 'keyframe_distance_m',

@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument('--no-progress', action='store_true', help='no progress bar')
     model = build.add_argument_group('model')
     options.add(model, ModelSettings, 'checkpoint', 'preset', 'device', 'precision',
-                'resize_policy', 'input_size', required=('checkpoint',))
+                'runtime', 'resize_policy', 'input_size', required=('checkpoint',))
     options.add(model, PipelineConfig, 'batch_size', 'max_image_pixels')
     kf = build.add_argument_group('keyframes and poses')
     options.add(kf, KeyframePolicy, 'keyframe_mode', 'keyframe_interval_s',

@@ -92,7 +92,7 @@ _ODOMETRY_DEPTH = 100
 
 
 @dataclass
-class _Runtime:
+class _Configured:
     """Everything configure creates and cleanup releases."""
 
     settings: params.NodeSettings
@@ -129,7 +129,7 @@ class VprNode(LifecycleNode):
         super().__init__('vpr_node', **kwargs)
         params.declare(self)
         self.autostart = bool(self.get_parameter('autostart').value)
-        self._rt: _Runtime | None = None
+        self._rt: _Configured | None = None
         self._map_lock = threading.Lock()  # the map and the detector
         self._cond = threading.Condition()  # the queues and the worker's stop flag
         self._stopping = False
@@ -164,7 +164,7 @@ class VprNode(LifecycleNode):
             f'{rt.detector.config.mode}, cameras {list(rt.queues)}')
         return TransitionCallbackReturn.SUCCESS
 
-    def _set(self, rt: _Runtime | None, state: str) -> None:
+    def _set(self, rt: _Configured | None, state: str) -> None:
         with self._life:
             self._rt, self._state = rt, state
 
@@ -237,7 +237,7 @@ class VprNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _configure(self, values: dict[str, Any]) -> _Runtime:
+    def _configure(self, values: dict[str, Any]) -> _Configured:
         node = from_values(params.NodeSettings, values)
         policy = from_values(KeyframePolicy, values)
         cameras = [self._topic(t, key) for key in ('image_topics', 'compressed_topics')
@@ -325,7 +325,7 @@ class VprNode(LifecycleNode):
             self.create_service(Relocalize, '~/relocalize', self._on_relocalize,
                                 callback_group=self._service_group),
         ]
-        rt = _Runtime(settings=node, pipeline=pipeline, kmap=kmap,
+        rt = _Configured(settings=node, pipeline=pipeline, kmap=kmap,
                       detector=LoopDetector(kmap, detector_config, verifier), verifier=verifier,
                       camera_infos=camera_infos, depths=depths, root=root,
                       publishers=publishers, services=services, outputs=made)
@@ -433,7 +433,7 @@ class VprNode(LifecycleNode):
             return
         self._enqueue(rt, rt.pipeline.offer(convert.frame(msg, camera, time.monotonic_ns())))
 
-    def _enqueue(self, rt: _Runtime, selected: list[Selected]) -> None:
+    def _enqueue(self, rt: _Configured, selected: list[Selected]) -> None:
         if not selected:
             return
         dropped = 0
@@ -514,7 +514,7 @@ class VprNode(LifecycleNode):
     def _on_skip(self, cause: str, text: str) -> None:
         self._fail(_ERROR_OF_SKIP[cause], text)
 
-    def _process(self, rt: _Runtime, items: list[Selected]) -> None:
+    def _process(self, rt: _Configured, items: list[Selected]) -> None:
         now = time.monotonic_ns()
         for item in items:
             self._stats.time('queue', (now - item.frame.received_ns) * 1e-9)
@@ -532,7 +532,7 @@ class VprNode(LifecycleNode):
             self._stats.time('publish', time.perf_counter() - start)
             self._stats.time('total', (time.monotonic_ns() - kf.frame.received_ns) * 1e-9)
 
-    def _detect(self, rt: _Runtime, keyframes: list[Keyframe]) -> list[Detection | None]:
+    def _detect(self, rt: _Configured, keyframes: list[Keyframe]) -> list[Detection | None]:
         """Batched decision; on a refusal, one query at a time so only the bad one is lost.
 
         The detector decides and adds all or nothing, so the retry adds no keyframe twice.
@@ -557,7 +557,7 @@ class VprNode(LifecycleNode):
                     results.append(None)
             return results
 
-    def _publish(self, rt: _Runtime, kf: Keyframe, detection: Detection) -> None:
+    def _publish(self, rt: _Configured, kf: Keyframe, detection: Detection) -> None:
         node, pubs = rt.settings, rt.publishers
         query = detection.query
         accepted = detection.match
@@ -736,6 +736,9 @@ class VprNode(LifecycleNode):
             with self._map_lock:
                 map_size, map_id = len(rt.kmap), rt.kmap.map_id
             values += [('device', str(rt.extractor.device)), ('model', rt.extractor.model_id),
+                       ('runtime', '; '.join(f'{shape}: {what}' for shape, what in
+                                             rt.extractor.runtime_status().items())
+                        or rt.extractor.runtime),
                        ('map_id', map_id), ('map_keyframes', map_size),
                        ('session', rt.session), ('mode', rt.detector.config.mode),
                        ('cameras', ' '.join(rt.queues))]
