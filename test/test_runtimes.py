@@ -195,3 +195,23 @@ def test_extract_from_camera_images_and_settings(resnet_checkpoint, cache, monke
     assert np.abs(got - reference).max() <= runtimes.FP32_MAX_ABS
     assert next(iter(extractor.runtime_status().values())).startswith('openvino fp32')
     assert list((cache / 'xdg' / 'boq_ros' / 'runtimes').rglob('*.onnx'))
+
+
+def test_an_unwritable_cache_falls_back_under_auto_and_raises_when_explicit(
+        resnet_checkpoint, tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a directory')
+    auto = _extractor(resnet_checkpoint, blocker / 'cache', 'auto')
+    with pytest.warns(UserWarning, match='cannot write the ONNX export'):
+        auto.describe_tensor(_batch(1))
+    assert auto.runtime_status() == {'64x96': 'torch fp32'}
+    with pytest.raises(runtimes.RuntimeUnavailable, match='Not a directory'):
+        _extractor(resnet_checkpoint, blocker / 'cache', 'openvino').describe_tensor(_batch(1))
+
+
+def test_the_resnet_file_takes_the_smallest_inputs(resnet_checkpoint, cache):
+    extractor = _extractor(resnet_checkpoint, cache, 'onnxruntime')
+    torch_path = _extractor(resnet_checkpoint, cache, 'torch')
+    for shape in ((16, 16), (16, 21), (300, 17)):
+        x = _batch(2, shape)
+        assert (extractor.describe_tensor(x) - torch_path.describe_tensor(x)).abs().max() <= 1e-4

@@ -19,11 +19,13 @@ import torch
 
 from boq_ros.model import BoQModel
 from boq_ros.model.resnet import fold_batchnorm
-from boq_ros.runtimes.base import weights_key
+from boq_ros.runtimes.base import RuntimeUnavailable, weights_key
+from boq_ros.settings import MIN_INPUT_SIZE
 
 OPSET = 18
-MIN_SIDE = 32
-"""Smallest height/width the dynamic-shape file accepts (the ResNet's stride is 16)."""
+RESNET_EXAMPLE = (64, 64)
+"""The traced input of the ResNet-50 file, whatever shape asked first: its height and width
+are symbolic (MIN_INPUT_SIZE to 8192), so the file does not depend on the first camera."""
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class _Descriptors(torch.nn.Module):
 
 def _export_copy(model: BoQModel, shape: tuple[int, int]) -> BoQModel:
     """Copy `model` for torch.export: BatchNorm folded (ResNet), positions fixed (DINOv2)."""
-    fixed = copy.deepcopy(model)
+    fixed = copy.deepcopy(model).cpu()
     if model.config.backbone == 'resnet50':
         fixed.backbone = fold_batchnorm(fixed.backbone)
     else:  # the per-grid cache keyed on data_ptr() cannot be traced: one table per file
@@ -83,15 +85,25 @@ def export_onnx(model: BoQModel, shape: tuple[int, int], cache_dir: Path,
     path = onnx_path(model, shape, cache_dir)
     if path.exists() and not refresh:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _log.info('exporting %s to ONNX (%s); cached for later runs', model.model_id, path)
-    module = _Descriptors(_export_copy(model.cpu(), shape)).eval()
-    example = torch.zeros(2, 3, *shape)  # batch >= 2, else the exporter fixes it at 1
-    batch = torch.export.Dim('batch', min=1, max=4096)
-    dims = {0: batch}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _log.info('exporting %s to ONNX (%s); cached for later runs', model.model_id, path)
+        _export(model, shape, path)
+    except OSError as e:
+        raise RuntimeUnavailable(f'cannot write the ONNX export to {path.parent}: {e}') from e
+    except Exception as e:  # noqa: BLE001 (the exporter's errors have no common type)
+        raise RuntimeUnavailable(f'ONNX export of {model.model_id} failed: {e}') from e
+    return path
+
+
+def _export(model: BoQModel, shape: tuple[int, int], path: Path) -> None:
+    module = _Descriptors(_export_copy(model, shape)).eval()
+    dims = {0: torch.export.Dim('batch', min=1, max=4096)}
     if model.config.backbone == 'resnet50':
-        dims |= {2: torch.export.Dim('height', min=MIN_SIDE, max=8192),
-                 3: torch.export.Dim('width', min=MIN_SIDE, max=8192)}
+        shape = RESNET_EXAMPLE
+        dims |= {2: torch.export.Dim('height', min=MIN_INPUT_SIZE, max=8192),
+                 3: torch.export.Dim('width', min=MIN_INPUT_SIZE, max=8192)}
+    example = torch.zeros(2, 3, *shape)  # batch >= 2, else the exporter fixes it at 1
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix='.tmp')
     os.close(fd)
     try:
@@ -104,4 +116,3 @@ def export_onnx(model: BoQModel, shape: tuple[int, int], cache_dir: Path,
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
