@@ -215,3 +215,21 @@ def test_the_resnet_file_takes_the_smallest_inputs(resnet_checkpoint, cache):
     for shape in ((16, 16), (16, 21), (300, 17)):
         x = _batch(2, shape)
         assert (extractor.describe_tensor(x) - torch_path.describe_tensor(x)).abs().max() <= 1e-4
+
+
+def test_bench_model_prints_the_table(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_model.py'
+    result = subprocess.run(
+        [sys.executable, str(script), '--presets', 'resnet50-16384', '--sizes', '32x48',
+         '--batches', '2', '--iters', '1', '--runtimes', 'torch', 'onnxruntime', 'tensorrt',
+         '--precisions', 'fp32'], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split('|')[1:-1] for line in result.stdout.splitlines()
+            if line.startswith('| resnet50')]
+    assert [(r[3].strip(), r[4].strip()) for r in rows] == [
+        ('eager', 'fp32'), ('torch', 'fp32'), ('onnxruntime', 'fp32')]
+    assert all(float(r[9]) <= runtimes.FP32_MAX_ABS for r in rows)  # max abs to eager
+    assert 'skipped tensorrt fp32: tensorrt runs on cuda, not cpu' in result.stdout
