@@ -135,7 +135,6 @@ class PoseGraph:
         self._new_factors = gtsam.NonlinearFactorGraph()
         self._new_values = gtsam.Values()
         self._new_loops = 0
-        self._missing_key_loops = 0
         self._params = params
         self._prior: gtsam.PriorFactorPose3 | None = None
 
@@ -190,8 +189,7 @@ class PoseGraph:
 
         A covariance of None or all -1 is unknown: the settings' loop sigmas stand in.
 
-        Return False, and count it in ``missing_key_loops``, when a keyframe is not in the graph
-        (the caller may retry once it is).
+        Return False when a keyframe is not in the graph (the caller may retry once it is).
         """
         if key_from == key_to:
             raise PoseGraphError(f'a loop needs two keyframes, got {key_from} twice')
@@ -199,7 +197,6 @@ class PoseGraph:
                                       f'relative pose of loop {key_from} -> {key_to}').copy()
         covariance = self._loop_covariance(covariance, key_from, key_to)
         if key_from not in self._index or key_to not in self._index:
-            self._missing_key_loops += 1
             return False
         gaussian = gtsam.noiseModel.Gaussian.Covariance(
             to_gtsam_covariance(covariance, relative_pose))
@@ -310,11 +307,6 @@ class PoseGraph:
     def loop_count(self) -> int:
         """Loops in the graph."""
         return len(self._loops)
-
-    @property
-    def missing_key_loops(self) -> int:
-        """Loops add_loop refused because a keyframe was not (yet) in the graph."""
-        return self._missing_key_loops
 
     def _variable(self, key: int) -> int:
         if key not in self._index:
