@@ -1,4 +1,4 @@
-"""Keyframe map benchmark: build time, memory, query latency and recall of every index kind.
+"""Keyframe map benchmark: build and tuning time, memory, query latency and recall per index kind.
 
 Descriptors are clustered synthetic vectors, not uniform noise: C cluster centres in a latent
 space of --latent dimensions, places = centre + noise, queries = revisits (a place's latent
@@ -6,12 +6,21 @@ vector perturbed), all mapped to the descriptor dimension by one fixed random li
 isotropic noise (so the vectors are not exactly low-rank), then L2-normalised.  Recall@k is
 measured against exact (brute-force, full-dimension) search over the same vectors.
 
+The approximate kinds choose their search parameters (nprobe / ef_search, rerank) from the map's
+target recalls (--target-recall-at-1, --target-recall-at-10) on held-out keyframes of the map
+itself (keyframe_map/tuning.py); the table shows what was chosen and how long tuning took.  The
+benchmark's own queries (perturbed revisits) are not seen by tuning.
+
 Each (size, index) row runs in its own process so that its RSS delta is its own.  A 1M x 16384
 float32 matrix (64 GB) does not fit in RAM: sizes above --full-dim-max are generated directly at
 --large-dim (the dimension the index sees after PCA), which is stated in the table.
+--load-check saves the map, then a fresh process loads it as a robot does (descriptors stay in
+the file and re-ranking reads its rows with pread), runs the same queries one by one and reports
+their latency, recall and what the process holds resident (anonymous + file-mapped RSS growth).
 
     python3 benchmarks/bench_map.py --sizes 10000                 # about a minute on 2 cores
-    python3 benchmarks/bench_map.py --sizes 100000 --kinds hnsw+pca512 ivfpq+pca512
+    python3 benchmarks/bench_map.py --sizes 100000 --kinds ivfsq8+pca512 ivfpq+pca512 --retrain
+    python3 benchmarks/bench_map.py --sizes 1000000 --kinds ivfsq8 ivfpq --retrain --load-check
     python3 benchmarks/bench_map.py --gpu-only --sizes 10000 100000   # torch + numpy only
 """
 import argparse
@@ -106,7 +115,8 @@ def one_row(args: argparse.Namespace) -> dict:
     gen = Clustered(dim, args.latent, args.centres)
     queries = gen.revisits(args.queries, size)
     truth = exact_topk(gen, queries, size)
-    spec = IndexSpec(**json.loads(args.one_spec))
+    spec = IndexSpec(**json.loads(args.one_spec), target_recall_at_1=args.target_recall_at_1,
+                     target_recall_at_10=args.target_recall_at_10)
     gc.collect()
     rss0 = rss_bytes()
     start = time.perf_counter()
@@ -115,8 +125,8 @@ def one_row(args: argparse.Namespace) -> dict:
         block = gen.places(s, min(s + CHUNK, size))
         kmap.add(block, [KeyframeMeta(stamp_ns=s + i, session='bench')
                          for i in range(len(block))])
-    if args.retrain and 0 < kmap.schema.index_trained_on < size // 2:
-        kmap.rebuild_index()  # as `map build` does: learn from the whole map
+    if args.retrain:
+        kmap.refresh_index()  # as `map build` does: learn and tune on the whole map
     build_s = time.perf_counter() - start
     rss = rss_bytes() - rss0
     stored = size * dim * 4
@@ -126,46 +136,75 @@ def one_row(args: argparse.Namespace) -> dict:
                    * (2 if spec.kind == 'flat_fp16' else 4))
     if search.pca is not None:
         index_bytes += search.pca.components.nbytes
+    tuning = kmap.schema.index_tuning
+    short = {'ivf_nprobe': 'nprobe', 'hnsw_ef_search': 'ef_search', 'rerank': 'rerank'}
+    params = ', '.join(f'{short[k]} {search.knobs[k]}' for k in spec.knobs()) or '-'
     n_single = min(len(queries), args.max_single)
-    single, ids = [], []
-    for q in queries[:n_single]:
-        t = time.perf_counter()
-        res = kmap.search(q[None], 10)
-        single.append(time.perf_counter() - t)
-        ids.append(res.ids[0])
+    single, ids = time_single(kmap, queries[:n_single])
     batch = []
     for s in range(0, n_single - 7, 8):
         t = time.perf_counter()
         kmap.search(queries[s:s + 8], 10)
         batch.append(time.perf_counter() - t)
-    ids = np.array(ids)
     truth = truth[:n_single]
-    r1 = float(np.mean(ids[:, 0] == truth[:, 0]))
-    r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
-    loaded_mb = None
-    if args.load_check:  # resident memory of the saved map, loaded memory-mapped elsewhere
+    r1, r10 = recall(ids, truth)
+    loaded = None
+    if args.load_check:  # the saved map, loaded as a robot does, in a fresh process
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             path = kmap.save(Path(tmp) / 'map')
+            np.save(Path(tmp) / 'queries.npy', queries[:n_single])
+            np.save(Path(tmp) / 'truth.npy', truth)
+            del kmap, search
+            gc.collect()
             out = subprocess.run([sys.executable, __file__, '--loaded-rss', str(path)],
                                  capture_output=True, text=True, check=True)
-            loaded_mb = [float(v) for v in out.stdout.split()[-2:]]
-    return {'size': size, 'dim': dim, 'index': args.one_kind, 'state': kmap.schema.index_state,
-            'build_s': build_s, 'rss_mb': rss / 2**20, 'stored_mb': stored / 2**20,
+            loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    return {'size': size, 'dim': dim, 'index': args.one_kind, 'params': params,
+            'tuning': tuning, 'build_s': build_s, 'tune_s': tuning.get('seconds'),
+            'rss_mb': rss / 2**20, 'stored_mb': stored / 2**20,
             'index_mb': index_bytes / 2**20, 'p50_1': percentiles(single)[0],
             'p99_1': percentiles(single)[1], 'p50_8': percentiles(batch)[0],
             'p99_8': percentiles(batch)[1], 'recall1': r1, 'recall10': r10,
-            'queries': n_single, 'loaded_mb': loaded_mb}
+            'queries': n_single, 'loaded': loaded, 'load': os.getloadavg()[0]}
+
+
+def time_single(kmap, queries: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """Search the queries one by one: (seconds per query, top-10 ids)."""
+    times, ids = [], []
+    for q in queries:
+        t = time.perf_counter()
+        res = kmap.search(q[None], 10)
+        times.append(time.perf_counter() - t)
+        ids.append(res.ids[0])
+    return times, np.array(ids)
+
+
+def recall(ids: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    r1 = float(np.mean(ids[:, 0] == truth[:, 0]))
+    r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
+    return r1, r10
 
 
 def loaded_rss(path: str) -> None:
-    """Print this fresh process's anonymous and file-backed RSS growth: load + 50 searches."""
+    """Load the map as a robot does, search the saved queries; print latency, recall, memory.
+
+    Memory is this fresh process's growth in anonymous RSS (what it owns: index, metadata) and
+    in file-backed RSS (file pages mapped into it), from before the load to after the searches.
+    """
     from boq_ros.keyframe_map import KeyframeMap
+    queries = np.load(Path(path).parent / 'queries.npy')
+    truth = np.load(Path(path).parent / 'truth.npy')
     anon, mapped = rss_bytes('RssAnon'), rss_bytes('RssFile')
+    start = time.perf_counter()
     kmap = KeyframeMap.load(path, mmap=True, verify=False)
-    rng = np.random.default_rng(0)
-    for keyframe in rng.choice(len(kmap), 50, replace=False):
-        kmap.search(kmap.descriptor(int(keyframe))[None], 10)
-    print((rss_bytes('RssAnon') - anon) / 2**20, (rss_bytes('RssFile') - mapped) / 2**20)
+    load_s = time.perf_counter() - start
+    times, ids = time_single(kmap, queries)
+    r1, r10 = recall(ids, truth)
+    print(json.dumps({'anon_mb': (rss_bytes('RssAnon') - anon) / 2**20,
+                      'file_mb': (rss_bytes('RssFile') - mapped) / 2**20, 'load_s': load_s,
+                      'p50_1': percentiles(times)[0], 'p99_1': percentiles(times)[1],
+                      'recall1': r1, 'recall10': r10,
+                      'state': kmap.schema.index_state}))
 
 
 def gpu_rows(args: argparse.Namespace) -> None:
@@ -204,7 +243,7 @@ def main() -> None:
     parser.add_argument('--dim', type=int, default=16384, help='descriptor dimension')
     parser.add_argument('--kinds', nargs='+',
                         default=['flat', 'flat_fp16', 'hnsw+pca512', 'ivfpq+pca512',
-                                 'flat+pca512'],
+                                 'ivfsq8+pca512', 'flat+pca512'],
                         help="index kinds, '+pcaN' adds PCA to N dims ('+pcaNw': whitened)")
     parser.add_argument('--full-dim-max', type=int, default=100_000,
                         help='sizes above this are generated at --large-dim')
@@ -215,11 +254,14 @@ def main() -> None:
     parser.add_argument('--max-single', type=int, default=200,
                         help='queries timed one by one (exact search at scale is slow)')
     parser.add_argument('--retrain', action='store_true',
-                        help='re-learn trained indexes from the whole map after adding (as '
-                             '`boq-ros map build` does; IVF lists scale with the map)')
+                        help='re-learn (or re-tune) the index from the whole map after adding, '
+                             'as `boq-ros map build` does (KeyframeMap.refresh_index)')
+    parser.add_argument('--target-recall-at-1', type=float, default=0.99)
+    parser.add_argument('--target-recall-at-10', type=float, default=0.95)
     parser.add_argument('--load-check', action='store_true',
                         help='also save each map, load it memory-mapped and report its RSS')
     parser.add_argument('--tmp', default=None, help='where --load-check saves (default: TMPDIR)')
+    parser.add_argument('--verbose', action='store_true', help='print each tuning record')
     parser.add_argument('--gpu-only', action='store_true',
                         help='only the torch exact search on CUDA (needs torch + numpy)')
     parser.add_argument('--loaded-rss', help=argparse.SUPPRESS)
@@ -239,11 +281,13 @@ def main() -> None:
         return
     print(f'# clustered synthetic descriptors: {args.centres} centres in a {args.latent}-d '
           f'latent space, places = centre + noise, queries = {args.queries} perturbed revisits, '
-          f'lifted by a fixed random linear map, isotropic noise, L2-normalised; '
-          f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}')
-    print('| keyframes | dim | index | state | build s | RSS MB | stored MB | index MB | '
-          'p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 | loaded anon + file MB |')
-    print('|' + '---|' * 15)
+          f'lifted by a fixed random linear map, isotropic noise, L2-normalised; targets '
+          f'recall@1 {args.target_recall_at_1}, recall@10 {args.target_recall_at_10}; '
+          f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start')
+    print('| keyframes | dim | index | tuned params | build s | tune s | RSS MB | stored MB | '
+          'index MB | p50 1q ms | p99 1q ms | p50 8q ms | p99 8q ms | R@1 | R@10 | '
+          'loaded p50 / p99 1q ms | loaded R@1 / R@10 | loaded anon + file MB | load |')
+    print('|' + '---|' * 19)
     for size in args.sizes:
         dim = args.dim if size <= args.full_dim_max else args.large_dim
         for kind in args.kinds:
@@ -253,7 +297,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, '--one-size', str(size), '--one-dim', str(dim),
                    '--one-kind', kind, '--one-spec', json.dumps(spec), '--latent',
                    str(args.latent), '--centres', str(args.centres), '--queries',
-                   str(args.queries), '--max-single', str(args.max_single)]
+                   str(args.queries), '--max-single', str(args.max_single),
+                   '--target-recall-at-1', str(args.target_recall_at_1),
+                   '--target-recall-at-10', str(args.target_recall_at_10)]
             cmd += ['--retrain'] if args.retrain else []
             if args.load_check:
                 cmd += ['--load-check'] + (['--tmp', args.tmp] if args.tmp else [])
@@ -262,12 +308,20 @@ def main() -> None:
                 print(f'| {size} | {dim} | {kind} | failed: {out.stderr.strip()[-200:]} |')
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            loaded = '-' if r['loaded_mb'] is None else '{:.0f} + {:.0f}'.format(*r['loaded_mb'])
-            print(f"| {size} | {dim} | {kind} | {r['state']} | {r['build_s']:.1f} | "
+            t, ld = r['tuning'], r['loaded']
+            tune = '-' if r['tune_s'] is None else f"{r['tune_s']:.1f}"
+            if t.get('status') in ('tuned', 'fixed') and not t.get('targets_met'):
+                tune += ' (targets not met)'
+            loaded = ('- | - | -' if ld is None else
+                      f"{ld['p50_1']:.2f} / {ld['p99_1']:.2f} | {ld['recall1']:.3f} / "
+                      f"{ld['recall10']:.3f} | {ld['anon_mb']:.0f} + {ld['file_mb']:.0f}")
+            print(f"| {size} | {dim} | {kind} | {r['params']} | {r['build_s']:.1f} | {tune} | "
                   f"{r['rss_mb']:.0f} | {r['stored_mb']:.0f} | {r['index_mb']:.0f} | "
                   f"{r['p50_1']:.2f} | {r['p99_1']:.2f} | {r['p50_8']:.2f} | {r['p99_8']:.2f} | "
-                  f"{r['recall1']:.3f} | {r['recall10']:.3f} | "
-                  f'{loaded} |', flush=True)
+                  f"{r['recall1']:.3f} | {r['recall10']:.3f} | {loaded} | {r['load']:.1f} |",
+                  flush=True)
+            if args.verbose:
+                print(f'#   {kind} tuning: {json.dumps(t)}', flush=True)
 
 
 if __name__ == '__main__':

@@ -149,8 +149,7 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
             (f', {summary.already_in_map} already in the map' if summary.already_in_map
              else ''))
     start = time.perf_counter()
-    if 0 < kmap.schema.index_trained_on < len(kmap) // 2:
-        kmap.rebuild_index()  # learn PCA / IVF-PQ from the whole map, not its first keyframes
+    kmap.refresh_index()  # learn PCA / IVF and tune on the whole map, not its first keyframes
     summary.seconds['index'] = time.perf_counter() - start
     start = time.perf_counter()
     if out.is_dir() and not any(out.iterdir()):

@@ -161,7 +161,7 @@ RUNTIMES = ('auto', 'torch', 'openvino', 'onnxruntime', 'tensorrt', 'compile')
 fidelity check against torch fp32."""
 RESIZE_POLICIES = ('height', 'square')
 KEYFRAME_MODES = ('every_frame', 'interval', 'distance', 'external')
-INDEX_KINDS = ('flat', 'flat_fp16', 'hnsw', 'ivfpq')
+INDEX_KINDS = ('flat', 'flat_fp16', 'hnsw', 'ivfpq', 'ivfsq8')
 FEATURE_KIND_NAMES = ('sift', 'orb', 'xfeat', 'xfeat_lighterglue', 'aliked_lightglue')
 """Local feature kinds of geometric verification (boq_ros.verification.features makes them)."""
 _BIG = 2 ** 31 - 1
@@ -462,6 +462,15 @@ class MapSettings:
     pca_dim: int = setting(
         0, 'Reduce descriptors to this many dimensions in the index of a new map (PCA learned '
         'from the map); 0: no reduction.', section='Keyframe map', low=0, high=65536)
+    target_recall_at_1: float = setting(
+        0.99, "Recall@1 against exact search that the search parameters of a new map's "
+        'approximate index are tuned to reach, measured on held-out keyframes of the map '
+        '(docs/map.md); a loaded map keeps its own.', section='Keyframe map', low=0.0,
+        high=1.0, above_low=True)
+    target_recall_at_10: float = setting(
+        0.95, 'Recall@10 against exact search that the approximate index of a new map is tuned '
+        'to reach (like target_recall_at_1).', section='Keyframe map', low=0.0, high=1.0,
+        above_low=True)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -473,7 +482,9 @@ class MapSettings:
         if loaded is not None:
             return replace(loaded, kind=self.index_kind or loaded.kind, device=self.index_device)
         return IndexSpec(kind=self.index_kind or 'flat', pca_dim=self.pca_dim or None,
-                         device=self.index_device)
+                         device=self.index_device,
+                         target_recall_at_1=float(self.target_recall_at_1),
+                         target_recall_at_10=float(self.target_recall_at_10))
 
 
 ROBUST_KERNELS = ('cauchy', 'huber', 'geman_mcclure', 'none')

@@ -120,7 +120,7 @@ def test_round_trip_with_and_without_features(tmp_path, mmap):
                                   'features_descriptors_sift.npy',
                                   'features_descriptors_xfeat.npy'}
     schema = json.loads((path / 'schema.json').read_text())
-    assert schema['schema_version'] == SCHEMA_VERSION == 2
+    assert schema['schema_version'] == SCHEMA_VERSION == 3
     assert schema['local_features'] == [{'kind': 'sift', 'dim': 128, 'dtype': 'uint8'},
                                         {'kind': 'xfeat', 'dim': 64, 'dtype': 'float16'}]
     assert np.load(path / 'features_keypoints.npy').shape == (107, 2)
@@ -163,7 +163,7 @@ def test_a_version_1_map_loads_without_features(tmp_path):
     upgraded = KeyframeMap.load(old.save(path))
     assert upgraded.schema.local_features[0]['kind'] == 'sift'
     assert_same(upgraded.features(6), sift(10))
-    assert json.loads((path / 'schema.json').read_text())['schema_version'] == 2
+    assert json.loads((path / 'schema.json').read_text())['schema_version'] == 3
     schema['schema_version'] = 2  # version 2 must name its feature kinds
     (path / 'schema.json').write_text(json.dumps(schema))
     with pytest.raises(MapError, match="missing field 'local_features'"):

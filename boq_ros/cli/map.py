@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         '--pose-child-frame', metavar='FRAME',
         help='child frame of the transforms to use when --pose-topic is TF'))
     stored = build.add_argument_group('map')
-    options.add(stored, MapSettings, 'session', 'robot_id', 'index_kind', 'pca_dim')
+    options.add(stored, MapSettings, 'session', 'robot_id', 'index_kind', 'pca_dim',
+                'target_recall_at_1', 'target_recall_at_10')
     features = build.add_argument_group(
         'local features', 'what geometric verification needs, stored with each keyframe '
         '(docs/verification.md)')
@@ -178,6 +179,9 @@ def run_info(args: argparse.Namespace) -> int:
                 'storage_dtype', 'index', 'index_state', 'package_version', 'created',
                 'modified', 'count', 'next_id'):
         print(f'{key + ":":28}{schema[key]}')
+    tuning = schema.get('index_tuning') or {}  # search parameters chosen from target recalls
+    print(f'{"index_tuning:":28}' + (', '.join(f'{k}={v}' for k, v in tuning.items())
+                                     or 'none'))
     print(f'{"local_features:":28}' + (', '.join(
         f'{k["kind"]} ({k["dim"]} x {k["dtype"]})' for k in schema['local_features']) or 'none'))
     print(f'{"files:":28}' + ', '.join(f'{name} ({entry["bytes"]} B)'

@@ -3,7 +3,8 @@
 Descriptors (full dimension, always kept so that any index can be rebuilt), per-keyframe
 metadata, optional local features (for geometric verification) and a schema, behind one lock so
 that a detector thread can search while another adds.  Removal only hides rows (ids are never
-reused); the next save writes the live rows.
+reused); the next save writes the live rows.  An index rebuild happens beside the live index,
+without that lock, and is swapped in atomically.
 """
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,12 +23,15 @@ from boq_ros.keyframe_map import store
 from boq_ros.keyframe_map.features import FeatureStore, LocalFeatures
 from boq_ros.keyframe_map.index import IndexSpec, SearchIndex
 from boq_ros.keyframe_map.meta import KeyframeMeta, MetaTable, check_meta
-from boq_ros.keyframe_map.rows import ChunkedRows
+from boq_ros.keyframe_map.rows import ChunkedRows, FileRows
 from boq_ros.keyframe_map.schema import SCHEMA_VERSION, MapError, MapSchema
 
 NORM_TOLERANCE = 1e-2
 """Descriptors must have |norm - 1| <= this (BoQ descriptors are L2-normalised; fp16 drift)."""
 METRICS = ('ip',)
+REBUILD_ATTEMPTS = 3
+"""Aside rebuilds tried before one is done under the lock (a rollback that cuts into the rows
+being indexed makes an aside rebuild start again)."""
 Savepoint = tuple[int, int, dict[str, int], int]
 """Rows, next id, next seq per session and feature kinds of a map at one moment."""
 
@@ -117,6 +121,8 @@ class KeyframeMap:
         self.dim, self.model_id, self.metric = int(dim), model_id, metric
         self.preprocess = json.loads(json.dumps(preprocess))
         self._lock = threading.RLock()
+        self._rebuild_lock = threading.Lock()  # one rebuild or re-tune at a time
+        self._low_water: int | None = None  # fewest rows since an aside rebuild's snapshot
         self._rows = ChunkedRows(self.dim, np.dtype(storage_dtype))
         self._table = MetaTable()
         self._features = FeatureStore()
@@ -146,7 +152,8 @@ class KeyframeMap:
                 storage_dtype=self._rows.dtype.name, package_version=__version__,
                 created=self._state.created, modified=self._state.modified, count=len(self),
                 next_id=self._state.next_id, history=tuple(dict(h) for h in self._state.history),
-                files=dict(self._state.files), local_features=self._features.specs())
+                files=dict(self._state.files), local_features=self._features.specs(),
+                index_tuning=dict(self._search.tuning))
 
     def __len__(self) -> int:
         with self._lock:
@@ -229,7 +236,7 @@ class KeyframeMap:
             try:
                 self._features.append(count, features)
                 self._rows.append(x)
-                self._search.add(x, self._rows)
+                self._search.add(x, self._rows, self._table.live_mask())
             except BaseException:
                 self._rollback(count, kinds)
                 raise
@@ -239,12 +246,23 @@ class KeyframeMap:
             return ids
 
     def _rollback(self, count: int, kinds: int) -> None:
-        """Forget the rows from `count` on and re-index the rest (after a failed append)."""
+        """Forget the rows from `count` on and re-index the rest (after a failed append).
+
+        The index drops the rows in place when its kind can (flat, IVF: no retraining, the
+        tuning kept); else (HNSW, or the failed add trained the index) it is rebuilt, keeping
+        the tuning unless the training is redone.
+        """
         self._table.truncate(count)
         self._features.truncate(count, kinds)
         self._rows.truncate(count)
-        search = SearchIndex(self._search.spec, self.dim)
-        search.rebuild(self._rows)
+        if self._low_water is not None:
+            self._low_water = min(self._low_water, count)
+        old = self._search
+        if old.truncate(count):
+            return
+        search = SearchIndex(old.spec, self.dim)
+        keep = old.tuning if old.trained_on <= count else None
+        search.rebuild(self._rows, self._table.live_mask(), tuning=keep)
         self._search = search
 
     def savepoint(self) -> Savepoint:
@@ -337,7 +355,8 @@ class KeyframeMap:
                 self._features.append_from(other._features, rows, count)
                 for block in other._rows.raw_blocks(rows):
                     self._rows.append(block)
-                    self._search.add(np.asarray(block, np.float32), self._rows)
+                    self._search.add(np.asarray(block, np.float32), self._rows,
+                                     self._table.live_mask()[:len(self._rows)])
             except BaseException:
                 self._rollback(count, kinds)
                 raise
@@ -409,12 +428,94 @@ class KeyframeMap:
             return SearchResult(ids.astype(np.int64), sims.astype(np.float32))
 
     def rebuild_index(self, index: IndexSpec | None = None) -> None:
-        """Re-learn the trained parts from every stored descriptor (optionally a new spec)."""
+        """Re-learn the trained parts from every stored descriptor, and re-tune (a new spec).
+
+        The new index is built and tuned aside, from a snapshot of the rows, without the lock
+        that searches and adds take: both go on against the current index meanwhile.  Then,
+        under the lock, the keyframes added since the snapshot are indexed too and the new
+        index replaces the old in one assignment.  Removals need no catching up (the live mask
+        is applied at search time).  A rollback that cuts into the snapshot's rows makes the
+        build start again (after REBUILD_ATTEMPTS, it runs under the lock).
+        """
+        if index is not None and not isinstance(index, IndexSpec):
+            raise MapError(f'index must be an IndexSpec, got {type(index).__name__}')
+        with self._rebuild_lock:
+            for _ in range(REBUILD_ATTEMPTS):
+                with self._lock:
+                    spec = index or self._search.spec
+                    count = len(self._rows)
+                    rows = self._rows.snapshot(count)
+                    live = self._table.live_mask()[:count].copy()
+                    self._low_water = count
+                try:
+                    search = SearchIndex(spec, self.dim)
+                    search.rebuild(rows, live)
+                    with self._lock:
+                        if self._low_water < count:
+                            continue  # rows it indexed were rolled back (and maybe replaced)
+                        self._catch_up(search, count)
+                        self._search = search
+                        return
+                finally:
+                    with self._lock:
+                        self._low_water = None
+            with self._lock:
+                search = SearchIndex(index or self._search.spec, self.dim)
+                search.rebuild(self._rows, self._table.live_mask())
+                self._search = search
+
+    def _catch_up(self, search: SearchIndex, count: int) -> None:
+        """Index the rows added after row `count` into `search` (under the lock)."""
+        for start in range(count, len(self._rows), 8192):
+            stop = min(start + 8192, len(self._rows))
+            block = self._rows.take(np.arange(start, stop))
+            search.add(block, self._rows.snapshot(stop), self._table.live_mask()[:stop])
+
+    def tune_index(self) -> None:
+        """Choose the index's search parameters again, for the map as it is now.
+
+        The index is not rebuilt: held-out keyframes are searched in short batches, each under
+        the lock (searches and adds interleave with them), and the exact truth is computed
+        without it; the new parameters replace the old in one assignment.
+        """
+        with self._rebuild_lock:
+            with self._lock:
+                search = self._search
+                count = len(self._rows)
+                rows = self._rows.snapshot(count)
+                live = self._table.live_mask()[:count].copy()
+                self._low_water = count
+            try:
+                from boq_ros.keyframe_map import tuning  # noqa: PLC0415
+                record = tuning.tune(search, rows, live, self._lock) if search.approximate \
+                    else {}
+                with self._lock:
+                    if self._search is search and self._low_water == count:
+                        search.set_tuning(record)
+            finally:
+                with self._lock:
+                    self._low_water = None
+
+    def refresh_index(self) -> str:
+        """After building a map: re-learn or re-tune what was learnt from under half the map.
+
+        Returns what was done: 'rebuilt' (trained parts learnt from fewer than half of today's
+        keyframes: rebuild_index, which re-tunes too), 'tuned' (an approximate index never
+        tuned, or tuned on fewer than half of them: tune_index) or ''.
+        """
         with self._lock:
-            spec = index or self._search.spec
-            search = SearchIndex(spec, self.dim)
-            search.rebuild(self._rows)
-            self._search = search
+            count, search = len(self), self._search
+            status = search.tuning.get('status')
+            stale = status in ('tuned', 'fixed') and \
+                search.tuning.get('keyframes', 0) < count // 2
+            retune = search.approximate and (search.needs_tuning(count) or stale)
+        if 0 < search.trained_on < count // 2:
+            self.rebuild_index()
+            return 'rebuilt'
+        if retune:
+            self.tune_index()
+            return 'tuned'
+        return ''
 
     # -- disk ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, replace_other: bool = False) -> Path:
@@ -469,7 +570,10 @@ class KeyframeMap:
         spec = index if index is not None else saved_spec  # the device is a runtime choice
         self = cls(schema.dim, model_id=schema.model_id, preprocess=schema.preprocess,
                    index=spec, metric=schema.metric, storage_dtype=schema.storage_dtype)
-        self._rows = ChunkedRows(self.dim, self._rows.dtype, stored.descriptors)
+        descriptors = stored.descriptors
+        if isinstance(descriptors, np.memmap) and len(descriptors):
+            descriptors = FileRows.from_memmap(descriptors)  # read with pread, never mapped
+        self._rows = ChunkedRows(self.dim, self._rows.dtype, descriptors)
         self._table = stored.table
         self._features = stored.features
         if schema.next_id <= (int(self._table.rows['id'][-1]) if len(self._table) else -1):
@@ -482,6 +586,7 @@ class KeyframeMap:
         self._state = _State(schema.map_id, schema.created, schema.modified, schema.next_id,
                              [dict(h) for h in schema.history], dict(schema.files))
         if spec != saved_spec or not self._search.restore(stored.cache, len(self._rows),
-                                                               schema.index_trained_on):
-            self._search.rebuild(self._rows)
+                                                               schema.index_trained_on,
+                                                               schema.index_tuning):
+            self._search.rebuild(self._rows, self._table.live_mask())
         return self

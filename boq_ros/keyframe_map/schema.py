@@ -6,10 +6,12 @@ changes the meaning of a descriptor (model, dimension, metric, preprocessing) li
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the on-disk layout; bumped on any incompatible change (see docs/map.md)."""
-READABLE_VERSIONS = (1, 2)
-"""Versions a loader reads: version 1 maps have no local features (`local_features` absent)."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Versions a loader reads: version 1 maps have no local features (`local_features` absent),
+versions 1 and 2 no tuned search parameters (`index_tuning` absent, their index entry fixes
+every parameter)."""
 
 
 class MapError(ValueError):
@@ -38,6 +40,7 @@ class MapSchema:
     history: tuple[dict[str, Any], ...] = ()
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     local_features: tuple[dict[str, Any], ...] = ()  # kind, dim, dtype of each feature kind
+    index_tuning: dict[str, Any] = field(default_factory=dict)  # keyframe_map/tuning.py
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready copy (the form written to schema.json)."""
@@ -63,6 +66,8 @@ class MapSchema:
                  'next_id': int, 'history': list, 'files': dict}
         if version >= 2:
             types['local_features'] = list
+        if version >= 3:
+            types['index_tuning'] = dict
         for key, kind in types.items():
             if key not in data:
                 raise MapError(f'schema.json: missing field {key!r}')
@@ -72,4 +77,19 @@ class MapSchema:
         values = {key: data[key] for key in types}
         values['history'] = tuple(values['history'])
         values['local_features'] = tuple(values.get('local_features', ()))
+        values['index_tuning'] = _check_tuning(values.get('index_tuning', {}))
         return cls(schema_version=version, **values)
+
+
+def _check_tuning(record: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a tuning record whose search parameters a search could not use."""
+    for name in ('ivf_nprobe', 'hnsw_ef_search', 'rerank'):
+        if name in record:
+            value, low = record[name], 0 if name == 'rerank' else 1
+            if type(value) is not int or value < low:
+                raise MapError(f'schema.json: index_tuning {name} must be an integer >= {low}, '
+                               f'got {value!r}')
+    if 'status' in record and not isinstance(record['status'], str):
+        raise MapError(f'schema.json: index_tuning status must be a string, got '
+                       f'{record["status"]!r}')
+    return dict(record)
