@@ -227,7 +227,7 @@ class Extractor:
     def runtime_status(self) -> dict[str, str]:
         """Per input shape prepared so far: the runtime and precision running it, and why."""
         status = {}
-        for (h, w), (name, _) in self._runners.items():
+        for (h, w), (name, _) in dict(self._runners).items():  # a copy: prepare may add one
             fidelity = self._fidelity.get((h, w))
             status[f'{h}x{w}'] = (f'{name} {fidelity.describe()}' if fidelity else
                                   f'torch {self._precision}')

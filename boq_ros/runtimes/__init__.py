@@ -45,7 +45,7 @@ def candidates(runtime: str, device: torch.device, precision: str
     """
     if runtime not in RUNTIME_NAMES:
         raise ValueError(f'unknown runtime {runtime!r}; expected one of {list(RUNTIME_NAMES)}')
-    names = list(AUTO_ORDER[device.type]) if runtime == 'auto' else [runtime]
+    names = list(AUTO_ORDER.get(device.type, ('torch',))) if runtime == 'auto' else [runtime]
     usable, skipped = [], {}
     for name in names:
         reason = None if name == 'torch' else RUNTIMES[name].unavailable(device, precision)
