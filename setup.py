@@ -29,7 +29,10 @@ setup(
         'onnxruntime',
         'openvino',
     ],
-    extras_require={'test': ['pytest', 'pytest-timeout', 'ruff', 'pydocstyle']},
+    extras_require={'test': ['pytest', 'pytest-timeout', 'ruff', 'pydocstyle'],
+                    # fleet scale (docs/fleet.md): the Milvus store, a local Milvus server, Ray
+                    'milvus': ['pymilvus', 'milvus-lite'], 'milvus-server': ['milvus'],
+                    'ray': ['ray[data]']},
     entry_points={
         'console_scripts': [
             'boq-ros = boq_ros.cli:main',

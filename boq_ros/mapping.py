@@ -7,25 +7,37 @@ their local features for geometric verification (unless verification is off). A 
 topic and camera_info give those features depth and intrinsics, as live.
 Adding a recording again (``append``) skips the keyframes the map already holds (same session,
 camera and stamp) and counts them. A build that would add nothing fails and writes nothing.
+
+Two steps, whoever runs them: :meth:`Describer.describe` turns one recording into keyframe
+batches (what may run elsewhere), :class:`BuildState` adds them to the map in recording order
+(what only the process holding the map does). :func:`build_map` runs both here, one recording
+after the other; ``boq_ros.mapping_ray`` describes the recordings on Ray workers instead.
 """
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 import os
 from pathlib import Path
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from boq_ros.bags import open_bag
 from boq_ros.extractor import Extractor, ModelSettings
-from boq_ros.keyframe_map import KeyframeMap, MapError, MapSettings
+from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapError, MapSettings
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import SKIP_CAUSES, FramePipeline, PipelineConfig
 from boq_ros.settings import VerificationSettings
 from boq_ros.sources import SourceError, bag_frames, image_folder, pose_topic
 from boq_ros.verification import GeometricVerifier
+
+if TYPE_CHECKING:
+    from boq_ros.model import BoQModel
+
+_PIPELINE_STAGES = ('read', 'decode', 'describe', 'features')
+"""The pipeline's timing stages a build reports (boq_ros.pipeline.STAGES)."""
 
 
 class MapBuildError(ValueError):
@@ -94,24 +106,177 @@ class BuildSummary:
                 f'map: {self.out}']
 
 
+@dataclass(frozen=True)
+class MapEntry:
+    """One described keyframe as the map takes it (what a worker sends back: no image)."""
+
+    descriptor: np.ndarray
+    meta: KeyframeMeta
+    features: LocalFeatures | None
+
+
+@dataclass
+class RecordingCounts:
+    """What the pipeline counted over one recording: its session and cameras, frames, skips."""
+
+    session: str
+    cameras: tuple[str, ...]
+    frames: int
+    skipped: dict[str, int]
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """The settings every process that describes recordings needs, the same everywhere."""
+
+    model: ModelSettings
+    keyframes: KeyframePolicy
+    pipeline: PipelineConfig
+    map_settings: MapSettings
+    verification: VerificationSettings
+    stored_preprocess: dict[str, Any] | None = None  # the appended map's resize settings
+
+    def describer(self, loaded: 'BoQModel | None' = None) -> 'Describer':
+        """Load the model (unless `loaded`) and make this process's describer, once."""
+        loaded = loaded if loaded is not None else self.model.load()
+        extractor = self.model.extractor(loaded, self.pipeline.batch_size,
+                                         self.stored_preprocess)
+        verification = self.verification
+        return Describer(self, extractor, GeometricVerifier(verification)
+                         if verification.verification else None)
+
+
+@dataclass
+class Describer:
+    """A process's extractor and verifier: turns recordings into keyframe batches."""
+
+    job: BuildJob
+    extractor: Extractor
+    verifier: GeometricVerifier | None
+
+    def describe(self, rec: Recording, on_batch: Callable[[list[MapEntry]], None], *,
+                 claim: Callable[[str, tuple[str, ...]], None] | None = None,
+                 on_frame: Callable[[], None] | None = None,
+                 say: Callable[[str], None] = lambda text: None) -> RecordingCounts:
+        """Run `rec` through the pipeline; every batch of keyframes goes to `on_batch`, in order.
+
+        `claim` is told the session and cameras before any frame is described (so that a
+        collision fails before the work); `on_frame` is called per frame read, `say` gets the
+        announcements (where stamps come from, features lost).
+        """
+        job = self.job
+        session = rec.session or job.map_settings.session or rec.path.stem
+        with ExitStack() as stack:
+            poses: Any = ()
+            buffer = None
+            if rec.kind == 'images':
+                folder = image_folder(rec.path)
+                session = rec.session or job.map_settings.session or folder.camera  # a glob
+                say(f'{rec.path}: {len(folder.files)} images, stamps from {folder.stamp_rule}'
+                    + (f'; {folder.ignored} other files ignored' if folder.ignored else ''))
+                frames = folder.frames(rec.depth_ok)
+                cameras = (folder.camera,)
+            else:
+                bag = stack.enter_context(open_bag(rec.path))
+                topics = list(rec.image_topics) or [
+                    t for t in bag.image_topics() if t != rec.depth_topic]
+                if not rec.image_topics and len(topics) != 1:
+                    raise SourceError(f'{rec.path} has image topics {topics}; choose with '
+                                      '--image-topic (a depth topic goes to --depth-topic)')
+                if rec.pose_topic:
+                    stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
+                    poses = stream.poses
+                    buffer = stream.buffer(job.keyframes.pose_tolerance_s)
+                frames = bag_frames(
+                    bag, topics, {topics[0]: rec.depth_topic} if rec.depth_topic else None,
+                    {topics[0]: rec.camera_info_topic} if rec.camera_info_topic else None)
+                cameras = tuple(topics)
+            if claim is not None:
+                claim(session, cameras)
+            pipe = FramePipeline(self.extractor, job.keyframes, job.pipeline, session=session,
+                                 robot_id=job.map_settings.robot_id, poses=buffer,
+                                 verifier=self.verifier, on_note=say)
+            for batch in pipe.run(frames, poses, on_frame):
+                if batch:
+                    on_batch([MapEntry(kf.descriptor, kf.meta, kf.features) for kf in batch])
+        stats = pipe.stats
+        return RecordingCounts(session, cameras, stats.totals.get('frames', 0), stats.skipped(),
+                               {stage: stats.seconds[stage] for stage in _PIPELINE_STAGES})
+
+
+class BuildState:
+    """The map being built and its summary: described recordings are added here, in order."""
+
+    def __init__(self, kmap: KeyframeMap, summary: BuildSummary, verifying: bool,
+                 on_frames: Callable[[int], None], say: Callable[[str], None]) -> None:
+        self.kmap, self.summary, self.verifying = kmap, summary, verifying
+        self.on_frames, self.say = on_frames, say
+        self._streams: dict[tuple[str, str], Path] = {}  # (session, camera) -> its recording
+
+    def claim(self, path: Path, session: str, cameras: Sequence[str]) -> None:
+        """Take the (session, camera) streams of a recording; two recordings cannot share one."""
+        for camera in cameras:  # a keyframe is known by its session, camera and stamp
+            other = self._streams.setdefault((session, camera), path)
+            if other != path:
+                raise MapBuildError(
+                    f'{other} and {path} would both be session {session!r}, camera '
+                    f'{camera!r}: their keyframes would be taken for one another; give each '
+                    'its own session (separate builds with --session, appended)')
+
+    def add(self, batch: Sequence[MapEntry]) -> None:
+        """Add a batch of keyframes, skipping (and counting) those the map already holds."""
+        summary = self.summary
+        metas = [entry.meta for entry in batch]
+        new = self.kmap.find(metas) < 0
+        summary.already_in_map += int((~new).sum())
+        summary.without_pose += sum(m.pose is None for m, n in zip(metas, new) if n)
+        if not new.any():
+            return
+        start = time.perf_counter()
+        entries = [entry for entry, n in zip(batch, new) if n]
+        features = [entry.features for entry in entries]
+        self.kmap.add(np.stack([entry.descriptor for entry in entries]),
+                      [entry.meta for entry in entries], features if self.verifying else None)
+        summary.with_features += sum(f is not None for f in features)
+        summary.with_depth += sum(f is not None and f.depth is not None for f in features)
+        summary.seconds['map add'] = summary.seconds.get('map add', 0.0) + (
+            time.perf_counter() - start)
+        summary.keyframes += len(entries)
+
+    def count(self, counts: RecordingCounts) -> None:
+        """Add a described recording's pipeline counts to the summary."""
+        summary = self.summary
+        summary.frames += counts.frames
+        for cause, n in counts.skipped.items():
+            summary.skipped[cause] += n
+        for stage, seconds in counts.seconds.items():
+            summary.seconds[stage] = summary.seconds.get(stage, 0.0) + seconds
+
+
+Runner = Callable[[Sequence[Recording], BuildJob, BuildState], None]
+"""Describes `recordings` with `job` somewhere and adds them to the state, in order
+(``boq_ros.mapping_ray.RayRunner``)."""
+
+
 def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
               model: ModelSettings, keyframes: KeyframePolicy | None = None,
               pipeline: PipelineConfig | None = None, map_settings: MapSettings | None = None,
               verification: VerificationSettings | None = None, append: bool = False,
-              on_frame: Callable[[], None] | None = None,
-              on_note: Callable[[str], None] | None = None) -> BuildSummary:
+              on_frames: Callable[[int], None] | None = None,
+              on_note: Callable[[str], None] | None = None,
+              runner: Runner | None = None) -> BuildSummary:
     """Describe the keyframes of `recordings` into the map at `out` (created, or appended to).
 
-    `on_frame` is called per frame read (a progress bar); `on_note` gets announcements as they
-    happen (where stamps come from). Raises MapBuildError (nothing written) when no keyframe
+    `on_frames` is told how many frames were read since it was last told (a progress bar: per
+    frame here, per recording on Ray); `on_note` gets announcements as they happen (where
+    stamps come from). `runner` describes the recordings elsewhere (Ray workers); None: in
+    this process, one after the other. Raises MapBuildError (nothing written) when no keyframe
     would be added, MapError for a map of another model or preprocessing.
     """
     out = Path(out)
     keyframes = keyframes or KeyframePolicy()
-    pipeline = pipeline or PipelineConfig()
     map_settings = map_settings or MapSettings()
-    verification = verification or VerificationSettings()
-    verifier = GeometricVerifier(verification) if verification.verification else None
     if not recordings:
         raise MapBuildError('no recording given')
     fresh = _check_out(out, append)
@@ -125,22 +290,22 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
             raise MapBuildError('keyframe mode external needs a SLAM system; offline use '
                                 'every_frame, interval or distance')
     loaded = model.load()
-    stored = None
-    if not fresh:
-        kmap = KeyframeMap.load(out, expect_model_id=loaded.model_id,
-                                expect_dim=loaded.descriptor_dim)
-        stored = kmap.preprocess
-    extractor = model.extractor(loaded, pipeline.batch_size, stored)
-    if stored is None:
-        kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
-                           preprocess=extractor.preprocess_config.to_dict(),
-                           index=map_settings.index_spec())
+    kmap = open_map(out, fresh, loaded, model, map_settings)
+    job = BuildJob(model, keyframes, pipeline or PipelineConfig(), map_settings,
+                   verification or VerificationSettings(),
+                   None if fresh else kmap.preprocess)
+    if not fresh:  # other resize settings than the map's: refused before any worker starts
+        model.preprocess_for(loaded.config.name, kmap.preprocess)
     summary = BuildSummary(out)
-    say = on_note or (lambda text: None)
-    streams: dict[tuple[str, str], Path] = {}  # (session, camera) -> its recording
-    for rec in recordings:
-        _add_recording(rec, kmap, extractor, keyframes, pipeline, map_settings, verifier,
-                       summary, on_frame, say, streams)
+    state = BuildState(kmap, summary, job.verification.verification,
+                       on_frames or (lambda n: None), on_note or (lambda text: None))
+    if runner is None:
+        describer = job.describer(loaded)
+        for rec in recordings:
+            state.count(describer.describe(rec, state.add, claim=partial(state.claim, rec.path),
+                                           on_frame=lambda: state.on_frames(1), say=state.say))
+    else:
+        runner(recordings, job, state)
     if summary.keyframes == 0:
         why = ', '.join(f'{n} {c}' for c, n in summary.skipped.items() if n)
         raise MapBuildError(
@@ -161,6 +326,17 @@ def build_map(recordings: Sequence[Recording], out: str | os.PathLike, *,
     return summary
 
 
+def open_map(out: Path, fresh: bool, loaded: 'BoQModel', model: ModelSettings,
+             map_settings: MapSettings) -> KeyframeMap:
+    """Open the map at `out` to append to, or make a new one for `loaded` (the one place)."""
+    if not fresh:
+        return KeyframeMap.load(out, expect_model_id=loaded.model_id,
+                                expect_dim=loaded.descriptor_dim)
+    return KeyframeMap(loaded.descriptor_dim, model_id=loaded.model_id,
+                       preprocess=model.preprocess_for(loaded.config.name).to_dict(),
+                       index=map_settings.index_spec())
+
+
 def _check_out(out: Path, append: bool) -> bool:
     """Check before any work that `out` can take the map; True for a new map."""
     if out.is_file():
@@ -179,70 +355,3 @@ def _check_out(out: Path, append: bool) -> bool:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise MapBuildError(f'cannot create {out}: {ancestor} is not writable')
     return True
-
-
-def _add_recording(rec: Recording, kmap: KeyframeMap, extractor: Extractor,
-                   keyframes: KeyframePolicy, config: PipelineConfig, map_settings: MapSettings,
-                   verifier: GeometricVerifier | None, summary: BuildSummary,
-                   on_frame: Callable[[], None] | None, say: Callable[[str], None],
-                   streams: dict[tuple[str, str], Path]) -> None:
-    session = rec.session or map_settings.session or rec.path.stem
-    with ExitStack() as stack:
-        poses: Any = ()
-        buffer = None
-        if rec.kind == 'images':
-            folder = image_folder(rec.path)
-            session = rec.session or map_settings.session or folder.camera  # a glob: its folder
-            say(f'{rec.path}: {len(folder.files)} images, stamps from {folder.stamp_rule}'
-                + (f'; {folder.ignored} other files ignored' if folder.ignored else ''))
-            frames = folder.frames(rec.depth_ok)
-        else:
-            bag = stack.enter_context(open_bag(rec.path))
-            topics = list(rec.image_topics) or [
-                t for t in bag.image_topics() if t != rec.depth_topic]
-            if not rec.image_topics and len(topics) != 1:
-                raise SourceError(f'{rec.path} has image topics {topics}; choose with '
-                                  '--image-topic (a depth topic goes to --depth-topic)')
-            if rec.pose_topic:
-                stream = pose_topic(bag, rec.pose_topic, rec.pose_child_frame)
-                poses = stream.poses
-                buffer = stream.buffer(keyframes.pose_tolerance_s)
-            frames = bag_frames(
-                bag, topics, {topics[0]: rec.depth_topic} if rec.depth_topic else None,
-                {topics[0]: rec.camera_info_topic} if rec.camera_info_topic else None)
-        cameras = [folder.camera] if rec.kind == 'images' else topics
-        for camera in cameras:  # a keyframe is known by its session, camera and stamp
-            other = streams.setdefault((session, camera), rec.path)
-            if other != rec.path:
-                raise MapBuildError(
-                    f'{other} and {rec.path} would both be session {session!r}, camera '
-                    f'{camera!r}: their keyframes would be taken for one another; give each '
-                    'its own session (separate builds with --session, appended)')
-        pipe = FramePipeline(extractor, keyframes, config, session=session,
-                             robot_id=map_settings.robot_id, poses=buffer, verifier=verifier,
-                             on_note=say)
-        for batch in pipe.run(frames, poses, on_frame):
-            if not batch:
-                continue
-            metas = [kf.meta for kf in batch]
-            new = kmap.find(metas) < 0
-            summary.already_in_map += int((~new).sum())
-            summary.without_pose += sum(m.pose is None for m, n in zip(metas, new) if n)
-            if new.any():
-                start = time.perf_counter()
-                features = [kf.features for kf, n in zip(batch, new) if n]
-                kmap.add(np.stack([kf.descriptor for kf, n in zip(batch, new) if n]),
-                         [m for m, n in zip(metas, new) if n],
-                         features if verifier is not None else None)
-                summary.with_features += sum(f is not None for f in features)
-                summary.with_depth += sum(f is not None and f.depth is not None
-                                          for f in features)
-                summary.seconds['map add'] = summary.seconds.get('map add', 0.0) + (
-                    time.perf_counter() - start)
-                summary.keyframes += int(new.sum())
-    stats = pipe.stats
-    summary.frames += stats.totals.get('frames', 0)
-    for cause, count in stats.skipped().items():
-        summary.skipped[cause] += count
-    for stage in ('read', 'decode', 'describe', 'features'):
-        summary.seconds[stage] = summary.seconds.get(stage, 0.0) + stats.seconds[stage]

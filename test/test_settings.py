@@ -25,7 +25,7 @@ COMMAND_INPUTS = {
     'frames', 'rate', 'domain_id', 'no_offline', 'camera_size', 'queries', 'block',
     'topics', 'remap', 'clock', 'start_offset', 'qos', 'record_topic', 'record_out', 'lockstep',
     'wait_subscribers', 'answer_timeout', 'allow_network', 'force', 'map', 'help',
-    'depth_topic', 'camera_info_topic',
+    'depth_topic', 'camera_info_topic', 'ray', 'ray_workers',
 }
 OPTIONAL_INPUTS = {('eval', 'odometry_topic')}
 """Node settings a command takes as an optional input: no default, absent skips that part."""

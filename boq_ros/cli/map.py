@@ -16,6 +16,8 @@ examples:
       --keyframe-angle-rad 0.2 --pose-topic /odom --out maps/site
   boq-ros map build --images 'frames/*_rgb.png' --checkpoint weights.pth \\
       --keyframe-mode interval --keyframe-interval-s 1 --out maps/site --append --session walk2
+  boq-ros map build --bag day1 --bag day2 --bag day3 --image-topic /camera/image_raw \\
+      --checkpoint resnet50-16384 --out maps/site --ray ray://head:10001 --ray-workers 3
   boq-ros map info maps/site
 """
 
@@ -86,14 +88,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument('--camera-info-topic', metavar='TOPIC',
                           help='CameraInfo of the image topic (default: the conventional '
                                '.../camera_info beside it, when the bag has it)')
+    ray = build.add_argument_group(
+        'Ray', 'recordings described on Ray workers, the same map as without --ray '
+        '(docs/map.md)')
+    ray.add_argument('--ray', nargs='?', const='', metavar='ADDRESS',
+                     help='build on Ray; without ADDRESS on a local Ray instance started for '
+                          "the build, else on a running cluster ('auto', HOST:6379, "
+                          'ray://HOST:10001). GPU workers (one GPU each) when the cluster has '
+                          'GPUs, else CPU workers. Needs ray (pip install "ray[client]==2.60.0"); '
+                          'the recordings and the checkpoint must be at the same paths on every '
+                          'node')
+    ray.add_argument('--ray-workers', type=_count, default=0, metavar='N',
+                     help='how many Ray workers (default: as many as there are recordings, at '
+                          'most the free GPUs, or the free CPUs of a cluster without GPUs)')
     build.set_defaults(func=run_build)
     info = commands.add_parser('info', help="print a map's schema and statistics")
-    info.add_argument('map', type=options.path, metavar='MAP')
+    info.add_argument('map', type=options.map_uri, metavar='MAP',
+                      help='map directory (faiss:DIR), milvus://HOST:PORT/COLLECTION or '
+                           'milvus-lite:FILE.db')
     info.add_argument('--json', action='store_true', help='print JSON instead of text')
     info.add_argument('--no-verify', action='store_true',
                       help='skip hashing the descriptors and local feature arrays (sizes are '
                            'still checked)')
     info.set_defaults(func=run_info)
+
+
+def _count(text: str) -> int:
+    """Parse a count of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {text!r}')
+    return value
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -124,6 +152,8 @@ def run_build(args: argparse.Namespace) -> int:
     if args.keyframe_mode == 'external':
         raise UsageError('--keyframe-mode external needs a SLAM system; offline use '
                          'every_frame, interval or distance')
+    if args.ray_workers and args.ray is None:
+        raise UsageError('--ray-workers needs --ray')
     try:
         settings = [options.build(cls, args) for cls in (
             ModelSettings, KeyframePolicy, PipelineConfig, MapSettings, VerificationSettings)]
@@ -140,13 +170,17 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         recordings = [Recording(Path(spec), 'images', depth_ok=args.include_depth)
                       for spec in args.images]
+    runner = None
+    if args.ray is not None:
+        from boq_ros.mapping_ray import RayRunner  # noqa: PLC0415 (Ray only with --ray)
+        runner = RayRunner(args.ray or None, args.ray_workers)
     with tqdm(unit='frame', desc='map build', disable=args.no_progress or None,
               file=sys.stderr) as bar:
         summary = build_map(recordings, args.out, model=model, keyframes=keyframes,
                             pipeline=pipeline, map_settings=map_settings,
                             verification=verification, append=args.append,
-                            on_frame=lambda: bar.update(1),
-                            on_note=lambda text: print(text, file=sys.stderr))
+                            on_frames=bar.update,
+                            on_note=lambda text: print(text, file=sys.stderr), runner=runner)
     print('\n'.join(summary.lines()))
     return 0
 
@@ -169,8 +203,29 @@ def map_info(path: Path, verify: bool = True) -> dict[str, Any]:
                         for h in history]}
 
 
+def store_info(uri: str) -> dict[str, Any]:
+    """Return what a Milvus store says of itself (what `map info` prints for one)."""
+    from boq_ros.keyframe_map.uri import open_store  # noqa: PLC0415
+
+    store = open_store(uri)
+    try:
+        return {**store.info(), 'statistics': store.statistics()}
+    finally:
+        store.close()
+
+
 def run_info(args: argparse.Namespace) -> int:
-    info = map_info(args.map, verify=not args.no_verify)
+    from boq_ros.keyframe_map.uri import faiss_path, is_milvus  # noqa: PLC0415
+
+    if is_milvus(args.map):
+        info = store_info(args.map)
+        if args.json:
+            print(json.dumps(info, indent=1))
+        else:
+            for key, value in info.items():
+                print(f'{key + ":":28}{value}')
+        return 0
+    info = map_info(faiss_path(args.map), verify=not args.no_verify)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

@@ -38,6 +38,13 @@ def path(text: str) -> Path:
     return Path(text)
 
 
+def map_uri(text: str) -> str:
+    """Parse a map argument: a directory (faiss:DIR) or a Milvus URI (docs/fleet.md)."""
+    if not text:
+        raise argparse.ArgumentTypeError('an empty map names no directory or store')
+    return text
+
+
 def flag(name: str) -> str:
     """Return the flag of a setting or field name: keyframe_distance_m -> --keyframe-distance-m."""
     return '--' + name.replace('_', '-')

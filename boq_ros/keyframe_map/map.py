@@ -6,7 +6,7 @@ that a detector thread can search while another adds.  Removal only hides rows (
 reused); the next save writes the live rows.  An index rebuild happens beside the live index,
 without that lock, and is swapped in atomically.
 """
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 import json
@@ -20,14 +20,21 @@ import numpy as np
 
 from boq_ros import __version__
 from boq_ros.keyframe_map import store
+from boq_ros.keyframe_map.base import (
+    KeyframeBlock,
+    KeyframeStore,
+    SearchFilter,
+    SearchResult,
+    check_filter,
+    check_k,
+    check_vectors,
+)
 from boq_ros.keyframe_map.features import FeatureStore, LocalFeatures
 from boq_ros.keyframe_map.index import IndexSpec, SearchIndex
 from boq_ros.keyframe_map.meta import KeyframeMeta, MetaTable, check_meta
 from boq_ros.keyframe_map.rows import ChunkedRows, FileRows
 from boq_ros.keyframe_map.schema import SCHEMA_VERSION, MapError, MapSchema
 
-NORM_TOLERANCE = 1e-2
-"""Descriptors must have |norm - 1| <= this (BoQ descriptors are L2-normalised; fp16 drift)."""
 METRICS = ('ip',)
 REBUILD_ATTEMPTS = 3
 """Aside rebuilds tried before one is done under the lock (a rollback that cuts into the rows
@@ -36,53 +43,28 @@ Savepoint = tuple[int, int, dict[str, int], int]
 """Rows, next id, next seq per session and feature kinds of a map at one moment."""
 
 
+def check_mergeable(target: KeyframeStore, source: KeyframeStore) -> None:
+    """Refuse a merge of another model's keyframes, of a store into itself, or of shared sessions.
+
+    A session has one writer: two stores that both hold one cannot be merged.
+    """
+    if not isinstance(source, KeyframeStore):
+        raise MapError(f'can only merge a keyframe store, got {type(source).__name__}')
+    if source is target or source.map_id == target.map_id:
+        raise MapError('cannot merge a map into itself')
+    for name in ('model_id', 'dim', 'metric', 'preprocess'):
+        mine, theirs = getattr(target, name), getattr(source, name)
+        if mine != theirs:
+            raise MapError(f'cannot merge map {source.map_id}: {name} differs '
+                           f'(this map: {mine!r}, other: {theirs!r})')
+    overlap = sorted(set(target.sessions()) & set(source.sessions()))
+    if overlap:
+        raise MapError(f'cannot merge map {source.map_id}: both maps hold session(s) '
+                       f'{overlap}; remove or rename them first')
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
-
-
-def _words(value: Any, name: str) -> frozenset[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise MapError(f'search filter {name} must be a collection of str, got {value!r}')
-    return frozenset(value)
-
-
-@dataclass(frozen=True)
-class RecentWindow:
-    """The robot's own recent past in one session, which must not match itself."""
-
-    session: str
-    since_stamp_ns: int
-    since_seq: int
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Which keyframes a search may return (sessions, robots, temporal exclusion windows)."""
-
-    sessions: frozenset[str] | None = None
-    robots: frozenset[str] | None = None
-    exclude_sessions: frozenset[str] = frozenset()
-    recent: tuple[RecentWindow, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, 'sessions', _words(self.sessions, 'sessions'))
-        object.__setattr__(self, 'robots', _words(self.robots, 'robots'))
-        object.__setattr__(self, 'exclude_sessions',
-                           _words(self.exclude_sessions, 'exclude_sessions'))
-        recent = tuple(self.recent)
-        if not all(isinstance(w, RecentWindow) for w in recent):
-            raise MapError('search filter recent must hold RecentWindow entries')
-        object.__setattr__(self, 'recent', recent)
-
-
-@dataclass
-class SearchResult:
-    """Top-k per query, best first; id -1 / similarity -inf where fewer than k passed."""
-
-    ids: np.ndarray
-    similarities: np.ndarray
 
 
 @dataclass
@@ -95,12 +77,12 @@ class _State:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-class KeyframeMap:
-    """Descriptors + metadata + schema of one model's keyframes, searchable while it grows."""
+class KeyframeMap(KeyframeStore):
+    """The embedded store: FAISS index, descriptors + metadata + schema in one process."""
 
     def __init__(self, dim: int, *, model_id: str, preprocess: dict[str, Any],
                  index: IndexSpec = IndexSpec(), metric: str = 'ip',
-                 storage_dtype: str = 'float32') -> None:
+                 storage_dtype: str = 'float32', map_id: str | None = None) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise MapError(f'descriptor dimension must be a positive integer, got {dim!r}')
         if not isinstance(model_id, str) or not model_id:
@@ -128,14 +110,19 @@ class KeyframeMap:
         self._features = FeatureStore()
         self._search = SearchIndex(index, self.dim)
         self._next_seq: dict[str, int] = {}
+        self._path: Path | None = None  # where it was last loaded from or saved to
         now = utc_now()
-        self._state = _State(uuid.uuid4().hex, now, now, 0,
+        self._state = _State(map_id or uuid.uuid4().hex, now, now, 0,
                              [{'event': 'created', 'time': now, 'package_version': __version__}])
 
     # -- identity -----------------------------------------------------------------------------
     @property
     def map_id(self) -> str:
         return self._state.map_id
+
+    @property
+    def uri(self) -> str:
+        return f'faiss:{self._path}' if self._path is not None else 'faiss:(in memory)'
 
     @property
     def index_spec(self) -> IndexSpec:
@@ -180,22 +167,7 @@ class KeyframeMap:
 
     # -- validation ---------------------------------------------------------------------------
     def _check_vectors(self, x: Any, what: str) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise MapError(f'{what}: expected shape [N, {self.dim}], got {list(x.shape)}')
-        if not np.issubdtype(x.dtype, np.floating):
-            raise MapError(f'{what}: expected floating point values, got {x.dtype}')
-        x = np.ascontiguousarray(x, np.float32)
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            raise MapError(f'{what}: row {int(np.argmax(bad))} contains NaN or infinity')
-        norms = np.linalg.norm(x, axis=1)
-        off = np.abs(norms - 1.0) > NORM_TOLERANCE
-        if off.any():
-            row = int(np.argmax(off))
-            raise MapError(f'{what}: row {row} is not L2-normalised (norm {norms[row]:.4f}, '
-                           f'tolerance {NORM_TOLERANCE})')
-        return x
+        return check_vectors(x, self.dim, what)
 
     def _row_of(self, keyframe_id: int) -> int:
         ids = self._table.columns()['id']
@@ -330,22 +302,13 @@ class KeyframeMap:
                                             'keyframes': removed, 'time': self._state.modified})
             return removed
 
-    def merge(self, other: 'KeyframeMap') -> None:
+    def merge(self, other: KeyframeStore) -> None:
         """Append `other`'s keyframes under new ids; source_map/source_id keep their origin."""
+        check_mergeable(self, other)
         if not isinstance(other, KeyframeMap):
-            raise MapError(f'can only merge a KeyframeMap, got {type(other).__name__}')
-        if other is self:
-            raise MapError('cannot merge a map into itself')
-        for name in ('model_id', 'dim', 'metric', 'preprocess'):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine != theirs:
-                raise MapError(f'cannot merge map {other.map_id}: {name} differs '
-                               f'(this map: {mine!r}, other: {theirs!r})')
+            self._merge_store(other)
+            return
         with self._lock, other._lock:
-            overlap = sorted(set(self.sessions()) & set(other.sessions()))
-            if overlap:
-                raise MapError(f'cannot merge map {other.map_id}: both maps hold session(s) '
-                               f'{overlap}; remove or rename them first')
             rows = np.flatnonzero(other._table.live_mask())
             self._features.check_from(other._features, rows, f'cannot merge map {other.map_id}')
             ids = self._state.next_id + np.arange(len(rows), dtype=np.int64)
@@ -367,6 +330,37 @@ class KeyframeMap:
                 'event': 'merge', 'source_map': other.map_id, 'keyframes': len(rows),
                 'first_id': int(ids[0]) if len(ids) else None, 'time': self._state.modified,
                 'source_history': list(other._state.history)})
+
+    def _merge_store(self, other: KeyframeStore) -> None:
+        """Merge from another kind of store, block by block (all or nothing)."""
+        with self._lock:
+            savepoint, first = self.savepoint(), self._state.next_id
+            try:
+                for block in other.keyframes():
+                    x = self._check_vectors(block.descriptors, f'map {other.map_id}')
+                    self._features.check(block.features, f'cannot merge map {other.map_id}')
+                    ids = self._state.next_id + np.arange(len(x), dtype=np.int64)
+                    seqs = np.array([m.seq for m in block.metas], np.int64)
+                    count = len(self._rows)
+                    for i, meta in enumerate(block.metas):
+                        check_meta(meta, f'map {other.map_id} keyframe {int(block.ids[i])}')
+                        source_map, source_id = block.provenance[i]
+                        self._table.append([meta], ids[i:i + 1], seqs[i:i + 1], source_map,
+                                           np.array([source_id], np.int64))
+                        self._next_seq[meta.session] = max(
+                            self._next_seq.get(meta.session, 0), meta.seq + 1)
+                    self._features.append(count, block.features)
+                    self._rows.append(x)
+                    self._search.add(x, self._rows, self._table.live_mask())
+                    self._state.next_id += len(x)
+            except BaseException:
+                self.rollback(savepoint)
+                raise
+            self._state.modified = utc_now()
+            self._state.history.append({
+                'event': 'merge', 'source_map': other.map_id, 'source_uri': other.uri,
+                'keyframes': self._state.next_id - first, 'first_id': first,
+                'time': self._state.modified})
 
     # -- lookup and search --------------------------------------------------------------------
     def meta(self, keyframe_id: int) -> KeyframeMeta:
@@ -392,10 +386,9 @@ class KeyframeMap:
     def _mask(self, flt: SearchFilter | None) -> np.ndarray | None:
         live = self._table.live_mask()
         all_live = bool(live.all())
+        check_filter(flt)
         if flt is None:
             return None if all_live else live.copy()
-        if not isinstance(flt, SearchFilter):
-            raise MapError(f'filter must be a SearchFilter, got {type(flt).__name__}')
         cols, table = self._table.columns(), self._table
         mask = live.copy()
         if flt.sessions is not None:
@@ -416,13 +409,11 @@ class KeyframeMap:
                flt: SearchFilter | None = None) -> SearchResult:
         """Best `k` keyframes per query among those `flt` admits (safe during add())."""
         q = self._check_vectors(queries, 'queries')
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise MapError(f'k must be a positive integer, got {k!r}')
+        k = check_k(k)
         with self._lock:
             mask = self._mask(flt)
             if len(self._rows) == 0 or (mask is not None and not mask.any()):
-                return SearchResult(np.full((len(q), k), -1, np.int64),
-                                    np.full((len(q), k), -np.inf, np.float32))
+                return SearchResult.empty(len(q), k)
             sims, rows = self._search.search(q, int(k), mask, self._rows)
             ids = np.where(rows >= 0, self._table.columns()['id'][np.maximum(rows, 0)], -1)
             return SearchResult(ids.astype(np.int64), sims.astype(np.float32))
@@ -545,6 +536,7 @@ class KeyframeMap:
                                         cache or {}, features)
         with self._lock:
             self._state.modified, self._state.files = modified, files
+            self._path = target
         return target
 
     @classmethod
@@ -589,4 +581,37 @@ class KeyframeMap:
                                                                schema.index_trained_on,
                                                                schema.index_tuning):
             self._search.rebuild(self._rows, self._table.live_mask())
+        self._path = Path(path).resolve()
         return self
+
+    # -- the rest of the store interface --------------------------------------------------------
+    def keyframes(self, batch: int = 1024) -> Iterator[KeyframeBlock]:
+        with self._lock:
+            rows = np.flatnonzero(self._table.live_mask())
+        for start in range(0, len(rows), batch):
+            with self._lock:
+                part = rows[start:start + batch]
+                cols = self._table.columns()
+                words = self._table.vocab['source_map'].words
+                yield KeyframeBlock(
+                    cols['id'][part].copy(), self._rows.take(part).astype(np.float32),
+                    [self._table.meta(int(r)) for r in part],
+                    [self._features.get(int(r)) for r in part],
+                    [(words[int(cols['source_map'][r])], int(cols['source_id'][r]))
+                     for r in part])
+
+    def flush(self) -> int:
+        return 0  # every add is in memory at once; save() makes it durable
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass  # nothing is held open: the map is this process's memory and files
+
+    def info(self) -> dict[str, Any]:
+        schema = self.schema
+        return {'uri': self.uri, 'map_id': schema.map_id, 'model_id': schema.model_id,
+                'dim': schema.dim, 'metric': schema.metric, 'keyframes': schema.count,
+                'sessions': self.sessions(), 'index': schema.index,
+                'index_tuning': schema.index_tuning, 'preprocess': schema.preprocess}

@@ -18,6 +18,10 @@ class MapError(ValueError):
     """A keyframe map refused an input or a file; the message names what does not match."""
 
 
+class MapNotFound(MapError):
+    """No map is stored where a URI points (a node growing a Milvus map then creates it)."""
+
+
 @dataclass(frozen=True)
 class MapSchema:
     """Everything a reader must know before trusting a map's descriptors."""

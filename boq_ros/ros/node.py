@@ -51,7 +51,16 @@ from boq_ros.detector import (
     PoseKind,
 )
 from boq_ros.extractor import ModelSettings
-from boq_ros.keyframe_map import KeyframeMap, KeyframeMeta, LocalFeatures, MapError, MapSettings
+from boq_ros.keyframe_map import (
+    KeyframeMap,
+    KeyframeMeta,
+    KeyframeStore,
+    LocalFeatures,
+    MapError,
+    MapNotFound,
+    MapSettings,
+)
+from boq_ros.keyframe_map.uri import faiss_path, is_milvus, open_store, save_copy
 from boq_ros.keyframes import KeyframePolicy
 from boq_ros.pipeline import (
     CameraInfoUpdate,
@@ -66,6 +75,9 @@ from boq_ros.poses import PoseBuffer, PoseError
 from boq_ros.ros import convert, outputs, params
 from boq_ros.ros.map_paths import map_root, resolve_map_path
 from boq_ros.ros.process import ignore_interrupt, interrupt_once, reason, subscription_qos
+from boq_ros.ros.sharing import COUNTERS as SHARING_COUNTERS
+from boq_ros.ros.sharing import KeyframeSharing, SharingContext
+from boq_ros.ros.sharing import check as check_sharing
 from boq_ros.settings import SettingError, VerificationSettings, from_values
 from boq_ros.sources import camera_info_topic
 from boq_ros.srv import LoadMap, Relocalize, SaveMap
@@ -97,7 +109,7 @@ class _Configured:
 
     settings: params.NodeSettings
     pipeline: FramePipeline
-    kmap: KeyframeMap
+    kmap: KeyframeStore
     detector: LoopDetector
     verifier: GeometricVerifier | None
     camera_infos: dict[str, str]  # camera -> its camera_info topic
@@ -112,6 +124,7 @@ class _Configured:
     latest: dict[str, tuple[np.ndarray, KeyframeMeta, LocalFeatures | None]] = field(
         default_factory=dict)
     thumbnails: dict[int, np.ndarray] = field(default_factory=dict)
+    sharing: KeyframeSharing | None = None  # share_keyframes: the fleet topic
 
     @property
     def extractor(self) -> Any:
@@ -210,6 +223,8 @@ class VprNode(LifecycleNode):
             rt.subscriptions.append(self.create_subscription(
                 Header, node.keyframe_topic, self._on_keyframe_stamp,
                 QoSProfile(depth=100), callback_group=self._input_group))
+        if rt.sharing is not None:
+            rt.subscriptions.append(rt.sharing.subscribe())
         with self._cond:
             self._stopping = False
         self._worker = threading.Thread(target=self._work, name='vpr_worker', daemon=True)
@@ -267,16 +282,23 @@ class VprNode(LifecycleNode):
         if policy.keyframe_mode == 'distance' and not odometry:
             raise params.ParameterValueError(
                 'keyframe_mode distance needs odometry: set odometry_topic')
+        check_sharing(node, map_settings.robot_id, detector_config.mode)
+        if node.share_keyframes:
+            self._topic(node.shared_keyframes_topic, 'shared_keyframes_topic')
         root = map_root(node.map_directory)
-        map_file = resolve_map_path(root, node.map_path) if node.map_path else None
+        map_file = self._map_uri(root, node.map_path) if node.map_path else None
         model = model_settings.load()
-        kmap = None
+        kmap: KeyframeStore | None = None
         if map_file is not None:
-            kmap = KeyframeMap.load(map_file, expect_model_id=model.model_id,
-                                    expect_dim=model.descriptor_dim)
-            spec = map_settings.index_spec(kmap.index_spec)
-            if spec != kmap.index_spec:
-                kmap.rebuild_index(spec)
+            try:
+                kmap = open_store(map_file, model_id=model.model_id, dim=model.descriptor_dim)
+            except MapNotFound:
+                if not is_milvus(map_file) or detector_config.mode != 'grow':
+                    raise  # a Milvus map a robot grows is created below, with its preprocessing
+            if isinstance(kmap, KeyframeMap):
+                spec = map_settings.index_spec(kmap.index_spec)
+                if spec != kmap.index_spec:
+                    kmap.rebuild_index(spec)
         session = map_settings.session or datetime.now(timezone.utc).strftime(
             'session-%Y%m%dT%H%M%SZ')
         if detector_config.mode == 'both' and kmap.session_size(session) > 0:
@@ -286,9 +308,10 @@ class VprNode(LifecycleNode):
         extractor = model_settings.extractor(model, batch_size=max(1, len(cameras)),
                                              stored=kmap.preprocess if kmap else None)
         if kmap is None:
-            kmap = KeyframeMap(extractor.dim, model_id=extractor.model_id,
-                               preprocess=extractor.preprocess_config.to_dict(),
-                               index=map_settings.index_spec())
+            new = {'model_id': extractor.model_id, 'dim': extractor.dim,
+                   'preprocess': extractor.preprocess_config.to_dict()}
+            kmap = (open_store(map_file, **new, create=True) if map_file is not None
+                    else KeyframeMap(index=map_settings.index_spec(), **new))
         poses = (PoseBuffer(policy.pose_tolerance_s, source=f'odometry:{odometry}')
                  if odometry else None)
         verifier = (GeometricVerifier(verification, kmap) if verification.verification
@@ -331,6 +354,13 @@ class VprNode(LifecycleNode):
                       publishers=publishers, services=services, outputs=made)
         for camera in cameras:
             rt.queues[camera] = deque()
+        if node.share_keyframes:
+            rt.sharing = KeyframeSharing(
+                SharingContext(
+                    self, self._map_lock, lambda: rt.detector, self._stats.count, self._fail,
+                    lambda decision, loop: self._on_shared_decision(rt, decision, loop)),
+                node, robot_id=map_settings.robot_id, session=session,
+                model_id=extractor.model_id, dim=extractor.dim)
         return rt
 
     def _per_camera(self, topics: list[str], param: str, cameras: list[str]) -> dict[str, str]:
@@ -383,6 +413,12 @@ class VprNode(LifecycleNode):
             self.destroy_publisher(publisher)
         for output in rt.outputs:
             output.close()
+        if rt.sharing is not None:
+            rt.sharing.close()
+        try:
+            rt.kmap.close()  # a Milvus store writes what is pending, then disconnects
+        except MapError as err:
+            self.get_logger().error(f'closing the map: {reason(err)}')
         cuda = rt.extractor.device.type == 'cuda'
         del rt
         if cuda:
@@ -578,13 +614,9 @@ class VprNode(LifecycleNode):
         self._stats.count('answered')  # before publishing: a reader never sees more answers
         if match is not None:
             self._stats.count('accepted')
-        decision = outputs.Decision(detection, rt.extractor.model_id, map_id)
-        for output in rt.outputs:
-            if output.enabled(node):
-                try:
-                    output.publish(decision)
-                except Exception as err:  # noqa: BLE001 - one consumer must not stop the others
-                    self._fail('output', f'{type(output).__name__}: {reason(err)}')
+        self._send(rt, outputs.Decision(detection, rt.extractor.model_id, map_id))
+        if rt.sharing is not None and detection.added:
+            rt.sharing.share(query, kf.descriptor, kf.features, map_id)
         if match is None:
             return
         if node.publish_pose:
@@ -599,6 +631,21 @@ class VprNode(LifecycleNode):
             view = convert.side_by_side(thumb, match_thumb)
             header = Header(stamp=convert.ns_to_stamp(query.stamp_ns), frame_id=query.frame_id)
             pubs['debug_image'].publish(convert.image_msg(view, 'rgb8', header))
+
+    def _send(self, rt: _Configured, decision: outputs.Decision) -> None:
+        for output in rt.outputs:
+            if output.enabled(rt.settings):
+                try:
+                    output.publish(decision)
+                except Exception as err:  # noqa: BLE001 - one consumer must not stop the others
+                    self._fail('output', f'{type(output).__name__}: {reason(err)}')
+
+    def _on_shared_decision(self, rt: _Configured, decision: outputs.Decision, loop: bool
+                            ) -> None:
+        """Another robot's keyframe was searched on arrival: count it, send a loop it closed."""
+        self._count_verification(decision.detection)
+        if loop:
+            self._send(rt, decision)
 
     def _count_verification(self, detection: Detection) -> None:
         tried = [c.verification for c in detection.candidates if c.verification is not None]
@@ -624,15 +671,23 @@ class VprNode(LifecycleNode):
                 return convert.stamped_pose(*found, query.stamp_ns, match.pose_frame)
         return convert.relocalization_pose(query, match, node.relocalization_covariance)
 
+    @staticmethod
+    def _map_uri(root: Path, map_path: str) -> str | Path:
+        """Return a Milvus URI as it is, a FAISS map's directory confined to the map directory."""
+        return map_path if is_milvus(map_path) else resolve_map_path(root, faiss_path(map_path))
+
     # -- services -------------------------------------------------------------------------
     def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response
                      ) -> SaveMap.Response:
         rt = self._rt
         try:
-            path = resolve_map_path(rt.root, request.path or rt.settings.map_path)
+            if not request.path and is_milvus(rt.settings.map_path):
+                raise MapError('the map is a Milvus store (written as it grows): name a path to '
+                               'save a FAISS copy of it')
+            path = resolve_map_path(rt.root, faiss_path(request.path or rt.settings.map_path))
             path.parent.mkdir(parents=True, exist_ok=True)
             with self._map_lock:
-                rt.kmap.save(path)
+                save_copy(rt.kmap, path)
                 count = len(rt.kmap)
         except Exception as err:  # noqa: BLE001 - a service must never take the node down
             response.success, response.message = False, reason(err)
@@ -647,7 +702,10 @@ class VprNode(LifecycleNode):
         rt = self._rt
         extractor = rt.extractor
         try:
-            path = resolve_map_path(rt.root, request.path)
+            if is_milvus(request.path):
+                raise MapError('load_map opens FAISS maps of the map directory; a Milvus store '
+                               'is chosen by the map_path parameter')
+            path = resolve_map_path(rt.root, faiss_path(request.path))
             kmap = KeyframeMap.load(path, expect_model_id=extractor.model_id,
                                     expect_dim=extractor.dim)
             if kmap.preprocess != extractor.preprocess_config.to_dict():
@@ -656,14 +714,15 @@ class VprNode(LifecycleNode):
                     f'{extractor.preprocess_config.to_dict()}: configure the node with the '
                     "map's resize_policy and input_size")
             with self._map_lock:
-                if kmap.map_id == rt.kmap.map_id:  # an older save of this map: ids published
-                    kmap.skip_ids_below(rt.kmap.schema.next_id)  # since then are never reused
+                if isinstance(rt.kmap, KeyframeMap) and kmap.map_id == rt.kmap.map_id:
+                    kmap.skip_ids_below(rt.kmap.schema.next_id)  # published ids never reused
                 if rt.verifier is not None:
                     rt.verifier.map = kmap
                 detector = LoopDetector(kmap, rt.detector.config, rt.verifier)
-                rt.kmap, rt.detector = kmap, detector
+                old, rt.kmap, rt.detector = rt.kmap, kmap, detector
                 rt.latest.clear()
                 rt.thumbnails.clear()
+            old.close()
         except Exception as err:  # noqa: BLE001 - e.g. MemoryError for a map too large
             response.success, response.message = False, reason(err)
             self._fail('service', f'load_map: {response.message}')
@@ -733,13 +792,16 @@ class VprNode(LifecycleNode):
             rt, state = self._rt, self._state
         values = [('state', state)]
         if rt is not None:
+            rt.kmap.flush()  # a Milvus store retries writes the server did not take
             with self._map_lock:
                 map_size, map_id = len(rt.kmap), rt.kmap.map_id
+                store = rt.kmap.health()
             values += [('device', str(rt.extractor.device)), ('model', rt.extractor.model_id),
                        ('runtime', '; '.join(f'{shape}: {what}' for shape, what in
                                              rt.extractor.runtime_status().items())
                         or rt.extractor.runtime),
-                       ('map_id', map_id), ('map_keyframes', map_size),
+                       ('map_id', map_id), ('map_keyframes', map_size), ('map_uri', rt.kmap.uri),
+                       *((f'map_{key}', value) for key, value in store.items()),
                        ('session', rt.session), ('mode', rt.detector.config.mode),
                        ('cameras', ' '.join(rt.queues))]
         rate = 1.0 / elapsed if elapsed > 0 else 0.0
@@ -749,13 +811,16 @@ class VprNode(LifecycleNode):
         for key in ('frames', 'keyframes', 'answered', 'accepted', 'queue_drops', 'odometry',
                     'keyframe_stamps', 'depth_images', 'verified',
                     *(f'verification_{c}' for c in REJECTION_CAUSES), 'feature_errors',
-                    'depth_errors', 'camera_info_errors', *outputs.COUNTERS):
+                    'depth_errors', 'camera_info_errors', *outputs.COUNTERS,
+                    *SHARING_COUNTERS):
             values.append((f'{key}_total', totals.get(key, 0)))
         if rt is not None:
             values.append(('verification', rt.verifier.settings.feature_kind
                            if rt.verifier is not None else 'off'))
             for output in rt.outputs:
                 values += output.gauges()
+            if rt.sharing is not None:
+                values += rt.sharing.gauges()
         for kind in ERROR_KINDS:
             values.append((f'{kind}_errors_total', totals.get(f'{kind}_errors', 0)))
         for stage in STAGES:

@@ -53,7 +53,7 @@ class ParameterValueError(SettingError):
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """The settings only the node has: topics, QoS, map files, outputs, lifecycle."""
+    """The settings only the node has: topics, QoS, map files, outputs, sharing, lifecycle."""
 
     autostart: bool = setting(
         True, 'Configure and activate at start (a plain node). false: wait for a lifecycle '
@@ -149,6 +149,37 @@ class NodeSettings:
     diagnostics_period_s: float = setting(1.0, 'Period of the /diagnostics status.',
                                           section='Outputs', low=0.05, high=3600.0,
                                           when='startup')
+    share_keyframes: bool = setting(
+        False, 'Share every keyframe this node adds to its map with the other robots of the '
+        'domain (boq_ros/SharedKeyframe on shared_keyframes_topic), and add theirs to the map as '
+        'keyframes of their own robot and session, so that queries find inter-robot loops; '
+        'needs robot_id (one per robot) and mode grow or both.', section='Multi-robot')
+    shared_keyframes_topic: str = setting(
+        '/fleet/keyframes', 'Topic the robots share their keyframes on: absolute, one for the '
+        "fleet whatever each node's namespace.", section='Multi-robot')
+    shared_keyframes_qos: str = setting(
+        'transient_local', 'QoS of the shared keyframes, both ways, always reliable: '
+        'transient_local (a robot that joins later receives the last shared_keyframes_qos_depth '
+        'keyframes of each robot) or reliable (volatile: only those published while it listens).',
+        section='Multi-robot', choices=('transient_local', 'reliable'))
+    shared_keyframes_qos_depth: int = setting(
+        100, 'Shared keyframes kept for robots that join later, and queued from each robot '
+        'while the node is busy (DDS drops older ones).', section='Multi-robot', low=1,
+        high=100000)
+    shared_descriptor_encoding: str = setting(
+        'float32', 'Encoding of the shared descriptors: float32 (exact) or float16 (half the '
+        'bytes; cosine similarities move by under 1e-5).', section='Multi-robot',
+        choices=('float32', 'float16'))
+    share_features: bool = setting(
+        True, "Share the keyframes' local features (keypoints, descriptors, intrinsics, depth) "
+        'so that the other robots can verify loops with them; without, their verification '
+        'rejects every such loop (no_match_features).', section='Multi-robot')
+    query_shared_keyframes: bool = setting(
+        True, "Also search the map with each other robot's keyframe when it arrives, and "
+        "publish at once a loop it closes with one of this robot's keyframes (on "
+        "loop_candidates, the query being the other robot's keyframe): found even when this "
+        'robot never comes back there, or the keyframe arrives late (a robot out of range, or '
+        'one that joined later).', section='Multi-robot')
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -161,7 +192,7 @@ NOT_PARAMETERS = frozenset({'batch_size', 'pca_dim'})
 """Offline-only settings: the node batches one image per camera, and PCA is learned from a whole
 map (build it with `boq-ros map build --pca-dim`)."""
 SECTION_ORDER = ('Lifecycle', 'Model', 'Cameras', 'Keyframe selection', 'Candidate logic',
-                 'Verification', 'Keyframe map', 'Outputs')
+                 'Verification', 'Keyframe map', 'Multi-robot', 'Outputs')
 
 
 @dataclass(frozen=True)
