@@ -164,7 +164,8 @@ def plan_workers(free: Mapping[str, float], largest_node_cpus: int, device: str,
 def _start_workers(ray: ModuleType, job: BuildJob, recordings: int,
                    workers: int) -> tuple[list[Any], str]:
     """Start the actors of the plan; a GPU worker's model sees its one GPU as cuda:0."""
-    largest = max(int(node['Resources'].get('CPU', 0)) for node in ray.nodes() if node['Alive'])
+    largest = max((int(node['Resources'].get('CPU', 0)) for node in ray.nodes()
+                   if node['Alive']), default=0)
     plan = plan_workers(ray.available_resources(), largest, job.model.device, recordings,
                         workers)
     if plan.kind == 'GPU':
