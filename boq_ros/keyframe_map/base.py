@@ -225,3 +225,23 @@ class KeyframeStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections (an embedded store holds none)."""
+
+
+def check_mergeable(target: KeyframeStore, source: KeyframeStore) -> None:
+    """Refuse a merge of another model's keyframes, of a store into itself, or of shared sessions.
+
+    A session has one writer: two stores that both hold one cannot be merged.
+    """
+    if not isinstance(source, KeyframeStore):
+        raise MapError(f'can only merge a keyframe store, got {type(source).__name__}')
+    if source is target or source.map_id == target.map_id:
+        raise MapError('cannot merge a map into itself')
+    for name in ('model_id', 'dim', 'metric', 'preprocess'):
+        mine, theirs = getattr(target, name), getattr(source, name)
+        if mine != theirs:
+            raise MapError(f'cannot merge map {source.map_id}: {name} differs '
+                           f'(this map: {mine!r}, other: {theirs!r})')
+    overlap = sorted(set(target.sessions()) & set(source.sessions()))
+    if overlap:
+        raise MapError(f'cannot merge map {source.map_id}: both maps hold session(s) '
+                       f'{overlap}; remove or rename them first')

@@ -27,6 +27,7 @@ from boq_ros.keyframe_map.base import (
     SearchResult,
     check_filter,
     check_k,
+    check_mergeable,
     check_vectors,
 )
 from boq_ros.keyframe_map.features import FeatureStore, LocalFeatures
@@ -41,26 +42,6 @@ REBUILD_ATTEMPTS = 3
 being indexed makes an aside rebuild start again)."""
 Savepoint = tuple[int, int, dict[str, int], int]
 """Rows, next id, next seq per session and feature kinds of a map at one moment."""
-
-
-def check_mergeable(target: KeyframeStore, source: KeyframeStore) -> None:
-    """Refuse a merge of another model's keyframes, of a store into itself, or of shared sessions.
-
-    A session has one writer: two stores that both hold one cannot be merged.
-    """
-    if not isinstance(source, KeyframeStore):
-        raise MapError(f'can only merge a keyframe store, got {type(source).__name__}')
-    if source is target or source.map_id == target.map_id:
-        raise MapError('cannot merge a map into itself')
-    for name in ('model_id', 'dim', 'metric', 'preprocess'):
-        mine, theirs = getattr(target, name), getattr(source, name)
-        if mine != theirs:
-            raise MapError(f'cannot merge map {source.map_id}: {name} differs '
-                           f'(this map: {mine!r}, other: {theirs!r})')
-    overlap = sorted(set(target.sessions()) & set(source.sessions()))
-    if overlap:
-        raise MapError(f'cannot merge map {source.map_id}: both maps hold session(s) '
-                       f'{overlap}; remove or rename them first')
 
 
 def utc_now() -> str:

@@ -37,6 +37,7 @@ from boq_ros.keyframe_map.base import (
     SearchResult,
     check_filter,
     check_k,
+    check_mergeable,
     check_vectors,
 )
 from boq_ros.keyframe_map.features import LocalFeatures
@@ -284,36 +285,33 @@ class MilvusStore(KeyframeStore):
         client = _connect(location)
         name = location.collection
         try:
-            exists = client.has_collection(name, timeout=location.timeout_s)
-            if not exists:
-                if not create:
-                    raise MapNotFound(f'{uri}: no such map (collection {name!r} does not exist); '
-                                   'build one first (boq-ros map build --out URI)')
-                if dim is None or model_id is None or preprocess is None:
-                    raise MapError(f'{uri}: creating a map needs the model id, descriptor '
-                                   'dimension and preprocessing')
-                _create(client, location, dim, model_id, preprocess)
-            description = _read_description(client, location)
-        except MapError:
+            try:
+                if not client.has_collection(name, timeout=location.timeout_s):
+                    if not create:
+                        raise MapNotFound(f'{uri}: no such map (collection {name!r} does not '
+                                          'exist); build one first (boq-ros map build --out '
+                                          'URI)')
+                    if dim is None or model_id is None or preprocess is None:
+                        raise MapError(f'{uri}: creating a map needs the model id, descriptor '
+                                       'dimension and preprocessing')
+                    _create(client, location, dim, model_id, preprocess)
+                description = _read_description(client, location)
+            except MapError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pymilvus raises many types
+                raise StoreUnavailable(f'{uri}: {_reason(exc)}') from exc
+            if model_id is not None and description['model_id'] != model_id:
+                raise MapError(f'{uri}: map was built with model '
+                               f'{description["model_id"]!r}, expected {model_id!r}')
+            if dim is not None and description['dim'] != dim:
+                raise MapError(f'{uri}: map descriptors are {description["dim"]}-d, expected '
+                               f'{dim}-d')
+            store = cls(location, client, description)
+            store._remote(store._load)
+            store._count_cache = store._count('id >= 0')
+        except BaseException:
             client.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - pymilvus raises many types
-            client.close()
-            raise StoreUnavailable(f'{uri}: {_reason(exc)}') from exc
-        if model_id is not None and description['model_id'] != model_id:
-            client.close()
-            raise MapError(f'{uri}: map was built with model {description["model_id"]!r}, '
-                           f'expected {model_id!r}')
-        if dim is not None and description['dim'] != dim:
-            client.close()
-            raise MapError(f'{uri}: map descriptors are {description["dim"]}-d, expected '
-                           f'{dim}-d')
-        store = cls(location, client, description)
-        try:
-            store._load()
-        except Exception as exc:  # noqa: BLE001
-            client.close()
-            raise StoreUnavailable(f'{uri}: cannot load the collection: {_reason(exc)}') from exc
         return store
 
     def _claim_writer(self) -> int:
@@ -370,25 +368,25 @@ class MilvusStore(KeyframeStore):
     def _consistency(self) -> str:
         return self.location.consistency.capitalize()
 
-    def _count(self, expr: str, name: str | None = None) -> int:
-        rows = self._query(name or self.location.collection, expr, ['count(*)'])
+    def _count(self, expr: str) -> int:
+        rows = self._query(self.location.collection, expr, ['count(*)'])
         return int(rows[0]['count(*)'])
 
     # -- counts -------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Keyframes on the server (the last count it gave while away) plus pending ones."""
         with self._lock:
-            try:
-                self._count_cache = self._count('id >= 0')
-            except StoreUnavailable:
-                pass  # the last count the server gave
+            if time.monotonic() >= self._down_until:
+                try:
+                    self._count_cache = self._count('id >= 0')
+                except StoreUnavailable as err:
+                    self._fail(err)
             return self._count_cache + len(self._pending.ids)
 
     def session_size(self, session: str) -> int:
         with self._lock:
             if session not in self._next_seq:
-                rows = self._query(self.location.collection, f'session == {_literal(session)}',
-                                   ['count(*)'])
-                self._next_seq[session] = int(rows[0]['count(*)'])
+                self._next_seq[session] = self._count(f'session == {_literal(session)}')
             return self._next_seq[session]
 
     def sessions(self) -> dict[str, int]:
@@ -434,12 +432,8 @@ class MilvusStore(KeyframeStore):
             for kf_id, meta, vec, blob in zip(ids.tolist(), metas, x, encoded):
                 seq = self._next_seq[meta.session]
                 self._next_seq[meta.session] = seq + 1
-                row = self._row(kf_id, seq, meta, vec, blob is not None, self.map_id, kf_id)
-                self._pending.ids.append(kf_id)
-                self._pending.rows.append(row)
-                if blob is not None:
-                    self._pending.features.append((kf_id, blob))
-                self._remember(meta_of(row))
+                self._queue(self._row(kf_id, seq, meta, vec, blob is not None, self.map_id,
+                                      kf_id), blob)
             self._write()
             return ids
 
@@ -459,6 +453,14 @@ class MilvusStore(KeyframeStore):
             if name != 'source_map':
                 row[name] = getattr(meta, name)
         return row
+
+    def _queue(self, row: dict[str, Any], features: bytes | None) -> None:
+        """Make a new keyframe pending (the next write sends it) and known to meta()."""
+        self._pending.ids.append(row['id'])
+        self._pending.rows.append(row)
+        if features is not None:
+            self._pending.features.append((row['id'], features))
+        self._remember(meta_of(row))
 
     def _remember(self, meta: KeyframeMeta) -> None:
         self._metas[meta.id] = meta
@@ -582,29 +584,21 @@ class MilvusStore(KeyframeStore):
         with self._lock:
             self.flush()
             expr = f'session == {_literal(session)}'
-            count = self._count(expr)
-            ids = [int(r['id']) for r in self._query(self.location.collection, expr, ['id'],
-                                                     limit=MAX_K)] if count <= MAX_K else []
-            self._features_delete_ids(ids, expr)
+            ids = [int(r['id']) for rows in self._iterate(['id'], expr) for r in rows]
+            for start in range(0, len(ids), QUERY_IDS):
+                part = ids[start:start + QUERY_IDS]
+                self._remote(lambda p=part: self._client.delete(
+                    self._features_collection, filter=f'keyframe_id in {p}',
+                    timeout=self.location.timeout_s))
             self._remote(lambda: self._client.delete(self.location.collection, filter=expr,
                                                      timeout=self.location.timeout_s))
             self._next_seq.pop(session, None)
             for kf_id in [k for k, m in self._metas.items() if m.session == session]:
                 del self._metas[kf_id]
-            return count
-
-    def _features_delete_ids(self, ids: list[int], expr: str) -> None:
-        if not ids:  # a large session: its feature rows are found through its keyframes
-            ids = [int(r['id']) for rows in self._iterate(['id'], expr) for r in rows]
-        for start in range(0, len(ids), QUERY_IDS):
-            part = ids[start:start + QUERY_IDS]
-            self._remote(lambda p=part: self._client.delete(
-                self._features_collection, filter=f'keyframe_id in {p}',
-                timeout=self.location.timeout_s))
+            self._count_cache -= len(ids)
+            return len(ids)
 
     def merge(self, other: KeyframeStore) -> None:
-        from boq_ros.keyframe_map.map import check_mergeable  # noqa: PLC0415
-
         check_mergeable(self, other)
         with self._lock:
             savepoint = self.savepoint()
@@ -614,13 +608,9 @@ class MilvusStore(KeyframeStore):
                     for i, (meta, feat, (source_map, source_id)) in enumerate(zip(
                             block.metas, block.features, block.provenance)):
                         _check_row(meta, feat, f'map {other.map_id} keyframe {block.ids[i]}')
-                        kf_id = self._new_id()
-                        row = self._row(kf_id, meta.seq, meta, x[i], feat is not None,
-                                        source_map, source_id)
-                        self._pending.ids.append(kf_id)
-                        self._pending.rows.append(row)
-                        if feat is not None:
-                            self._pending.features.append((kf_id, encode_features(feat)))
+                        self._queue(self._row(self._new_id(), meta.seq, meta, x[i],
+                                              feat is not None, source_map, source_id),
+                                    encode_features(feat) if feat is not None else None)
                         self._next_seq[meta.session] = max(
                             self._next_seq.get(meta.session, 0), meta.seq + 1)
                     self._write(force=True)
@@ -671,6 +661,10 @@ class MilvusStore(KeyframeStore):
                     return decode_features(blob, f'keyframe {kf_id}')
         if not self._row_of(kf_id, ['has_features'])['has_features']:
             return None
+        return self._stored_features(kf_id)
+
+    def _stored_features(self, kf_id: int) -> LocalFeatures:
+        """Read a keyframe's feature chunks (its row says it has features)."""
         rows = self._query(self._features_collection, f'keyframe_id == {kf_id}',
                            ['part', 'data'])
         parts = {int(r['part']): r['data'] for r in rows}  # a retried write may repeat a part
@@ -753,7 +747,8 @@ class MilvusStore(KeyframeStore):
             yield KeyframeBlock(
                 np.array([m.id for m in metas], np.int64),
                 np.array([r['vector'] for r in rows], np.float32).reshape(-1, self.dim), metas,
-                [self.features(m.id) if r['has_features'] else None for m, r in zip(metas, rows)],
+                [self._stored_features(m.id) if r['has_features'] else None
+                 for m, r in zip(metas, rows)],
                 [(r['source_map'], int(r['source_id'])) for r in rows])
 
     def refresh_index(self) -> str:

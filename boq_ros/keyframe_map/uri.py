@@ -33,13 +33,6 @@ def faiss_path(uri: str | os.PathLike) -> Path:
     return Path(text).expanduser()
 
 
-def exists(uri: str | os.PathLike) -> bool:
-    """Whether a map is stored at `uri` (a Milvus URI is asked when opened, so: True)."""
-    if is_milvus(uri):
-        return True
-    return (faiss_path(uri) / 'schema.json').is_file()
-
-
 def open_store(uri: str | os.PathLike, *, model_id: str | None = None, dim: int | None = None,
                preprocess: dict[str, Any] | None = None, index: IndexSpec | None = None,
                create: bool = False) -> KeyframeStore:
