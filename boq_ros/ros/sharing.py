@@ -32,7 +32,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import Header
 
 from boq_ros.detector import LoopDetector
-from boq_ros.keyframe_map import KeyframeMeta, LocalFeatures, MapError, SearchFilter
+from boq_ros.keyframe_map import (
+    KeyframeMeta,
+    KeyframeStore,
+    LocalFeatures,
+    MapError,
+    SearchFilter,
+)
 from boq_ros.keyframe_map.base import NORM_TOLERANCE
 from boq_ros.keyframe_map.features import DESCRIPTOR_DTYPES
 from boq_ros.keyframe_map.meta import check_meta
@@ -317,7 +323,7 @@ class KeyframeSharing:
             self.context.count('shared_loops')  # before it is sent: a reader never sees more
         self.context.answer(Decision(detection, self.model_id, map_id), own)
 
-    def _claim(self, kmap: Any, kf: ReceivedKeyframe) -> None:
+    def _claim(self, kmap: KeyframeStore, kf: ReceivedKeyframe) -> None:
         """Refuse a session that this node or another robot already uses in the map.
 
         Two robots' keyframes in one session would mix their seqs, exclusion windows and
@@ -335,7 +341,7 @@ class KeyframeSharing:
                                           'robot needs a session name of its own')
 
 
-def _stored_owner(kmap: Any, session: str, descriptor: np.ndarray) -> str | None:
+def _stored_owner(kmap: KeyframeStore, session: str, descriptor: np.ndarray) -> str | None:
     """Return the robot of a session the map holds already (a loaded map); None: it holds none."""
     if not kmap.session_size(session):
         return None
