@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 import io
 import json
+import logging
 import math
 import secrets
 import threading
@@ -295,7 +296,8 @@ class MilvusStore(KeyframeStore):
                         raise MapError(f'{uri}: creating a map needs the model id, descriptor '
                                        'dimension and preprocessing')
                     _create(client, location, dim, model_id, preprocess)
-                description = _read_description(client, location)
+                description = _read_description(client, location)  # loads the features one
+                client.load_collection(name, timeout=location.timeout_s * 6)
             except MapError:
                 raise
             except Exception as exc:  # noqa: BLE001 - pymilvus raises many types
@@ -307,7 +309,6 @@ class MilvusStore(KeyframeStore):
                 raise MapError(f'{uri}: map descriptors are {description["dim"]}-d, expected '
                                f'{dim}-d')
             store = cls(location, client, description)
-            store._remote(store._load)
             store._count_cache = store._count('id >= 0')
         except BaseException:
             client.close()
@@ -808,6 +809,9 @@ def _connect(location: MilvusLocation) -> Any:
     except ImportError as exc:
         raise MapError(f'{location.uri}: the Milvus store needs pymilvus (pip install '
                        'pymilvus; milvus-lite for milvus-lite: URIs)') from exc
+    # Every failed request becomes a StoreUnavailable or MapError naming the cause (counted by
+    # the node); pymilvus would log each one again with its traceback.
+    logging.getLogger('pymilvus.decorators').setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=location.client_uri, timeout=location.timeout_s)
     except Exception as exc:  # noqa: BLE001
